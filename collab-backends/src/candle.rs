@@ -1,0 +1,486 @@
+//! The candle backend: collab's default, on CPU (its `cuda` feature arrives with the backends
+//! issue).
+//!
+//! Tensors are `candle_core::Tensor` of dtype `F32`, indices of dtype `U32`. Layout operations
+//! (`permute`, `narrow`) are lazy views; [`Backend::matmul`] makes an operand contiguous only
+//! when gemm cannot read its strides, so transposed operands (`k^T` in attention, `w^T` in a
+//! linear layer) cost no copy.
+
+use candle_core::{D, DType, Device, Tensor};
+use collab_core::{Backend, Error, Result, shape};
+
+/// Backend on candle tensors.
+#[derive(Clone, Debug)]
+pub struct CandleBackend {
+    device: Device,
+}
+
+impl CandleBackend {
+    /// The CPU backend. Its thread count follows candle (`RAYON_NUM_THREADS`, else all cores).
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::Cpu,
+        }
+    }
+
+    /// A backend on an explicit candle device.
+    pub fn on(device: Device) -> Self {
+        Self { device }
+    }
+}
+
+impl Default for CandleBackend {
+    fn default() -> Self {
+        Self::cpu()
+    }
+}
+
+/// Maps a candle error into collab's, naming the primitive.
+fn err(op: &'static str) -> impl FnOnce(candle_core::Error) -> Error {
+    move |e| Error::Backend {
+        backend: "candle".into(),
+        op,
+        message: e.to_string(),
+    }
+}
+
+/// Whether gemm can consume `t` as laid out: contiguous, or contiguous with its last two
+/// dimensions swapped (a transposed view).
+fn gemm_ready(t: &Tensor) -> bool {
+    if t.is_contiguous() {
+        return true;
+    }
+    let rank = t.rank();
+    rank >= 2
+        && t.transpose(rank - 2, rank - 1)
+            .is_ok_and(|u| u.is_contiguous())
+}
+
+fn gemm_operand(t: &Tensor) -> Result<Tensor> {
+    if gemm_ready(t) {
+        Ok(t.clone())
+    } else {
+        t.contiguous().map_err(err("matmul"))
+    }
+}
+
+impl CandleBackend {
+    fn binary(
+        &self,
+        op: &'static str,
+        a: &Tensor,
+        b: &Tensor,
+        f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<Tensor> {
+        let out = shape::broadcast(op, a.dims(), b.dims())?;
+        if a.dims() == out.as_slice() && b.dims() == out.as_slice() {
+            return f(a, b).map_err(err(op));
+        }
+        let a = a.broadcast_as(out.as_slice()).map_err(err(op))?;
+        let b = b.broadcast_as(out.as_slice()).map_err(err(op))?;
+        f(&a, &b).map_err(err(op))
+    }
+
+    fn dim_ok(&self, op: &'static str, t: &Tensor, dim: usize) -> Result<()> {
+        shape::check_dim(op, t.dims(), dim)
+    }
+}
+
+impl Backend for CandleBackend {
+    type Tensor = Tensor;
+    type Index = Tensor;
+    type Device = Device;
+
+    fn name(&self) -> String {
+        match self.device {
+            Device::Cpu => "candle-cpu".into(),
+            _ => format!("candle-{:?}", self.device.location()),
+        }
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::shape(
+                "from_vec",
+                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
+            ));
+        }
+        Tensor::from_vec(data, shape, &self.device).map_err(err("from_vec"))
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Result<Tensor> {
+        Tensor::zeros(shape, DType::F32, &self.device).map_err(err("zeros"))
+    }
+
+    fn to_vec(&self, t: &Tensor) -> Result<Vec<f32>> {
+        t.flatten_all()
+            .and_then(|f| f.to_vec1::<f32>())
+            .map_err(err("to_vec"))
+    }
+
+    fn dims(&self, t: &Tensor) -> Vec<usize> {
+        t.dims().to_vec()
+    }
+
+    fn index_from_vec(&self, data: Vec<u32>, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != data.len() {
+            return Err(Error::shape(
+                "index_from_vec",
+                format!("{} indices for shape {shape:?} ({n} elements)", data.len()),
+            ));
+        }
+        Tensor::from_vec(data, shape, &self.device).map_err(err("index_from_vec"))
+    }
+
+    fn index_to_vec(&self, i: &Tensor) -> Result<Vec<u32>> {
+        i.flatten_all()
+            .and_then(|f| f.to_vec1::<u32>())
+            .map_err(err("index_to_vec"))
+    }
+
+    fn index_dims(&self, i: &Tensor) -> Vec<usize> {
+        i.dims().to_vec()
+    }
+
+    fn reshape(&self, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        if n != t.elem_count() {
+            return Err(Error::shape(
+                "reshape",
+                format!("cannot reshape {:?} into {shape:?}", t.dims()),
+            ));
+        }
+        t.reshape(shape).map_err(err("reshape"))
+    }
+
+    fn permute(&self, t: &Tensor, perm: &[usize]) -> Result<Tensor> {
+        let mut seen = vec![false; t.rank()];
+        let valid = perm.len() == t.rank()
+            && perm
+                .iter()
+                .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
+        if !valid {
+            return Err(Error::shape(
+                "permute",
+                format!(
+                    "{perm:?} is not a permutation of the dims of {:?}",
+                    t.dims()
+                ),
+            ));
+        }
+        t.permute(perm).map_err(err("permute"))
+    }
+
+    fn narrow(&self, t: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.dim_ok("narrow", t, dim)?;
+        if start + len > t.dims()[dim] {
+            return Err(Error::shape(
+                "narrow",
+                format!(
+                    "{start}..{} out of range for dim {dim} of {:?}",
+                    start + len,
+                    t.dims()
+                ),
+            ));
+        }
+        t.narrow(dim, start, len).map_err(err("narrow"))
+    }
+
+    fn cat(&self, ts: &[&Tensor], dim: usize) -> Result<Tensor> {
+        let first = ts
+            .first()
+            .ok_or_else(|| Error::shape("cat", "no tensors to join"))?;
+        self.dim_ok("cat", first, dim)?;
+        for t in ts {
+            let same_rest = t.rank() == first.rank()
+                && (0..t.rank()).all(|d| d == dim || t.dims()[d] == first.dims()[d]);
+            if !same_rest {
+                return Err(Error::shape(
+                    "cat",
+                    format!(
+                        "{:?} and {:?} differ outside dim {dim}",
+                        first.dims(),
+                        t.dims()
+                    ),
+                ));
+            }
+        }
+        Tensor::cat(ts, dim).map_err(err("cat"))
+    }
+
+    fn index_narrow(&self, i: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
+        self.narrow(i, dim, start, len)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary("add", a, b, |a, b| a + b)
+    }
+
+    fn sub(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary("sub", a, b, |a, b| a - b)
+    }
+
+    fn mul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary("mul", a, b, |a, b| a * b)
+    }
+
+    fn div(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        self.binary("div", a, b, |a, b| a / b)
+    }
+
+    fn affine(&self, t: &Tensor, mul: f32, add: f32) -> Result<Tensor> {
+        t.affine(f64::from(mul), f64::from(add))
+            .map_err(err("affine"))
+    }
+
+    fn exp(&self, t: &Tensor) -> Result<Tensor> {
+        t.exp().map_err(err("exp"))
+    }
+
+    fn log(&self, t: &Tensor) -> Result<Tensor> {
+        t.log().map_err(err("log"))
+    }
+
+    fn sqrt(&self, t: &Tensor) -> Result<Tensor> {
+        t.sqrt().map_err(err("sqrt"))
+    }
+
+    fn tanh(&self, t: &Tensor) -> Result<Tensor> {
+        t.tanh().map_err(err("tanh"))
+    }
+
+    fn gelu_erf(&self, t: &Tensor) -> Result<Tensor> {
+        t.gelu_erf().map_err(err("gelu_erf"))
+    }
+
+    fn silu(&self, t: &Tensor) -> Result<Tensor> {
+        t.silu().map_err(err("silu"))
+    }
+
+    fn sum_keepdim(&self, t: &Tensor, dim: usize) -> Result<Tensor> {
+        self.dim_ok("sum_keepdim", t, dim)?;
+        t.sum_keepdim(dim).map_err(err("sum_keepdim"))
+    }
+
+    fn mean_keepdim(&self, t: &Tensor, dim: usize) -> Result<Tensor> {
+        self.dim_ok("mean_keepdim", t, dim)?;
+        t.mean_keepdim(dim).map_err(err("mean_keepdim"))
+    }
+
+    fn max_keepdim(&self, t: &Tensor, dim: usize) -> Result<Tensor> {
+        self.dim_ok("max_keepdim", t, dim)?;
+        t.max_keepdim(dim).map_err(err("max_keepdim"))
+    }
+
+    fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let (ad, bd) = (a.dims(), b.dims());
+        let ok = ad.len() >= 2
+            && bd.len() >= 2
+            && ad[ad.len() - 1] == bd[bd.len() - 2]
+            && (bd.len() == 2 || ad[..ad.len() - 2] == bd[..bd.len() - 2]);
+        if !ok {
+            return Err(Error::shape(
+                "matmul",
+                format!("cannot multiply {ad:?} by {bd:?}"),
+            ));
+        }
+        let a = gemm_operand(a)?;
+        let b = gemm_operand(b)?;
+        if bd.len() == 2 && ad.len() > 2 {
+            // One shared right operand: fold the batch into the rows of a single gemm.
+            let (k, n) = (bd[0], bd[1]);
+            let rows: usize = ad[..ad.len() - 1].iter().product();
+            let a2 = if a.is_contiguous() {
+                a.reshape((rows, k))
+            } else {
+                a.contiguous().and_then(|c| c.reshape((rows, k)))
+            }
+            .map_err(err("matmul"))?;
+            let mut out = ad.to_vec();
+            *out.last_mut().unwrap_or(&mut 0) = n;
+            return a2
+                .matmul(&b)
+                .and_then(|y| y.reshape(out))
+                .map_err(err("matmul"));
+        }
+        a.matmul(&b).map_err(err("matmul"))
+    }
+
+    fn softmax_last(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let x = match bias {
+            Some(b) => self.add(x, b)?,
+            None => x.clone(),
+        };
+        if x.rank() == 0 {
+            return Err(Error::shape("softmax_last", "a scalar has no last dim"));
+        }
+        candle_nn::ops::softmax_last_dim(&x.contiguous().map_err(err("softmax_last"))?)
+            .map_err(err("softmax_last"))
+    }
+
+    fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
+        let d = *x
+            .dims()
+            .last()
+            .ok_or_else(|| Error::shape("layer_norm", "a scalar has no last dim"))?;
+        if gamma.dims() != [d] || beta.dims() != [d] {
+            return Err(Error::shape(
+                "layer_norm",
+                format!(
+                    "gamma {:?} / beta {:?} must be [{d}] for input {:?}",
+                    gamma.dims(),
+                    beta.dims(),
+                    x.dims()
+                ),
+            ));
+        }
+        let x = x.contiguous().map_err(err("layer_norm"))?;
+        candle_nn::ops::layer_norm(&x, gamma, beta, eps).map_err(err("layer_norm"))
+    }
+
+    fn rms_norm(&self, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<Tensor> {
+        let d = *x
+            .dims()
+            .last()
+            .ok_or_else(|| Error::shape("rms_norm", "a scalar has no last dim"))?;
+        if gamma.dims() != [d] {
+            return Err(Error::shape(
+                "rms_norm",
+                format!(
+                    "gamma {:?} must be [{d}] for input {:?}",
+                    gamma.dims(),
+                    x.dims()
+                ),
+            ));
+        }
+        let x = x.contiguous().map_err(err("rms_norm"))?;
+        candle_nn::ops::rms_norm(&x, gamma, eps).map_err(err("rms_norm"))
+    }
+
+    fn attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        scale: f32,
+        bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
+        let ok = qd.len() == 4
+            && kd.len() == 4
+            && vd.len() == 4
+            && qd[..2] == kd[..2]
+            && kd[..3] == vd[..3]
+            && qd[3] == kd[3];
+        if !ok {
+            return Err(Error::shape(
+                "attention",
+                format!("q {qd:?}, k {kd:?}, v {vd:?} must be [b,h,n,d], [b,h,m,d], [b,h,m,e]"),
+            ));
+        }
+        let kt = gemm_operand(k)?.t().map_err(err("attention"))?;
+        let scores = self.matmul(q, &kt)?.affine(f64::from(scale), 0.0);
+        let scores = scores.map_err(err("attention"))?;
+        let p = self.softmax_last(&scores, bias)?;
+        self.matmul(&p, v)
+    }
+
+    fn index_select(&self, t: &Tensor, dim: usize, idx: &Tensor) -> Result<Tensor> {
+        self.dim_ok("index_select", t, dim)?;
+        if idx.rank() != 1 {
+            return Err(Error::shape(
+                "index_select",
+                format!("indices must be 1-D, got {:?}", idx.dims()),
+            ));
+        }
+        check_indices("index_select", idx, t.dims()[dim])?;
+        t.index_select(idx, dim).map_err(err("index_select"))
+    }
+
+    fn gather(&self, t: &Tensor, dim: usize, idx: &Tensor) -> Result<Tensor> {
+        check_gather("gather", t.dims(), dim, idx)?;
+        t.contiguous()
+            .and_then(|t| t.gather(&idx.contiguous()?, dim))
+            .map_err(err("gather"))
+    }
+
+    fn index_gather(&self, t: &Tensor, dim: usize, idx: &Tensor) -> Result<Tensor> {
+        check_gather("index_gather", t.dims(), dim, idx)?;
+        t.contiguous()
+            .and_then(|t| t.gather(&idx.contiguous()?, dim))
+            .map_err(err("index_gather"))
+    }
+
+    fn scatter_add(&self, t: &Tensor, dim: usize, idx: &Tensor, src: &Tensor) -> Result<Tensor> {
+        if idx.dims() != src.dims() {
+            return Err(Error::shape(
+                "scatter_add",
+                format!(
+                    "indices {:?} and source {:?} differ",
+                    idx.dims(),
+                    src.dims()
+                ),
+            ));
+        }
+        check_gather("scatter_add", t.dims(), dim, idx)?;
+        t.contiguous()
+            .and_then(|t| t.scatter_add(&idx.contiguous()?, &src.contiguous()?, dim))
+            .map_err(err("scatter_add"))
+    }
+
+    fn argsort_last(&self, t: &Tensor, descending: bool) -> Result<Tensor> {
+        if t.rank() == 0 {
+            return Err(Error::shape("argsort_last", "a scalar has no last dim"));
+        }
+        t.contiguous()
+            .and_then(|t| t.arg_sort_last_dim(!descending))
+            .map_err(err("argsort_last"))
+    }
+
+    fn argmax_last(&self, t: &Tensor) -> Result<Tensor> {
+        if t.rank() == 0 {
+            return Err(Error::shape("argmax_last", "a scalar has no last dim"));
+        }
+        t.argmax_keepdim(D::Minus1).map_err(err("argmax_last"))
+    }
+}
+
+/// Checks that every index in `idx` is below `bound`, so that no kernel reads out of range.
+fn check_indices(op: &'static str, idx: &Tensor, bound: usize) -> Result<()> {
+    if idx.elem_count() == 0 {
+        return Ok(());
+    }
+    let max = idx
+        .flatten_all()
+        .and_then(|f| f.max(0))
+        .and_then(|m| m.to_scalar::<u32>())
+        .map_err(err(op))?;
+    if (max as usize) < bound {
+        Ok(())
+    } else {
+        Err(Error::shape(
+            op,
+            format!("index {max} out of range for a dimension of size {bound}"),
+        ))
+    }
+}
+
+/// Validates a gather/scatter index tensor against the indexed tensor's dims.
+fn check_gather(op: &'static str, dims: &[usize], dim: usize, idx: &Tensor) -> Result<()> {
+    shape::check_dim(op, dims, dim)?;
+    let id = idx.dims();
+    let fits = id.len() == dims.len() && (0..id.len()).all(|d| d == dim || id[d] <= dims[d]);
+    if !fits {
+        return Err(Error::shape(
+            op,
+            format!("indices {id:?} do not fit tensor {dims:?} along dim {dim}"),
+        ));
+    }
+    check_indices(op, idx, dims[dim])
+}

@@ -1,0 +1,240 @@
+//! The `Backend` trait: the tensor primitives that the generic Transformer is written against.
+//!
+//! One implementation per kind of hardware (candle CPU, an f64 reference, later libtorch, CUDA
+//! and aarch64). The set is what a ViT/DeiT, a BERT encoder and a LLaMA-style decoder need, plus
+//! what token merging (ToMe) needs: gather, scatter-add, argsort and softmax with an additive bias.
+//!
+//! Contract shared by every primitive:
+//! - tensors hold `f32` values (a backend may compute in higher precision, as the reference
+//!   does in `f64`), indices hold `u32` values;
+//! - element-wise binary operations broadcast like NumPy (trailing dimensions aligned, size-1
+//!   dimensions stretched);
+//! - a shape that an operation cannot take is an [`Error::Shape`](crate::Error::Shape), never a
+//!   panic;
+//! - results are logically new tensors: callers never observe aliasing.
+//!
+//! Every implementation must pass the conformance suite in `collab-backends`, which checks each
+//! primitive against the f64 reference on fresh random inputs.
+
+use std::fmt::Debug;
+
+use crate::Result;
+
+/// Tensor primitives on one kind of hardware.
+///
+/// Methods take `&self` so that a backend value can carry its device (a CPU thread pool, a CUDA
+/// ordinal). Backends are cheap to clone.
+pub trait Backend: Clone + Debug + Send + Sync + 'static {
+    /// A dense tensor of `f32` values.
+    type Tensor: Clone + Debug + Send + Sync;
+    /// A dense tensor of `u32` indices (results of argsort/argmax, inputs of gather/scatter).
+    type Index: Clone + Debug + Send + Sync;
+    /// Where tensors live.
+    type Device: Clone + Debug + Send + Sync;
+
+    /// A short name for logs and reports, such as `candle-cpu`.
+    fn name(&self) -> String;
+    /// The device tensors of this backend live on.
+    fn device(&self) -> &Self::Device;
+
+    // ----- creation and host transfer -----
+
+    /// A tensor of `shape` from row-major `data`; `data.len()` must equal the shape's product.
+    fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor>;
+    /// A tensor of zeros.
+    fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
+        self.from_vec(vec![0.0; shape.iter().product()], shape)
+    }
+    /// The values in row-major order.
+    fn to_vec(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// The shape of `t`.
+    fn dims(&self, t: &Self::Tensor) -> Vec<usize>;
+    /// An index tensor of `shape` from row-major `data`.
+    fn index_from_vec(&self, data: Vec<u32>, shape: &[usize]) -> Result<Self::Index>;
+    /// The indices in row-major order.
+    fn index_to_vec(&self, i: &Self::Index) -> Result<Vec<u32>>;
+    /// The shape of an index tensor.
+    fn index_dims(&self, i: &Self::Index) -> Vec<usize>;
+
+    // ----- layout -----
+
+    /// The same values under another shape with the same number of elements.
+    fn reshape(&self, t: &Self::Tensor, shape: &[usize]) -> Result<Self::Tensor>;
+    /// Dimensions reordered: result dimension `i` is input dimension `perm[i]`.
+    fn permute(&self, t: &Self::Tensor, perm: &[usize]) -> Result<Self::Tensor>;
+    /// The slice `start..start + len` of dimension `dim`.
+    fn narrow(&self, t: &Self::Tensor, dim: usize, start: usize, len: usize)
+    -> Result<Self::Tensor>;
+    /// Tensors joined along `dim`; all other dimensions must agree.
+    fn cat(&self, ts: &[&Self::Tensor], dim: usize) -> Result<Self::Tensor>;
+    /// The slice `start..start + len` of dimension `dim` of an index tensor.
+    fn index_narrow(
+        &self,
+        i: &Self::Index,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Index>;
+
+    // ----- element-wise arithmetic (broadcasting) -----
+
+    /// `a + b`.
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a - b`.
+    fn sub(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a * b`.
+    fn mul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `a / b`.
+    fn div(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `t * mul + add`, element-wise.
+    fn affine(&self, t: &Self::Tensor, mul: f32, add: f32) -> Result<Self::Tensor>;
+    /// `exp(t)`.
+    fn exp(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Natural logarithm.
+    fn log(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Square root.
+    fn sqrt(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    /// `tanh(t)`.
+    fn tanh(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    /// GELU with the exact error function: `x/2 * (1 + erf(x/sqrt 2))`.
+    fn gelu_erf(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+    /// SiLU: `x * sigmoid(x)`.
+    fn silu(&self, t: &Self::Tensor) -> Result<Self::Tensor>;
+
+    // ----- reductions (the reduced dimension is kept with size 1) -----
+
+    /// Sum over `dim`.
+    fn sum_keepdim(&self, t: &Self::Tensor, dim: usize) -> Result<Self::Tensor>;
+    /// Mean over `dim`.
+    fn mean_keepdim(&self, t: &Self::Tensor, dim: usize) -> Result<Self::Tensor>;
+    /// Maximum over `dim`.
+    fn max_keepdim(&self, t: &Self::Tensor, dim: usize) -> Result<Self::Tensor>;
+
+    // ----- linear algebra -----
+
+    /// Batched matrix product `[.., m, k] x [.., k, n] -> [.., m, n]`. Leading dimensions must
+    /// be equal; a 2-D right operand is shared by every batch.
+    fn matmul(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor>;
+    /// A linear layer: `x [.., k] * w^T [k, n] + bias [n]` with `w` stored `[n, k]` as in
+    /// PyTorch checkpoints.
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let wt = self.permute(w, &[1, 0])?;
+        let y = self.matmul(x, &wt)?;
+        match bias {
+            Some(b) => self.add(&y, b),
+            None => Ok(y),
+        }
+    }
+
+    // ----- neural-network primitives -----
+
+    /// Softmax over the last dimension of `x + bias`, with `bias` broadcast to `x` (attention
+    /// masks, ToMe's proportional attention `log(size)`). An entry of `-inf` in the bias gives
+    /// probability zero.
+    fn softmax_last(&self, x: &Self::Tensor, bias: Option<&Self::Tensor>) -> Result<Self::Tensor>;
+    /// Layer normalisation over the last dimension with affine `gamma`, `beta` of that size.
+    fn layer_norm(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        beta: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor>;
+    /// RMS normalisation over the last dimension: `x / sqrt(mean(x^2) + eps) * gamma`.
+    fn rms_norm(&self, x: &Self::Tensor, gamma: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// Scaled dot-product attention over `[b, h, n, d]` queries, `[b, h, m, d]` keys and values:
+    /// `softmax(q k^T * scale + bias) v`, with `bias` broadcast to `[b, h, n, m]`. Backends
+    /// may fuse it; the default composes the primitives above.
+    fn attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        scale: f32,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let kt = self.permute(k, &[0, 1, 3, 2])?;
+        let scores = self.affine(&self.matmul(q, &kt)?, scale, 0.0)?;
+        let p = self.softmax_last(&scores, bias)?;
+        self.matmul(&p, v)
+    }
+
+    // ----- indexing -----
+
+    /// Entries of `t` along `dim` at the positions in the 1-D `idx` (embedding lookup).
+    fn index_select(&self, t: &Self::Tensor, dim: usize, idx: &Self::Index)
+    -> Result<Self::Tensor>;
+    /// `out[.., i, ..] = t[.., idx[.., i, ..], ..]` along `dim`; `idx` has the rank of `t` and
+    /// the shape of the result.
+    fn gather(&self, t: &Self::Tensor, dim: usize, idx: &Self::Index) -> Result<Self::Tensor>;
+    /// `gather` on an index tensor.
+    fn index_gather(&self, t: &Self::Index, dim: usize, idx: &Self::Index) -> Result<Self::Index>;
+    /// A copy of `t` with `src[.., i, ..]` added at `t[.., idx[.., i, ..], ..]` along `dim`;
+    /// `idx` has the shape of `src`, and `src` has the shape of `t` in every dimension but
+    /// `dim`. Repeated indices accumulate.
+    fn scatter_add(
+        &self,
+        t: &Self::Tensor,
+        dim: usize,
+        idx: &Self::Index,
+        src: &Self::Tensor,
+    ) -> Result<Self::Tensor>;
+    /// Indices that sort the last dimension, descending or ascending. Ties keep their original
+    /// order (a stable sort), so every backend returns the same permutation.
+    fn argsort_last(&self, t: &Self::Tensor, descending: bool) -> Result<Self::Index>;
+    /// Index of the maximum over the last dimension (the first one on ties), keeping that
+    /// dimension with size 1.
+    fn argmax_last(&self, t: &Self::Tensor) -> Result<Self::Index>;
+}
+
+/// Shape helpers shared by backends and models.
+pub mod shape {
+    use crate::{Error, Result};
+
+    /// The NumPy broadcast of two shapes, or a shape error naming `op`.
+    pub fn broadcast(op: &'static str, a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+        let rank = a.len().max(b.len());
+        let mut out = vec![0; rank];
+        for i in 0..rank {
+            let da = if i + a.len() >= rank {
+                a[i + a.len() - rank]
+            } else {
+                1
+            };
+            let db = if i + b.len() >= rank {
+                b[i + b.len() - rank]
+            } else {
+                1
+            };
+            out[i] = match (da, db) {
+                (x, y) if x == y => x,
+                (1, y) => y,
+                (x, 1) => x,
+                _ => {
+                    return Err(Error::shape(
+                        op,
+                        format!("shapes {a:?} and {b:?} do not broadcast"),
+                    ));
+                }
+            };
+        }
+        Ok(out)
+    }
+
+    /// Checks that `dim` is a valid dimension of a tensor of rank `rank`.
+    pub fn check_dim(op: &'static str, dims: &[usize], dim: usize) -> Result<()> {
+        if dim < dims.len() {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                op,
+                format!("dimension {dim} out of range for shape {dims:?}"),
+            ))
+        }
+    }
+}

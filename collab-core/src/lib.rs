@@ -1,0 +1,22 @@
+//! collab-core: the interfaces of collab and the data they speak.
+//!
+//! - [`Backend`]: tensor primitives, implemented per kind of hardware in `collab-backends`;
+//! - [`model`]: one generic Transformer (ViT/DeiT and BERT) written once against `Backend`,
+//!   with split execution (`embed`, `run_blocks`, `head`) and safetensors loading;
+//! - [`token`]: the `TokenAdapter` hook points inside each block;
+//! - [`cost`]: the `CostModel` trait and a measured per-block profile;
+//! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
+//! - [`fixtures`]: where the real checkpoints and evaluation data are found.
+//!
+//! collab-core depends on no backend, no transport and no async runtime.
+
+mod backend;
+pub mod cost;
+mod error;
+pub mod fixtures;
+pub mod input;
+pub mod model;
+pub mod token;
+
+pub use backend::{Backend, shape};
+pub use error::{Error, Result};

@@ -1,0 +1,32 @@
+//! Experiment drivers. Each prints its table, writes it under `results/`, and prints one
+//! summary line last.
+
+mod accuracy;
+mod stats;
+mod throughput;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+/// The experiments.
+#[derive(Subcommand, Debug)]
+pub(crate) enum Exp {
+    /// Accuracy of a real checkpoint on its fixture data.
+    Accuracy(accuracy::Args),
+    /// Forward throughput against the machine's dense matmul peak.
+    ForwardThroughput(throughput::Args),
+}
+
+pub(crate) fn run(exp: Exp) -> Result<()> {
+    match exp {
+        Exp::Accuracy(a) => accuracy::run(a),
+        Exp::ForwardThroughput(a) => throughput::run(a),
+    }
+}
+
+/// The results folder, created if needed.
+pub(crate) fn results_dir() -> Result<std::path::PathBuf> {
+    let dir = std::path::PathBuf::from("results");
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
