@@ -40,6 +40,7 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     // ----- creation and host transfer -----
 
     /// A tensor of `shape` from row-major `data`; `data.len()` must equal the shape's product.
+    #[allow(clippy::wrong_self_convention)] // the backend value carries the device
     fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor>;
     /// A tensor of zeros.
     fn zeros(&self, shape: &[usize]) -> Result<Self::Tensor> {
@@ -63,8 +64,13 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// Dimensions reordered: result dimension `i` is input dimension `perm[i]`.
     fn permute(&self, t: &Self::Tensor, perm: &[usize]) -> Result<Self::Tensor>;
     /// The slice `start..start + len` of dimension `dim`.
-    fn narrow(&self, t: &Self::Tensor, dim: usize, start: usize, len: usize)
-    -> Result<Self::Tensor>;
+    fn narrow(
+        &self,
+        t: &Self::Tensor,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Tensor>;
     /// Tensors joined along `dim`; all other dimensions must agree.
     fn cat(&self, ts: &[&Self::Tensor], dim: usize) -> Result<Self::Tensor>;
     /// The slice `start..start + len` of dimension `dim` of an index tensor.

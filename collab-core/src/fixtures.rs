@@ -129,7 +129,10 @@ pub fn imagenet_sample() -> Result<Vec<LabelledImage>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map_err(|e| Error::io(&dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x.eq_ignore_ascii_case("jpeg")))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|x| x.eq_ignore_ascii_case("jpeg"))
+        })
         .collect();
     files.sort();
     let wnid = |p: &Path| -> String {
@@ -182,7 +185,10 @@ pub fn stsb_dev() -> Result<Vec<SentencePair>> {
             if cols.len() < 10 {
                 return Err(bad("expected 10 tab-separated columns"));
             }
-            let score = cols[9].trim().parse().map_err(|_| bad("score is not a number"))?;
+            let score = cols[9]
+                .trim()
+                .parse()
+                .map_err(|_| bad("score is not a number"))?;
             Ok(SentencePair {
                 a: cols[7].to_string(),
                 b: cols[8].to_string(),

@@ -24,7 +24,10 @@ pub fn minilm<B: Backend>(backend: B) -> Result<(Transformer<B>, SentenceTokeniz
     let dir = fixtures::minilm_dir()?;
     let cfg = ModelConfig::preset("all_minilm_l6_v2")?;
     let model = Transformer::from_safetensors(backend, cfg, &dir.join("model.safetensors"))?;
-    Ok((model, SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?))
+    Ok((
+        model,
+        SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?,
+    ))
 }
 
 /// The first `n` sample images (sorted file names), preprocessed, as an input batch.

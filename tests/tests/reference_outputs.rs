@@ -20,22 +20,46 @@ fn deit_tiny_logits_match_the_reference_on_8_images() {
     let be = CandleBackend::cpu();
     let model = deit_tiny(be.clone()).expect("DeiT-Tiny loads");
     let (input, labels) = first_images(&be, 8).expect("images");
-    let logits = be.to_vec(&model.forward(&input).expect("forward")).expect("values");
+    let logits = be
+        .to_vec(&model.forward(&input).expect("forward"))
+        .expect("values");
     let reference = reference_json("deit_tiny_first8.json").expect("reference");
     let images = reference["images"].as_array().expect("images");
     assert_eq!(images.len(), 8);
     let (mut worst, mut mean_diff) = (0.0f32, 0.0f32);
     for (i, img) in images.iter().enumerate() {
-        assert_eq!(img["label"].as_u64(), Some(labels[i] as u64), "label of image {i}");
+        assert_eq!(
+            img["label"].as_u64(),
+            Some(labels[i] as u64),
+            "label of image {i}"
+        );
         let want = f32s(&img["logits"]);
         let got = &logits[i * 1000..(i + 1) * 1000];
-        let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         worst = worst.max(diff);
-        mean_diff += got.iter().zip(&want).map(|(a, b)| (a - b).abs()).sum::<f32>() / 8000.0;
+        mean_diff += got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .sum::<f32>()
+            / 8000.0;
         let mut order: Vec<usize> = (0..1000).collect();
         order.sort_by(|&a, &b| got[b].total_cmp(&got[a]));
-        let top5: Vec<u64> = img["top5"].as_array().expect("top5").iter().filter_map(|v| v.as_u64()).collect();
-        assert_eq!(order[0] as u64, top5[0], "top-1 of image {i} ({})", img["file"]);
+        let top5: Vec<u64> = img["top5"]
+            .as_array()
+            .expect("top5")
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .collect();
+        assert_eq!(
+            order[0] as u64, top5[0],
+            "top-1 of image {i} ({})",
+            img["file"]
+        );
     }
     // The reference decodes and resizes with PIL, we with the `image` crate: fed PIL's
     // preprocessed pixels, this model reproduces the reference logits to 2e-5 (checked while
@@ -50,14 +74,32 @@ fn deit_tiny_on_candle_matches_the_f64_reference_backend() {
     let cpu = CandleBackend::cpu();
     let oracle = ReferenceBackend::new();
     let (input, _) = first_images(&cpu, 2).expect("images");
-    let Input::Images(x) = &input else { unreachable!() };
+    let Input::Images(x) = &input else {
+        unreachable!()
+    };
     let data = cpu.to_vec(x).expect("values");
-    let got = cpu.to_vec(&deit_tiny(cpu.clone()).expect("load").forward(&input).expect("fwd")).expect("v");
+    let got = cpu
+        .to_vec(
+            &deit_tiny(cpu.clone())
+                .expect("load")
+                .forward(&input)
+                .expect("fwd"),
+        )
+        .expect("v");
     let x64 = oracle.from_vec(data, &[2, 3, 224, 224]).expect("tensor");
     let model64 = deit_tiny(oracle.clone()).expect("load f64");
-    let want = oracle.to_vec(&model64.forward(&Input::Images(x64)).expect("fwd f64")).expect("v");
-    let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
-    assert!(diff < 2e-3, "candle f32 vs reference f64: largest logit difference {diff}");
+    let want = oracle
+        .to_vec(&model64.forward(&Input::Images(x64)).expect("fwd f64"))
+        .expect("v");
+    let diff = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        diff < 2e-3,
+        "candle f32 vs reference f64: largest logit difference {diff}"
+    );
 }
 
 #[test]
@@ -68,13 +110,22 @@ fn minilm_ids_and_embeddings_match_the_reference_on_8_sentences() {
     let sentences = reference["sentences"].as_array().expect("sentences");
     let mut batch = vec![];
     for s in sentences {
-        let ids = tok.encode(s["sentence"].as_str().expect("text")).expect("encode");
-        let want: Vec<u32> = s["ids"].as_array().expect("ids").iter().filter_map(|v| v.as_u64().map(|x| x as u32)).collect();
+        let ids = tok
+            .encode(s["sentence"].as_str().expect("text"))
+            .expect("encode");
+        let want: Vec<u32> = s["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .filter_map(|v| v.as_u64().map(|x| x as u32))
+            .collect();
         assert_eq!(ids, want, "token ids of {}", s["sentence"]);
         batch.push(ids);
     }
     // One padded batch of unequal lengths: the mask must make padding invisible.
-    let out = be.to_vec(&model.forward(&Input::Tokens(batch)).expect("forward")).expect("v");
+    let out = be
+        .to_vec(&model.forward(&Input::Tokens(batch)).expect("forward"))
+        .expect("v");
     for (i, s) in sentences.iter().enumerate() {
         let want = f32s(&s["embedding"]);
         let got = &out[i * 384..(i + 1) * 384];

@@ -9,7 +9,9 @@ use collab_tests::{deit_tiny, first_images, minilm};
 fn check_every_split<B: Backend>(model: &Transformer<B>, input: &Input<B>) {
     let be = model.backend();
     let l = model.num_blocks();
-    let full = be.to_vec(&model.forward(input).expect("forward")).expect("v");
+    let full = be
+        .to_vec(&model.forward(input).expect("forward"))
+        .expect("v");
     for k in 0..=l {
         let h = model.embed(input).expect("embed");
         let device = model.run_blocks(h, 0..k).expect("device part");
@@ -31,10 +33,13 @@ fn deit_tiny_split_at_every_block_is_bit_identical() {
 fn minilm_split_at_every_block_is_bit_identical_with_padding() {
     let be = CandleBackend::cpu();
     let (model, tok) = minilm(be).expect("MiniLM (run `cargo xtask fetch-models`)");
-    let seqs = ["A man is playing a flute.", "A woman slices an onion on a board."]
-        .iter()
-        .map(|s| tok.encode(s).expect("encode"))
-        .collect();
+    let seqs = [
+        "A man is playing a flute.",
+        "A woman slices an onion on a board.",
+    ]
+    .iter()
+    .map(|s| tok.encode(s).expect("encode"))
+    .collect();
     check_every_split(&model, &Input::Tokens(seqs));
 }
 
@@ -44,9 +49,17 @@ fn bad_ranges_and_inputs_are_typed_errors() {
     let model = deit_tiny(be.clone()).expect("load");
     let (input, _) = first_images(&be, 1).expect("images");
     let h = model.embed(&input).expect("embed");
-    assert!(model.run_blocks(h.clone(), 3..13).is_err(), "past the last block");
-    assert!(model.run_blocks(h, 5..2).is_err(), "reversed range");
-    assert!(model.embed(&Input::Tokens(vec![vec![1, 2]])).is_err(), "tokens to a ViT");
+    assert!(
+        model.run_blocks(h.clone(), 3..13).is_err(),
+        "past the last block"
+    );
+    #[allow(clippy::reversed_empty_ranges)] // the point of the check
+    let reversed = 5..2;
+    assert!(model.run_blocks(h, reversed).is_err(), "reversed range");
+    assert!(
+        model.embed(&Input::Tokens(vec![vec![1, 2]])).is_err(),
+        "tokens to a ViT"
+    );
     let small = be.zeros(&[1, 3, 32, 32]).expect("zeros");
     let e = model.embed(&Input::Images(small)).expect_err("wrong size");
     assert!(e.to_string().contains("224"), "{e}");

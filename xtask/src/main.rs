@@ -10,7 +10,8 @@
 mod exp;
 mod fetch;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -45,17 +46,51 @@ fn main() -> Result<()> {
         Cmd::FetchModels => fetch::fetch_models(),
         Cmd::Test { args } => {
             fetch::fetch_models()?;
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["test", "--workspace"])
-                .args(&args)
-                .status()
-                .context("cannot start cargo test")?;
-            if !status.success() {
-                bail!("tests failed ({status})");
-            }
-            Ok(())
+            run_tests(&args)
         }
         Cmd::Exp { exp } => exp::run(exp),
     }
+}
+
+/// Runs `cargo test --workspace`, streaming its output, and closes with one summary line over
+/// every test binary and doc-test run: `tests: N passed, M failed, K skipped` (K ignored).
+fn run_tests(args: &[String]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(["test", "--workspace"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("cannot start cargo test")?;
+    let stdout = child.stdout.take().context("no stdout from cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| -> u64 {
+                rest.split(';')
+                    .find_map(|part| {
+                        let part = part
+                            .trim()
+                            .trim_start_matches("ok. ")
+                            .trim_start_matches("FAILED. ");
+                        part.strip_suffix(word).and_then(|n| n.trim().parse().ok())
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+            ignored += count(" ignored");
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("tests failed ({status})");
+    }
+    if passed == 0 {
+        bail!("no test ran");
+    }
+    Ok(())
 }

@@ -74,7 +74,9 @@ pub fn profile_model<B: Backend>(
     make_input: &dyn Fn(usize) -> Result<crate::model::Input<B>>,
 ) -> Result<MeasuredProfile> {
     if spec.batches.is_empty() || spec.tokens.is_empty() {
-        return Err(Error::Config("profile grid needs batches and tokens".into()));
+        return Err(Error::Config(
+            "profile grid needs batches and tokens".into(),
+        ));
     }
     let be = model.backend();
     let d = model.config().encoder().hidden;
@@ -283,20 +285,34 @@ mod tests {
         };
         assert!((s(0, 1, 10) - 0.010).abs() < 1e-12);
         assert!((s(0, 4, 15) - 0.060).abs() < 1e-12);
-        assert!((s(1, 2, 10) - 0.020).abs() < 1e-12, "layer 1 uses layer 0's points");
-        assert!((s(0, 8, 20) - 0.160).abs() < 1e-12, "scaled past the largest batch");
+        assert!(
+            (s(1, 2, 10) - 0.020).abs() < 1e-12,
+            "layer 1 uses layer 0's points"
+        );
+        assert!(
+            (s(0, 8, 20) - 0.160).abs() < 1e-12,
+            "scaled past the largest batch"
+        );
     }
 
     #[test]
     fn unknown_stage_or_layer_is_a_typed_error() {
         let p = profile();
         let e = p
-            .seconds(&Workload::Head { batch: 1, tokens: 10 })
+            .seconds(&Workload::Head {
+                batch: 1,
+                tokens: 10,
+            })
             .expect_err("no head points");
         assert!(matches!(e, Error::NoPrediction { .. }), "{e}");
-        assert!(p
-            .seconds(&Workload::Block { layer: 5, batch: 1, tokens: 10 })
-            .is_err());
+        assert!(
+            p.seconds(&Workload::Block {
+                layer: 5,
+                batch: 1,
+                tokens: 10
+            })
+            .is_err()
+        );
     }
 
     #[test]

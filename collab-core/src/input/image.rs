@@ -64,7 +64,9 @@ impl ImagePreprocess {
         // The short side becomes `resize`; the long side keeps the aspect ratio, rounded (half
         // to even, as Python's `round`). Matched against the fixtures' reference pipeline: with
         // PIL it reproduces the reference logits to 1e-5 on all 8 reference images.
-        let long = |l: u32, s: u32| (f64::from(self.resize) * f64::from(l) / f64::from(s)).round_ties_even() as u32;
+        let long = |l: u32, s: u32| {
+            (f64::from(self.resize) * f64::from(l) / f64::from(s)).round_ties_even() as u32
+        };
         let (nw, nh) = if w <= h {
             (self.resize, long(h, w))
         } else {

@@ -110,7 +110,13 @@ impl<B: Backend> Block<B> {
                 (
                     Linear { w, b: bias },
                     Linear::load(backend, src, &format!("{p}.attention.output.dense"), d, d)?,
-                    LayerNorm::load(backend, src, &format!("{p}.attention.output.LayerNorm"), d, eps)?,
+                    LayerNorm::load(
+                        backend,
+                        src,
+                        &format!("{p}.attention.output.LayerNorm"),
+                        d,
+                        eps,
+                    )?,
                     Linear::load(backend, src, &format!("{p}.intermediate.dense"), d, i)?,
                     Linear::load(backend, src, &format!("{p}.output.dense"), i, d)?,
                     LayerNorm::load(backend, src, &format!("{p}.output.LayerNorm"), d, eps)?,

@@ -41,7 +41,7 @@ impl EncoderConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.hidden == 0 || self.heads == 0 || self.hidden % self.heads != 0 {
+        if self.hidden == 0 || self.heads == 0 || !self.hidden.is_multiple_of(self.heads) {
             return Err(Error::Config(format!(
                 "hidden size {} must be a positive multiple of the head count {}",
                 self.hidden, self.heads
@@ -180,7 +180,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         self.encoder().validate()?;
         if let ModelConfig::Vit(v) = self
-            && (v.patch_size == 0 || v.image_size % v.patch_size != 0)
+            && (v.patch_size == 0 || !v.image_size.is_multiple_of(v.patch_size))
         {
             return Err(Error::Config(format!(
                 "image size {} is not a multiple of the patch size {}",

@@ -43,7 +43,11 @@ pub struct PatchEmbed<B: Backend> {
 impl<B: Backend> PatchEmbed<B> {
     pub(crate) fn load(backend: &B, src: &dyn WeightSource, cfg: &VitConfig) -> Result<Self> {
         let (d, c, p) = (cfg.encoder.hidden, cfg.channels, cfg.patch_size);
-        let w = src.tensor("patch_embed.proj.weight", &[d, c, p, p], Init::Normal(INIT_STD))?;
+        let w = src.tensor(
+            "patch_embed.proj.weight",
+            &[d, c, p, p],
+            Init::Normal(INIT_STD),
+        )?;
         let b = src.tensor("patch_embed.proj.bias", &[d], Init::Zeros)?;
         let cls = src.tensor("cls_token", &[1, 1, d], Init::Normal(INIT_STD))?;
         let n = cfg.num_tokens();

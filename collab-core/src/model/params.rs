@@ -24,7 +24,11 @@ impl<B: Backend> Linear<B> {
         inp: usize,
         out: usize,
     ) -> Result<Self> {
-        let w = src.tensor(&format!("{prefix}.weight"), &[out, inp], Init::Normal(INIT_STD))?;
+        let w = src.tensor(
+            &format!("{prefix}.weight"),
+            &[out, inp],
+            Init::Normal(INIT_STD),
+        )?;
         let b = src.tensor(&format!("{prefix}.bias"), &[out], Init::Zeros)?;
         Ok(Self {
             w: backend.from_vec(w, &[out, inp])?,

@@ -319,9 +319,16 @@ impl<S: WeightSource> HfVitNames<S> {
 impl<S: WeightSource> WeightSource for HfVitNames<S> {
     fn tensor(&self, name: &str, shape: &[usize], init: Init) -> Result<Vec<f32>> {
         // timm fuses q, k, v into one `qkv` projection; Hugging Face stores them apart.
-        if let Some(stem) = name.strip_suffix(".attn.qkv.weight").or(name.strip_suffix(".attn.qkv.bias")) {
+        if let Some(stem) = name
+            .strip_suffix(".attn.qkv.weight")
+            .or(name.strip_suffix(".attn.qkv.bias"))
+        {
             let layer = stem.trim_start_matches("blocks.");
-            let kind = if name.ends_with("weight") { "weight" } else { "bias" };
+            let kind = if name.ends_with("weight") {
+                "weight"
+            } else {
+                "bias"
+            };
             let mut part_shape = shape.to_vec();
             part_shape[0] /= 3;
             let mut out = Vec::new();
@@ -355,7 +362,10 @@ mod tests {
         let c = s.tensor("y", &[4], Init::Normal(0.02)).expect("gen");
         assert_eq!(a, b);
         assert_ne!(a, c);
-        assert_eq!(s.tensor("n", &[2], Init::Ones).expect("gen"), vec![1.0, 1.0]);
+        assert_eq!(
+            s.tensor("n", &[2], Init::Ones).expect("gen"),
+            vec![1.0, 1.0]
+        );
     }
 
     #[test]
@@ -364,7 +374,10 @@ mod tests {
             HfVitNames::<SeededRandom>::map("blocks.3.mlp.fc2.bias"),
             "vit.encoder.layer.3.output.dense.bias"
         );
-        assert_eq!(HfVitNames::<SeededRandom>::map("head.weight"), "classifier.weight");
+        assert_eq!(
+            HfVitNames::<SeededRandom>::map("head.weight"),
+            "classifier.weight"
+        );
     }
 
     #[test]

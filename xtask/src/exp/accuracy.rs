@@ -80,9 +80,7 @@ fn deit(args: &Args) -> Result<()> {
     }
     pb.finish_and_clear();
     let n = images.len();
-    println!(
-        "reference (independent numpy, fixtures README): top1=0.7960 top5=0.9490 on n=1000"
-    );
+    println!("reference (independent numpy, fixtures README): top1=0.7960 top5=0.9490 on n=1000");
     println!(
         "deit-tiny n={n} top1={:.4} top5={:.4}",
         top1 as f64 / n as f64,
@@ -101,11 +99,17 @@ fn minilm(args: &Args) -> Result<()> {
     if let Some(n) = args.limit {
         pairs.truncate(n);
     }
-    let sentences: Vec<&str> = pairs.iter().flat_map(|p| [p.a.as_str(), p.b.as_str()]).collect();
+    let sentences: Vec<&str> = pairs
+        .iter()
+        .flat_map(|p| [p.a.as_str(), p.b.as_str()])
+        .collect();
     let pb = bar(sentences.len(), "minilm");
     let mut emb: Vec<Vec<f32>> = Vec::with_capacity(sentences.len());
     for chunk in sentences.chunks(args.batch.max(1)) {
-        let ids = chunk.iter().map(|s| tok.encode(s)).collect::<collab_core::Result<Vec<_>>>()?;
+        let ids = chunk
+            .iter()
+            .map(|s| tok.encode(s))
+            .collect::<collab_core::Result<Vec<_>>>()?;
         let out = be.to_vec(&model.forward(&Input::Tokens(ids))?)?;
         emb.extend(out.chunks(384).map(<[f32]>::to_vec));
         pb.inc(chunk.len() as u64);
@@ -117,6 +121,10 @@ fn minilm(args: &Args) -> Result<()> {
         .collect();
     let gold: Vec<f64> = pairs.iter().map(|p| p.score).collect();
     println!("reference (independent numpy, fixtures README): spearman=0.867 on n=1500");
-    println!("minilm stsb n={} spearman={:.4}", pairs.len(), spearman(&cos, &gold));
+    println!(
+        "minilm stsb n={} spearman={:.4}",
+        pairs.len(),
+        spearman(&cos, &gold)
+    );
     Ok(())
 }

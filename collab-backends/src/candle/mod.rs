@@ -6,6 +6,8 @@
 //! when gemm cannot read its strides, so transposed operands (`k^T` in attention, `w^T` in a
 //! linear layer) cost no copy.
 
+mod cpu_attention;
+
 use candle_core::{D, DType, Device, Tensor};
 use collab_core::{Backend, Error, Result, shape};
 
@@ -118,6 +120,9 @@ impl Backend for CandleBackend {
     }
 
     fn to_vec(&self, t: &Tensor) -> Result<Vec<f32>> {
+        if t.elem_count() == 0 {
+            return Ok(vec![]);
+        }
         t.flatten_all()
             .and_then(|f| f.to_vec1::<f32>())
             .map_err(err("to_vec"))
@@ -139,6 +144,9 @@ impl Backend for CandleBackend {
     }
 
     fn index_to_vec(&self, i: &Tensor) -> Result<Vec<u32>> {
+        if i.elem_count() == 0 {
+            return Ok(vec![]);
+        }
         i.flatten_all()
             .and_then(|f| f.to_vec1::<u32>())
             .map_err(err("index_to_vec"))
@@ -314,7 +322,15 @@ impl Backend for CandleBackend {
 
     fn softmax_last(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let x = match bias {
-            Some(b) => self.add(x, b)?,
+            Some(b) => {
+                if shape::broadcast("softmax_last", x.dims(), b.dims())? != x.dims() {
+                    return Err(Error::shape(
+                        "softmax_last",
+                        format!("bias {:?} does not broadcast to x {:?}", b.dims(), x.dims()),
+                    ));
+                }
+                self.add(x, b)?
+            }
             None => x.clone(),
         };
         if x.rank() == 0 {
@@ -384,6 +400,9 @@ impl Backend for CandleBackend {
                 format!("q {qd:?}, k {kd:?}, v {vd:?} must be [b,h,n,d], [b,h,m,d], [b,h,m,e]"),
             ));
         }
+        if cpu_attention::applies(q, k, v) {
+            return cpu_attention::attention(q, k, v, scale, bias);
+        }
         let kt = gemm_operand(k)?.t().map_err(err("attention"))?;
         let scores = self.matmul(q, &kt)?.affine(f64::from(scale), 0.0);
         let scores = scores.map_err(err("attention"))?;
@@ -400,21 +419,17 @@ impl Backend for CandleBackend {
             ));
         }
         check_indices("index_select", idx, t.dims()[dim])?;
-        t.index_select(idx, dim).map_err(err("index_select"))
+        t.contiguous()
+            .and_then(|t| t.index_select(&idx.contiguous()?, dim))
+            .map_err(err("index_select"))
     }
 
     fn gather(&self, t: &Tensor, dim: usize, idx: &Tensor) -> Result<Tensor> {
-        check_gather("gather", t.dims(), dim, idx)?;
-        t.contiguous()
-            .and_then(|t| t.gather(&idx.contiguous()?, dim))
-            .map_err(err("gather"))
+        gather_impl("gather", t, dim, idx)
     }
 
     fn index_gather(&self, t: &Tensor, dim: usize, idx: &Tensor) -> Result<Tensor> {
-        check_gather("index_gather", t.dims(), dim, idx)?;
-        t.contiguous()
-            .and_then(|t| t.gather(&idx.contiguous()?, dim))
-            .map_err(err("index_gather"))
+        gather_impl("index_gather", t, dim, idx)
     }
 
     fn scatter_add(&self, t: &Tensor, dim: usize, idx: &Tensor, src: &Tensor) -> Result<Tensor> {
@@ -429,6 +444,16 @@ impl Backend for CandleBackend {
             ));
         }
         check_gather("scatter_add", t.dims(), dim, idx)?;
+        if (0..t.rank()).any(|d| d != dim && src.dims()[d] != t.dims()[d]) {
+            return Err(Error::shape(
+                "scatter_add",
+                format!(
+                    "src {:?} must equal t {:?} outside dim {dim}",
+                    src.dims(),
+                    t.dims()
+                ),
+            ));
+        }
         t.contiguous()
             .and_then(|t| t.scatter_add(&idx.contiguous()?, &src.contiguous()?, dim))
             .map_err(err("scatter_add"))
@@ -449,6 +474,22 @@ impl Backend for CandleBackend {
         }
         t.argmax_keepdim(D::Minus1).map_err(err("argmax_last"))
     }
+}
+
+/// Gather along `dim`. candle 0.11's CPU kernel reads wrong values when `idx` is smaller
+/// than `t` outside `dim` (found by the conformance suite), so `t` is first narrowed to `idx`'s
+/// extent in every other dimension.
+fn gather_impl(op: &'static str, t: &Tensor, dim: usize, idx: &Tensor) -> Result<Tensor> {
+    check_gather(op, t.dims(), dim, idx)?;
+    let mut t = t.clone();
+    for (d, &n) in idx.dims().iter().enumerate() {
+        if d != dim && n < t.dims()[d] {
+            t = t.narrow(d, 0, n).map_err(err(op))?;
+        }
+    }
+    t.contiguous()
+        .and_then(|t| t.gather(&idx.contiguous()?, dim))
+        .map_err(err(op))
 }
 
 /// Checks that every index in `idx` is below `bound`, so that no kernel reads out of range.
