@@ -3,9 +3,9 @@
 //! in-process, for every split point `k`.
 //!
 //! For each split point it prints the prediction (checked identical to the unsplit model), the
-//! measured device and server latency, and the activation bytes that would cross the network
-//! (f32, uncompressed). Defaults are embedded: the fixtures' DeiT-Tiny and the first sample
-//! images; no network, no GPU.
+//! measured device and server latency, and the bytes that would cross the network (the
+//! activation as f32, uncompressed; at split 0, the image as 8-bit pixels). Defaults are
+//! embedded: the fixtures' DeiT-Tiny and the first sample images; no network, no GPU.
 //!
 //! ```text
 //! cargo run --release -p collab-examples --bin split-classify -- --images 4 --split 6
@@ -116,9 +116,10 @@ fn main() -> Result<()> {
             let t = Instant::now();
             let h = model.run_blocks(model.embed(&input)?, 0..k)?;
             dev.push(t.elapsed().as_secs_f64());
-            // What crosses the network: the image itself when nothing runs on the device.
+            // What crosses the network: the image's 8-bit pixels when nothing runs on the
+            // device, else the hidden states as f32 (uncompressed).
             wire = if k == 0 {
-                n * 3 * 224 * 224 * 4
+                n * 3 * 224 * 224
             } else {
                 h.f32_bytes(&be)?
             };
@@ -153,9 +154,10 @@ fn main() -> Result<()> {
             .join(" ")
     );
     println!(
-        "activation per image at any split: 197 tokens x 192 dims x 4 bytes = {} bytes (raw image input: {} bytes)",
+        "per image: activation at any split 197 x 192 x 4 bytes = {} bytes; \
+         the image as 8-bit pixels {} bytes (what split 0 sends)",
         197 * 192 * 4,
-        3 * 224 * 224 * 4
+        3 * 224 * 224
     );
     Ok(())
 }
