@@ -244,3 +244,43 @@ pub mod shape {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::shape::broadcast;
+
+    proptest! {
+        /// NumPy broadcasting is symmetric, keeps the larger rank, and stretches only size-1
+        /// dimensions.
+        #[test]
+        fn broadcast_is_symmetric_and_stretches_only_ones(
+            a in prop::collection::vec(1usize..4, 0..5),
+            b in prop::collection::vec(1usize..4, 0..5),
+        ) {
+            let ab = broadcast("t", &a, &b);
+            let ba = broadcast("t", &b, &a);
+            prop_assert_eq!(ab.is_ok(), ba.is_ok());
+            if let (Ok(ab), Ok(ba)) = (ab, ba) {
+                prop_assert_eq!(&ab, &ba);
+                prop_assert_eq!(ab.len(), a.len().max(b.len()));
+                for (x, shape) in [(&a, &ab), (&b, &ab)] {
+                    let off = shape.len() - x.len();
+                    for (i, &d) in x.iter().enumerate() {
+                        prop_assert!(d == shape[off + i] || d == 1);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn incompatible_shapes_name_the_operation() {
+        let e = broadcast("add", &[2, 3], &[4, 3]).expect_err("3 vs 2 rows");
+        assert!(
+            e.to_string().contains("add") && e.to_string().contains("[2, 3]"),
+            "{e}"
+        );
+    }
+}

@@ -311,7 +311,8 @@ impl Backend for CandleBackend {
             }
             .map_err(err("matmul"))?;
             let mut out = ad.to_vec();
-            *out.last_mut().unwrap_or(&mut 0) = n;
+            let last = out.len() - 1; // ad.len() > 2 here
+            out[last] = n;
             return a2
                 .matmul(&b)
                 .and_then(|y| y.reshape(out))
