@@ -2,6 +2,7 @@
 //! summary line last.
 
 mod accuracy;
+mod profile;
 mod stats;
 mod throughput;
 
@@ -15,12 +16,15 @@ pub(crate) enum Exp {
     Accuracy(accuracy::Args),
     /// Forward throughput against the machine's dense matmul peak.
     ForwardThroughput(throughput::Args),
+    /// Per-block latency profile (the measured CostModel), saved as JSON.
+    BlockProfile(profile::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
     match exp {
         Exp::Accuracy(a) => accuracy::run(a),
         Exp::ForwardThroughput(a) => throughput::run(a),
+        Exp::BlockProfile(a) => profile::run(a),
     }
 }
 
