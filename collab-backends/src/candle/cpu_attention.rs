@@ -8,7 +8,7 @@
 //! at a time, then `O = P V` straight into the output. Checked against the f64 reference by
 //! the conformance suite's `nn` family.
 
-use candle_core::{DType, Device, Storage, Tensor};
+use candle_core::{DType, Device, Tensor};
 use collab_core::{Error, Result};
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
@@ -131,5 +131,4 @@ pub(super) fn applies(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
     [q, k, v]
         .iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
-        && matches!(&*q.storage_and_layout().0, Storage::Cpu(_))
 }

@@ -2,11 +2,10 @@
 //! token counts, interpolated bilinearly in between and scaled by work outside the grid.
 
 use std::path::Path;
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::{CostModel, Workload};
+use super::{CostModel, Workload, time_median};
 use crate::model::{Hidden, Transformer};
 use crate::{Backend, Error, Result};
 
@@ -45,22 +44,6 @@ pub struct MeasuredProfile {
     pub layers: usize,
     /// The measurements.
     pub points: Vec<ProfilePoint>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-fn time_median(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut v = Vec::with_capacity(repeats.max(1));
-    for _ in 0..repeats.max(1) {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64());
-    }
-    Ok(median(v))
 }
 
 /// Times `model`'s stages on `spec`'s grid with random hidden states of the right shape.

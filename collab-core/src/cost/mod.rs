@@ -6,12 +6,14 @@
 //! (roofline, calibrated roofline) implement the same trait.
 
 mod measured;
+mod timing;
 
 use std::fmt::{self, Debug};
 
 use serde::{Deserialize, Serialize};
 
 pub use measured::{MeasuredProfile, ProfilePoint, ProfileSpec, profile_model};
+pub use timing::{median, time_median};
 
 use crate::Result;
 

@@ -17,6 +17,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use collab_backends::candle::CandleBackend;
+use collab_core::cost::median;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, ModelConfig, Transformer};
 use collab_core::{Backend, fixtures};
@@ -39,11 +40,6 @@ struct Args {
     /// Timed repetitions per split point (median reported).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn main() -> Result<()> {
@@ -133,7 +129,7 @@ fn main() -> Result<()> {
         if !identical {
             bail!("split at {k} changed the output: this is a bug");
         }
-        let (d, s) = (median(dev) * 1e3, median(srv) * 1e3);
+        let (d, s) = (median(&dev) * 1e3, median(&srv) * 1e3);
         block_ms.push((k, d + s));
         println!("{k:>5} {d:>12.1} {s:>12.1} {wire:>14} {identical:>12}  {preds:?}");
     }

@@ -35,13 +35,6 @@ pub(crate) fn spearman(a: &[f64], b: &[f64]) -> f64 {
     pearson(&ranks(a), &ranks(b))
 }
 
-/// Median of a sample (upper median for even lengths).
-pub(crate) fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[s.len() / 2]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,16 +11,15 @@
 //! `vit-b16 batch=32 fraction_of_matmul_peak=0.XX`.
 
 use std::io::Write;
-use std::time::Instant;
 
 use anyhow::Result;
 use collab_backends::candle::CandleBackend;
+use collab_core::cost::time_median;
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Hidden, Input, ModelConfig, Transformer};
 use collab_core::{Backend, fixtures};
 
 use super::results_dir;
-use super::stats::median;
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
@@ -34,17 +33,6 @@ pub(crate) struct Args {
     /// Models to measure (`deit-tiny`, `vit-b16`).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["deit-tiny".to_string(), "vit-b16".to_string()])]
     models: Vec<String>,
-}
-
-fn time<T>(repeats: usize, mut f: impl FnMut() -> collab_core::Result<T>) -> Result<f64> {
-    f()?;
-    let mut v = vec![];
-    for _ in 0..repeats.max(1) {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed().as_secs_f64());
-    }
-    Ok(median(&v))
 }
 
 /// Best matmul GFLOP/s over a few shapes: square ones and the ViT-B linear layers at batch 32.
@@ -66,7 +54,7 @@ fn matmul_peak<B: Backend>(be: &B, repeats: usize) -> Result<(f64, Vec<(String, 
             (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect(),
             &[k, n],
         )?;
-        let s = time(repeats, || be.matmul(&a, &b))?;
+        let s = time_median(repeats, || be.matmul(&a, &b))?;
         rows.push((format!("{m}x{k}x{n}"), 2.0 * (m * k * n) as f64 / s / 1e9));
     }
     let peak = rows.iter().map(|r| r.1).fold(0.0, f64::max);
@@ -102,9 +90,9 @@ fn measure<B: Backend>(
             &[b, 3, v.image_size, v.image_size],
         )?;
         let input = Input::Images(x);
-        let s = time(repeats, || model.forward(&input))?;
+        let s = time_median(repeats, || model.forward(&input))?;
         let h: Hidden<B> = model.embed(&input)?;
-        let block = time(repeats, || model.run_blocks(h.clone(), 0..1))?;
+        let block = time_median(repeats, || model.run_blocks(h.clone(), 0..1))?;
         let ips = b as f64 / s;
         let gflops = cfg.forward_flops(v.num_tokens()) * ips / 1e9;
         rows.push(Row {
@@ -202,14 +190,16 @@ pub(crate) fn run(args: Args) -> Result<()> {
         )?;
     }
     println!("wrote {}", path.display());
+    // The summary is ViT-B/16's largest batch when it was measured, else the last row.
     let last = rows
         .iter()
         .rev()
         .find(|r| r.model == "vit-b16")
-        .ok_or_else(|| anyhow::anyhow!("no vit-b16 measurement"))?;
+        .or(rows.last())
+        .ok_or_else(|| anyhow::anyhow!("no model measured (see --models)"))?;
     println!(
-        "vit-b16 batch={} fraction_of_matmul_peak={:.2}",
-        last.batch, last.fraction
+        "{} batch={} fraction_of_matmul_peak={:.2}",
+        last.model, last.batch, last.fraction
     );
     Ok(())
 }
