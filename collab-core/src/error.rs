@@ -94,6 +94,14 @@ pub enum Error {
         /// Why there is no prediction.
         reason: String,
     },
+    /// Bytes on the wire could not be encoded or decoded by an activation codec.
+    #[error("codec `{codec}`: {message}")]
+    Codec {
+        /// The codec's name.
+        codec: String,
+        /// What was wrong.
+        message: String,
+    },
     /// An I/O error with the path it concerns.
     #[error("I/O error on {path}: {source}")]
     Io {
@@ -109,6 +117,14 @@ impl Error {
     pub fn shape(op: &'static str, message: impl Into<String>) -> Self {
         Self::Shape {
             op,
+            message: message.into(),
+        }
+    }
+
+    /// A codec error.
+    pub fn codec(codec: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::Codec {
+            codec: codec.into(),
             message: message.into(),
         }
     }

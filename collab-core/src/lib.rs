@@ -1,9 +1,12 @@
 //! collab-core: the interfaces of collab and the data they speak.
 //!
 //! - [`Backend`]: tensor primitives, implemented per kind of hardware in `collab-backends`;
+//! - [`batch`]: the `BatchPolicy` trait of the shared-model server (SPEC §2), the queue view it
+//!   decides on and the per-request `Response`;
 //! - [`model`]: one generic Transformer (ViT/DeiT and BERT) written once against `Backend`,
 //!   with split execution (`embed`, `run_blocks`, `head`) and safetensors loading;
 //! - [`token`]: the `TokenAdapter` hook points inside each block;
+//! - [`split`]: the `ActivationCodec` and `SplitStrategy` traits of split inference;
 //! - [`cost`]: the `CostModel` trait and a measured per-block profile;
 //! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
 //! - [`fixtures`]: where the real checkpoints and evaluation data are found.
@@ -11,11 +14,13 @@
 //! collab-core depends on no backend, no transport and no async runtime.
 
 mod backend;
+pub mod batch;
 pub mod cost;
 mod error;
 pub mod fixtures;
 pub mod input;
 pub mod model;
+pub mod split;
 pub mod token;
 
 pub use backend::{Backend, shape};

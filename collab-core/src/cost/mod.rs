@@ -6,6 +6,7 @@
 //! (roofline, calibrated roofline) implement the same trait.
 
 mod measured;
+mod scaled;
 mod timing;
 
 use std::fmt::{self, Debug};
@@ -13,6 +14,7 @@ use std::fmt::{self, Debug};
 use serde::{Deserialize, Serialize};
 
 pub use measured::{MeasuredProfile, ProfilePoint, ProfileSpec, profile_model};
+pub use scaled::Scaled;
 pub use timing::{median, time_median};
 
 use crate::Result;

@@ -2,8 +2,11 @@
 //! summary line last.
 
 mod accuracy;
+mod collabtrans;
+mod plot;
 mod profile;
 mod stats;
+mod svd_accuracy;
 mod throughput;
 
 use anyhow::Result;
@@ -18,6 +21,10 @@ pub(crate) enum Exp {
     ForwardThroughput(throughput::Args),
     /// Per-block latency profile (the measured CostModel), saved as JSON.
     BlockProfile(profile::Args),
+    /// Shared-model server vs per-split and server-only batching (SPEC §2, Figure 3).
+    CollabtransThroughput(collabtrans::Args),
+    /// Accuracy loss of every activation codec at every split point and ratio (SPEC §1).
+    SvdAccuracy(svd_accuracy::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -25,6 +32,8 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::Accuracy(a) => accuracy::run(a),
         Exp::ForwardThroughput(a) => throughput::run(a),
         Exp::BlockProfile(a) => profile::run(a),
+        Exp::SvdAccuracy(a) => svd_accuracy::run(a),
+        Exp::CollabtransThroughput(a) => collabtrans::run(a),
     }
 }
 

@@ -1,0 +1,13 @@
+//! collab-policies: implementations of collab's policy traits, one concept per folder.
+//!
+//! - [`svd`]: activation codecs for a split point (SPEC §1): per-request truncated SVD, a
+//!   calibrated PCA basis, a basis from the next layer's weight factorisation, and the
+//!   f16/bf16/int8 baselines with their combinations;
+//! - [`split`]: split-point selection from measured cost profiles, the network and an
+//!   accuracy table (SPEC §1, "Split selection");
+//! - [`batch`]: batch scheduling for the shared-model server (SPEC §2) and its baselines,
+//!   with the synchronous server worker that runs them.
+
+pub mod batch;
+pub mod split;
+pub mod svd;

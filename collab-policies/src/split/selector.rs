@@ -1,0 +1,271 @@
+//! The split-selection rule of SPEC §1.
+//!
+//! Candidates: server-only (k = 0, the raw input crosses), every measured (k, codec, rank) of
+//! the [`AccuracyTable`] plus the uncompressed `f32` activation at every k, and device-only
+//! (k = L). The predicted latency of a candidate is
+//!
+//! ```text
+//! device embed + blocks 0..k + encode          (device CostModel, batch 1; encode scaled)
+//! + bytes / bandwidth + rtt                    (uplink, one round trip)
+//! + server queue + decode + blocks k..L + head (server CostModel, batch 1)
+//! + response bytes / bandwidth                 (the result coming back)
+//! ```
+//!
+//! and device-only is the device's whole model with no network. Among candidates with
+//! `latency <= deadline` and `loss <= max_loss`, the rule keeps the most blocks on the device
+//! (to relieve the server) and breaks ties by lower latency.
+
+use std::sync::{Arc, Mutex};
+
+use collab_core::cost::{CostModel, Workload};
+use collab_core::split::{Conditions, SplitChoice, SplitStrategy};
+use collab_core::{Error, Result};
+
+use super::table::AccuracyTable;
+
+/// Fixed facts about the model and the deployment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SelectorConfig {
+    /// Blocks of the model (L).
+    pub layers: usize,
+    /// Tokens per request entering blocks.
+    pub tokens: usize,
+    /// Hidden features.
+    pub features: usize,
+    /// Bytes of the raw input a server-only request sends (e.g. a 224 x 224 RGB image).
+    pub raw_input_bytes: usize,
+    /// Bytes of the response (e.g. the logits).
+    pub response_bytes: usize,
+    /// Factor from the codec times in the table (measured on the machine that ran the sweep)
+    /// to the device's encode time.
+    pub device_codec_scale: f64,
+    /// Whether device-only (k = L) is a candidate. Experiments that measure what the server
+    /// sustains turn it off (a device that can run everything alone sends nothing).
+    pub allow_device_only: bool,
+}
+
+/// One candidate and its predicted latency parts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// The choice, with its total predicted latency.
+    pub choice: SplitChoice,
+    /// Device compute (embedding, blocks, encode) seconds.
+    pub device: f64,
+    /// Network seconds (uplink, RTT, response).
+    pub network: f64,
+    /// Server seconds (queue, decode, blocks, head).
+    pub server: f64,
+}
+
+/// Picks (k, codec) by the SPEC §1 rule; remembers its last answer and re-selects only when
+/// the conditions move (see [`SplitSelector::observe`]).
+#[derive(Debug)]
+pub struct SplitSelector {
+    device: Arc<dyn CostModel>,
+    server: Arc<dyn CostModel>,
+    table: AccuracyTable,
+    config: SelectorConfig,
+    /// Relative change of bandwidth or server queue that triggers a re-selection.
+    tolerance: f64,
+    last: Mutex<Option<(Conditions, SplitChoice)>>,
+}
+
+impl SplitSelector {
+    /// A selector over the given profiles and accuracy table.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the table was measured on a model with another block count or
+    /// feature size.
+    pub fn new(
+        device: Arc<dyn CostModel>,
+        server: Arc<dyn CostModel>,
+        table: AccuracyTable,
+        config: SelectorConfig,
+    ) -> Result<Self> {
+        if table.layers != config.layers || table.features != config.features {
+            return Err(Error::Config(format!(
+                "accuracy table of `{}` ({} blocks, {} features) does not describe this model \
+                 ({} blocks, {} features)",
+                table.model, table.layers, table.features, config.layers, config.features
+            )));
+        }
+        Ok(Self {
+            device,
+            server,
+            table,
+            config,
+            tolerance: 0.1,
+            last: Mutex::new(None),
+        })
+    }
+
+    /// Sets the relative change that triggers re-selection (default 0.1).
+    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
+        self.tolerance = tolerance.max(0.0);
+        self
+    }
+
+    fn device_part(&self, k: usize) -> Result<f64> {
+        if k == 0 {
+            return Ok(0.0);
+        }
+        let t = self.config.tokens;
+        let mut s = self.device.seconds(&Workload::Embed {
+            batch: 1,
+            tokens: t,
+        })?;
+        s += self.device.blocks_seconds(0..k, 1, t)?;
+        if k == self.config.layers {
+            s += self.device.seconds(&Workload::Head {
+                batch: 1,
+                tokens: t,
+            })?;
+        }
+        Ok(s)
+    }
+
+    fn server_part(&self, k: usize, queue: f64) -> Result<f64> {
+        let (t, l) = (self.config.tokens, self.config.layers);
+        let mut s = queue + self.server.blocks_seconds(k..l, 1, t)?;
+        s += self.server.seconds(&Workload::Head {
+            batch: 1,
+            tokens: t,
+        })?;
+        if k == 0 {
+            s += self.server.seconds(&Workload::Embed {
+                batch: 1,
+                tokens: t,
+            })?;
+        }
+        Ok(s)
+    }
+
+    /// Every candidate with its predicted latency, unfiltered.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for non-positive bandwidth or negative times; cost-model errors.
+    pub fn candidates(&self, c: &Conditions) -> Result<Vec<Candidate>> {
+        let valid =
+            c.bandwidth > 0.0 && c.rtt >= 0.0 && c.server_queue >= 0.0 && !c.deadline.is_nan();
+        if !valid {
+            return Err(Error::InvalidInput(format!(
+                "conditions need bandwidth > 0 and non-negative rtt and queue, got {c:?}"
+            )));
+        }
+        let (l, n, d) = (self.config.layers, self.config.tokens, self.config.features);
+        let network = |bytes: f64| {
+            bytes / c.bandwidth + c.rtt + self.config.response_bytes as f64 / c.bandwidth
+        };
+        let mut out = vec![];
+        let mut push =
+            |k: usize, codec: String, bytes: f64, loss: f64, enc: f64, dec: f64| -> Result<()> {
+                let device = self.device_part(k)? + enc * self.config.device_codec_scale;
+                let net = network(bytes);
+                let server = self.server_part(k, c.server_queue)? + dec;
+                out.push(Candidate {
+                    choice: SplitChoice {
+                        split: k,
+                        codec,
+                        rho: 1.0 - bytes / (4.0 * (n * d) as f64),
+                        bytes: bytes.round() as usize,
+                        latency: device + net + server,
+                        loss,
+                    },
+                    device,
+                    network: net,
+                    server,
+                });
+                Ok(())
+            };
+        push(
+            0,
+            "raw".into(),
+            self.config.raw_input_bytes as f64,
+            0.0,
+            0.0,
+            0.0,
+        )?;
+        for k in 1..l {
+            push(k, "f32".into(), (4 * n * d) as f64, 0.0, 0.0, 0.0)?;
+            for e in self.table.at(k) {
+                push(
+                    k,
+                    format!("{}-r{}", e.codec, e.rank),
+                    e.bytes,
+                    e.loss,
+                    e.encode_s,
+                    e.decode_s,
+                )?;
+            }
+        }
+        if !self.config.allow_device_only {
+            return Ok(out);
+        }
+        let device_only = self.device_part(l)?;
+        out.push(Candidate {
+            choice: SplitChoice {
+                split: l,
+                codec: "none".into(),
+                rho: 1.0,
+                bytes: 0,
+                latency: device_only,
+                loss: 0.0,
+            },
+            device: device_only,
+            network: 0.0,
+            server: 0.0,
+        });
+        Ok(out)
+    }
+
+    /// Re-selects if the conditions moved since the last answer (bandwidth or server queue
+    /// by more than the tolerance, or any change of deadline or loss limit); returns the
+    /// choice and whether it was recomputed.
+    ///
+    /// # Errors
+    /// As [`SplitStrategy::choose`].
+    pub fn observe(&self, c: &Conditions) -> Result<(SplitChoice, bool)> {
+        let moved =
+            |a: f64, b: f64| (a - b).abs() > self.tolerance * a.abs().max(b.abs()).max(1e-9);
+        let mut last = self
+            .last
+            .lock()
+            .map_err(|_| Error::Config("selector state poisoned".into()))?;
+        if let Some((prev, choice)) = last.as_ref()
+            && !moved(prev.bandwidth, c.bandwidth)
+            && !(moved(prev.server_queue, c.server_queue)
+                && (prev.server_queue - c.server_queue).abs() > 1e-3)
+            && prev.deadline == c.deadline
+            && prev.max_loss == c.max_loss
+            && prev.rtt == c.rtt
+        {
+            return Ok((choice.clone(), false));
+        }
+        let choice = self.choose(c)?;
+        *last = Some((*c, choice.clone()));
+        Ok((choice, true))
+    }
+}
+
+impl SplitStrategy for SplitSelector {
+    fn name(&self) -> String {
+        format!(
+            "split-selector({}, device {})",
+            self.table.model,
+            self.device.name()
+        )
+    }
+
+    fn choose(&self, c: &Conditions) -> Result<SplitChoice> {
+        self.candidates(c)?
+            .into_iter()
+            .filter(|x| x.choice.latency <= c.deadline && x.choice.loss <= c.max_loss)
+            .map(|x| x.choice)
+            .max_by(|a, b| a.split.cmp(&b.split).then(b.latency.total_cmp(&a.latency)))
+            .ok_or_else(|| Error::NoPrediction {
+                model: self.name(),
+                workload: format!("deadline {:.4}s, loss limit {}", c.deadline, c.max_loss),
+                reason: "no split point meets both the deadline and the accuracy limit".into(),
+            })
+    }
+}

@@ -1,0 +1,199 @@
+//! Codec families and the rank that reaches a byte budget.
+//!
+//! A [`Family`] is a codec without its rank; [`Family::rank_for_ratio`] finds the largest rank
+//! whose encoding removes at least a fraction `rho` of the `f32` bytes, computed from the
+//! exact encoded length (so rho is measured in bytes, header included).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use collab_core::split::{ActivationCodec, truncation_ratio};
+use collab_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+use super::basis::Basis;
+use super::plain::PlainCodec;
+use super::projected::ProjectedCodec;
+use super::quant::Precision;
+use super::request::SvdCodec;
+
+/// A codec family: how values are reduced and at which precision they are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum Family {
+    /// The activation itself (`f32`, `f16`, `bf16`, `int8`); no rank.
+    Plain(Precision),
+    /// Per-request truncated SVD.
+    Svd(Precision),
+    /// Calibrated PCA basis.
+    Pca(Precision),
+    /// Basis of the next linear layer's weight SVD.
+    WeightSvd(Precision),
+}
+
+/// Which shared basis a family needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BasisNeed {
+    /// None.
+    None,
+    /// A PCA basis fitted on calibration activations at the split.
+    Calibrated,
+    /// The SVD basis of the next linear layer's weight.
+    Weight,
+}
+
+impl Family {
+    /// The families the accuracy sweep measures, baselines first.
+    pub const SWEEP: [Family; 10] = [
+        Family::Plain(Precision::F16),
+        Family::Plain(Precision::Bf16),
+        Family::Plain(Precision::Int8),
+        Family::Svd(Precision::F32),
+        Family::Svd(Precision::F16),
+        Family::Svd(Precision::Int8),
+        Family::Pca(Precision::F32),
+        Family::Pca(Precision::F16),
+        Family::Pca(Precision::Int8),
+        Family::WeightSvd(Precision::F32),
+    ];
+
+    /// Whether this is one of the pure SVD codecs (reduction by rank, `f32` values).
+    pub fn is_pure_svd(self) -> bool {
+        matches!(
+            self,
+            Family::Svd(Precision::F32)
+                | Family::Pca(Precision::F32)
+                | Family::WeightSvd(Precision::F32)
+        )
+    }
+
+    /// The basis it needs.
+    pub fn basis_need(self) -> BasisNeed {
+        match self {
+            Family::Plain(_) | Family::Svd(_) => BasisNeed::None,
+            Family::Pca(_) => BasisNeed::Calibrated,
+            Family::WeightSvd(_) => BasisNeed::Weight,
+        }
+    }
+
+    /// The codec of this family at `rank` (ignored by plain codecs).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the family needs a basis and none is given, or `rank` is 0.
+    pub fn build(self, rank: usize, basis: Option<Arc<Basis>>) -> Result<Box<dyn ActivationCodec>> {
+        if rank == 0 && !matches!(self, Family::Plain(_)) {
+            return Err(Error::Config(format!("{self}: rank must be at least 1")));
+        }
+        let need_basis = |label| {
+            basis.clone().map(|basis| (label, basis)).ok_or_else(|| {
+                Error::Config(format!("{self} needs a shared basis for the split point"))
+            })
+        };
+        Ok(match self {
+            Family::Plain(precision) => Box::new(PlainCodec { precision }),
+            Family::Svd(precision) => Box::new(SvdCodec { rank, precision }),
+            Family::Pca(precision) | Family::WeightSvd(precision) => {
+                let (label, basis) = need_basis(if matches!(self, Family::Pca(_)) {
+                    "pca"
+                } else {
+                    "wsvd"
+                })?;
+                Box::new(ProjectedCodec {
+                    label,
+                    basis,
+                    rank,
+                    precision,
+                })
+            }
+        })
+    }
+
+    /// Exact encoded bytes at `rank` for a `tokens x features` activation.
+    pub fn encoded_len(self, rank: usize, tokens: usize, features: usize) -> usize {
+        use super::wire::HEADER_LEN;
+        match self {
+            Family::Plain(p) => HEADER_LEN + p.block_len(tokens, features),
+            Family::Svd(p) => {
+                let r = rank.min(tokens).min(features);
+                HEADER_LEN + p.block_len(tokens, r) + p.block_len(r, features)
+            }
+            Family::Pca(p) | Family::WeightSvd(p) => HEADER_LEN + p.block_len(tokens, rank),
+        }
+    }
+
+    /// The largest rank in `1..=max_rank` whose encoding has truncation ratio at least `rho`;
+    /// for plain codecs `Some(features)` if their fixed ratio reaches `rho`. `None` if no
+    /// rank gets there.
+    pub fn rank_for_ratio(
+        self,
+        rho: f64,
+        tokens: usize,
+        features: usize,
+        max_rank: usize,
+    ) -> Option<usize> {
+        let ratio = |r| truncation_ratio(self.encoded_len(r, tokens, features), tokens, features);
+        match self {
+            Family::Plain(_) => (ratio(features) >= rho - 1e-12).then_some(features),
+            _ => (1..=max_rank).rev().find(|&r| ratio(r) >= rho - 1e-12),
+        }
+    }
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (base, p) = match *self {
+            Family::Plain(p) => return f.write_str(p.name()),
+            Family::Svd(p) => ("svd", p),
+            Family::Pca(p) => ("pca", p),
+            Family::WeightSvd(p) => ("wsvd", p),
+        };
+        match p {
+            Precision::F32 => f.write_str(base),
+            p => write!(f, "{base}-{}", p.name()),
+        }
+    }
+}
+
+impl FromStr for Family {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if let Some(p) = Precision::ALL.into_iter().find(|p| p.name() == s) {
+            return Ok(Family::Plain(p));
+        }
+        let (base, precision) = match s.split_once('-') {
+            Some((b, p)) => (b, p),
+            None => (s, "f32"),
+        };
+        let p = Precision::ALL
+            .into_iter()
+            .find(|p| p.name() == precision)
+            .ok_or_else(|| {
+                Error::Config(format!("unknown codec precision `{precision}` in `{s}`"))
+            })?;
+        match base {
+            "svd" => Ok(Family::Svd(p)),
+            "pca" => Ok(Family::Pca(p)),
+            "wsvd" => Ok(Family::WeightSvd(p)),
+            _ => Err(Error::Config(format!(
+                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/pca/wsvd with an \
+                 optional -f16/-bf16/-int8"
+            ))),
+        }
+    }
+}
+
+impl From<Family> for String {
+    fn from(f: Family) -> Self {
+        f.to_string()
+    }
+}
+
+impl TryFrom<String> for Family {
+    type Error = Error;
+
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}

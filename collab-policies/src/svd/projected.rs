@@ -1,0 +1,124 @@
+//! Coefficients in a shared basis (SPEC §1, "calibrated basis"): the device sends
+//! `(X - mean) P_r` (`n x r`); the server computes `coefficients P_r^T + mean`.
+
+use std::sync::Arc;
+
+use collab_core::split::{Activation, ActivationCodec};
+use collab_core::{Error, Result};
+use faer::{Mat, MatRef};
+
+use super::basis::Basis;
+use super::quant::Precision;
+use super::request::row_major;
+use super::wire::{HEADER_LEN, Header, Kind, check_finite, expect_end};
+
+/// Projects onto the leading `rank` components of a shared [`Basis`].
+#[derive(Clone, Debug)]
+pub struct ProjectedCodec {
+    /// A short label for the basis family in names (`pca`, `wsvd`).
+    pub label: &'static str,
+    /// The shared basis.
+    pub basis: Arc<Basis>,
+    /// Components kept (clamped to the basis rank).
+    pub rank: usize,
+    /// Precision of the coefficients.
+    pub precision: Precision,
+}
+
+impl ProjectedCodec {
+    fn rank(&self) -> usize {
+        self.rank.min(self.basis.rank())
+    }
+
+    fn check_features(&self, features: usize, name: &str) -> Result<()> {
+        if features == self.basis.features {
+            Ok(())
+        } else {
+            Err(Error::codec(
+                name,
+                format!(
+                    "basis `{}` has {} features, the activation {features}",
+                    self.basis.origin, self.basis.features
+                ),
+            ))
+        }
+    }
+}
+
+impl ActivationCodec for ProjectedCodec {
+    fn name(&self) -> String {
+        match self.precision {
+            Precision::F32 => format!("{}-r{}", self.label, self.rank),
+            p => format!("{}-{}-r{}", self.label, p.name(), self.rank),
+        }
+    }
+
+    fn encoded_len(&self, tokens: usize, _features: usize) -> usize {
+        HEADER_LEN + self.precision.block_len(tokens, self.rank())
+    }
+
+    fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
+        let name = self.name();
+        check_finite(&x.values, &name)?;
+        self.check_features(x.features, &name)?;
+        let (n, d, r) = (x.tokens, x.features, self.rank());
+        let xm = MatRef::from_row_major_slice(&x.values, n, d);
+        let centred;
+        let xm = match &self.basis.mean {
+            Some(mean) => {
+                centred = Mat::<f32>::from_fn(n, d, |i, j| xm[(i, j)] - mean[j]);
+                centred.as_ref()
+            }
+            None => xm,
+        };
+        let coeff: Mat<f32> = xm * self.basis.leading(r).transpose();
+        let header = Header {
+            kind: Kind::Projected,
+            precision: self.precision,
+            tokens: n,
+            features: d,
+            rank: r,
+            basis: self.basis.fingerprint,
+        };
+        let mut out = header.start(&name, self.precision.block_len(n, r))?;
+        self.precision
+            .write_block(&row_major(coeff.as_ref()), n, r, &mut out);
+        Ok(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Activation> {
+        let name = self.name();
+        let (h, rest) = Header::read(bytes, &name, Kind::Projected, self.precision)?;
+        if h.basis != self.basis.fingerprint {
+            return Err(Error::codec(
+                &name,
+                format!(
+                    "payload was projected on basis {:#x}, this server holds {:#x} ({})",
+                    h.basis, self.basis.fingerprint, self.basis.origin
+                ),
+            ));
+        }
+        self.check_features(h.features, &name)?;
+        if h.rank > self.basis.rank() {
+            return Err(Error::codec(
+                &name,
+                format!(
+                    "rank {} exceeds the basis rank {}",
+                    h.rank,
+                    self.basis.rank()
+                ),
+            ));
+        }
+        let (coeff, rest) = self.precision.read_block(rest, h.tokens, h.rank, &name)?;
+        expect_end(rest, &name)?;
+        let c = MatRef::from_row_major_slice(&coeff, h.tokens, h.rank);
+        let x: Mat<f32> = c * self.basis.leading(h.rank);
+        let mut values = row_major(x.as_ref());
+        if let Some(mean) = &self.basis.mean {
+            for row in values.chunks_mut(h.features) {
+                row.iter_mut().zip(mean).for_each(|(v, m)| *v += m);
+            }
+        }
+        Activation::new(h.tokens, h.features, values)
+    }
+}

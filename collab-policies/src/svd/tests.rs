@@ -1,0 +1,213 @@
+//! Property tests of the codecs: exact byte counts, error monotone in rank, lossless full rank,
+//! and typed rejection of foreign payloads.
+
+use std::sync::Arc;
+
+use collab_core::split::{Activation, ActivationCodec, truncation_ratio};
+use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+
+/// A low-rank-plus-noise activation with a few outlier features, like a residual stream.
+fn activation(seed: u64, n: usize, d: usize) -> Activation {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let k = 4.min(d);
+    let a: Vec<f32> = (0..n * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..k * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut values = vec![0f32; n * d];
+    for i in 0..n {
+        for j in 0..d {
+            let low: f32 = (0..k).map(|t| a[i * k + t] * b[t * d + j]).sum();
+            let outlier = if j % 17 == 3 { 8.0 } else { 0.0 };
+            values[i * d + j] = low + outlier + 0.1 * rng.random_range(-1.0..1.0f32);
+        }
+    }
+    Activation {
+        tokens: n,
+        features: d,
+        values,
+    }
+}
+
+fn error(x: &Activation, codec: &dyn ActivationCodec) -> f64 {
+    let bytes = codec.encode(x).expect("encode");
+    let y = codec.decode(&bytes).expect("decode");
+    assert_eq!((y.tokens, y.features), (x.tokens, x.features));
+    x.values
+        .iter()
+        .zip(&y.values)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum::<f64>()
+        .sqrt()
+}
+
+fn bases(n: usize, d: usize, seed: u64) -> (Arc<Basis>, Arc<Basis>) {
+    let mut calib = vec![];
+    for s in 0..3 {
+        calib.extend(activation(seed + 100 + s, n, d).values);
+    }
+    let pca = Basis::fit_pca(&calib, d, "test").expect("pca");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let w: Vec<f32> = (0..3 * d * d)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let weight = Basis::from_weight(&w, 3 * d, d, "test").expect("weight svd");
+    (Arc::new(pca), Arc::new(weight))
+}
+
+fn codec(
+    family: Family,
+    rank: usize,
+    pca: &Arc<Basis>,
+    w: &Arc<Basis>,
+) -> Box<dyn ActivationCodec> {
+    let basis = match family.basis_need() {
+        BasisNeed::None => None,
+        BasisNeed::Calibrated => Some(pca.clone()),
+        BasisNeed::Weight => Some(w.clone()),
+    };
+    family.build(rank, basis).expect("build")
+}
+
+const ALL: [Family; 13] = [
+    Family::Plain(Precision::F32),
+    Family::Plain(Precision::F16),
+    Family::Plain(Precision::Bf16),
+    Family::Plain(Precision::Int8),
+    Family::Svd(Precision::F32),
+    Family::Svd(Precision::Bf16),
+    Family::Svd(Precision::Int8),
+    Family::Pca(Precision::F32),
+    Family::Pca(Precision::F16),
+    Family::Pca(Precision::Int8),
+    Family::WeightSvd(Precision::F32),
+    Family::WeightSvd(Precision::F16),
+    Family::WeightSvd(Precision::Int8),
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn rho_is_the_bytes_actually_produced(seed in 0u64..1000, n in 1usize..40, d in 2usize..40, rank in 1usize..40) {
+        let x = activation(seed, n, d);
+        let (pca, w) = bases(n.max(2), d, seed);
+        for family in ALL {
+            let c = codec(family, rank, &pca, &w);
+            let bytes = c.encode(&x).expect("encode");
+            prop_assert_eq!(bytes.len(), c.encoded_len(n, d), "{}", c.name());
+            prop_assert_eq!(bytes.len(), family.encoded_len(rank.min(d), n, d), "{}", c.name());
+            let rho = truncation_ratio(bytes.len(), n, d);
+            if let Some(r) = family.rank_for_ratio(rho, n, d, d) {
+                let best = family.build(r, Some(pca.clone())).is_ok();
+                prop_assert!(best || family.basis_need() != BasisNeed::None);
+                prop_assert!(truncation_ratio(family.encoded_len(r, n, d), n, d) >= rho - 1e-12);
+            }
+        }
+    }
+
+    #[test]
+    fn error_is_monotone_in_rank(seed in 0u64..1000, n in 8usize..40, d in 8usize..40) {
+        let x = activation(seed, n, d);
+        let (pca, w) = bases(n, d, seed);
+        for family in [Family::Svd(Precision::F32), Family::Pca(Precision::F32), Family::WeightSvd(Precision::F32)] {
+            let errs: Vec<f64> = (1..=d.min(n)).map(|r| error(&x, codec(family, r, &pca, &w).as_ref())).collect();
+            let scale = x.values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            for pair in errs.windows(2) {
+                prop_assert!(pair[1] <= pair[0] + 1e-4 * scale, "{family}: {errs:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn full_rank_reconstructs(seed in 0u64..1000, n in 1usize..30, d in 1usize..30) {
+        let x = activation(seed, n, d);
+        let (pca, w) = bases(n.max(2), d, seed);
+        let scale = x.values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::Pca(Precision::F32), Family::WeightSvd(Precision::F32)] {
+            let c = codec(family, d, &pca, &w);
+            let y = c.decode(&c.encode(&x).expect("encode")).expect("decode");
+            for (a, b) in x.values.iter().zip(&y.values) {
+                prop_assert!((a - b).abs() <= 1e-4 * scale.max(1.0), "{}: {a} vs {b}", c.name());
+            }
+        }
+    }
+}
+
+#[test]
+fn rank_for_ratio_is_the_largest_within_budget() {
+    let (n, d) = (197, 192);
+    for family in Family::SWEEP {
+        for rho in [0.1, 0.3, 0.5, 0.7, 0.9] {
+            match family.rank_for_ratio(rho, n, d, d) {
+                Some(r) if !matches!(family, Family::Plain(_)) => {
+                    assert!(truncation_ratio(family.encoded_len(r, n, d), n, d) >= rho);
+                    if r < d {
+                        assert!(truncation_ratio(family.encoded_len(r + 1, n, d), n, d) < rho);
+                    }
+                }
+                Some(_) => assert!(truncation_ratio(family.encoded_len(d, n, d), n, d) >= rho),
+                None => assert!(truncation_ratio(family.encoded_len(1, n, d), n, d) < rho),
+            }
+        }
+    }
+    // The numbers in the module table: int8 removes about 74% at DeiT-Tiny's split.
+    assert_eq!(
+        Family::Plain(Precision::Int8).rank_for_ratio(0.74, n, d, d),
+        Some(d)
+    );
+    assert_eq!(
+        Family::Plain(Precision::Int8).rank_for_ratio(0.75, n, d, d),
+        None
+    );
+}
+
+#[test]
+fn foreign_or_damaged_payloads_are_typed_errors() {
+    let x = activation(7, 20, 16);
+    let (pca, w) = bases(20, 16, 7);
+    let svd = codec(Family::Svd(Precision::F32), 4, &pca, &w);
+    let bytes = svd.encode(&x).expect("encode");
+    let is_codec_err =
+        |r: collab_core::Result<Activation>| matches!(r, Err(collab_core::Error::Codec { .. }));
+    assert!(is_codec_err(svd.decode(&bytes[..bytes.len() - 1])));
+    assert!(is_codec_err(svd.decode(&bytes[..10])));
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(is_codec_err(svd.decode(&longer)));
+    assert!(is_codec_err(
+        codec(Family::Svd(Precision::Int8), 4, &pca, &w).decode(&bytes)
+    ));
+    assert!(is_codec_err(
+        codec(Family::Plain(Precision::F32), 4, &pca, &w).decode(&bytes)
+    ));
+    // A payload projected on one basis is refused by a server holding another.
+    let on_pca = codec(Family::Pca(Precision::F32), 4, &pca, &w)
+        .encode(&x)
+        .expect("encode");
+    let (other, _) = bases(20, 16, 8);
+    assert!(is_codec_err(
+        codec(Family::Pca(Precision::F32), 4, &other, &w).decode(&on_pca)
+    ));
+    // Non-finite values are refused before encoding; a wrong feature count too.
+    let mut bad = x.clone();
+    bad.values[5] = f32::NAN;
+    assert!(svd.encode(&bad).is_err());
+    let narrow = activation(1, 20, 8);
+    assert!(
+        codec(Family::Pca(Precision::F32), 4, &pca, &w)
+            .encode(&narrow)
+            .is_err()
+    );
+}
+
+#[test]
+fn families_parse_from_their_names() {
+    for family in ALL {
+        assert_eq!(family.to_string().parse::<Family>().expect("parse"), family);
+    }
+    assert!("svd-int4".parse::<Family>().is_err());
+    assert!("zip".parse::<Family>().is_err());
+}

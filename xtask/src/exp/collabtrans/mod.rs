@@ -1,0 +1,426 @@
+//! `cargo xtask exp collabtrans-throughput`: the shared-model server against Graft-style
+//! per-split batching and server-only batching (SPEC §2, the paper's Figure 3).
+//!
+//! Five device profiles mimic Jetson power modes: this machine's measured per-block profile
+//! scaled by a factor, each with its own bandwidth, RTT and share of the arrivals. Each device
+//! picks its split with the SPEC §1 selector (deadline = factor x its own on-device latency,
+//! device-only excluded). Device compute and transfer times come from the profiles; the server
+//! computes real batches of the real model. For each scheme, the highest rate at which at
+//! least 90% of requests meet their deadline is found by bisection over the rate.
+
+mod sim;
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Result;
+use collab_backends::candle::CandleBackend;
+use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, Workload, profile_model};
+use collab_core::model::weights::SeededRandom;
+use collab_core::model::{Input, ModelConfig, Transformer};
+use collab_core::split::{Conditions, SplitStrategy};
+use collab_core::{Backend, fixtures};
+use collab_policies::batch::{ModelExecutor, Payload, PerSplit, ServerOnly, SharedModel};
+use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
+
+use super::plot::{Series, line_chart};
+use sim::{DevicePlan, device_seconds, remaining, trial};
+
+type B = CandleBackend;
+
+/// A device profile: (label, slowdown vs this machine, uplink bytes/s, RTT s, arrival share).
+const DEVICES: [(&str, f64, f64, f64, f64); 5] = [
+    ("agx-maxn", 2.0, 40e6, 0.005, 0.30),
+    ("agx-30w", 3.0, 20e6, 0.010, 0.25),
+    ("nx-15w", 4.0, 10e6, 0.010, 0.20),
+    ("nano-10w", 6.0, 5e6, 0.020, 0.15),
+    ("nano-5w", 8.0, 2.5e6, 0.020, 0.10),
+];
+
+/// Arguments.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Models: deit-tiny (real weights) and/or vit-b16 (seeded weights, compute cost only).
+    #[arg(long, value_delimiter = ',', default_values_t = ["deit-tiny".to_string(), "vit-b16".to_string()])]
+    models: Vec<String>,
+    /// Deadline factors (deadline = factor x the device's own on-device latency).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.5, 0.6, 0.7, 0.8, 0.9, 1.0])]
+    factors: Vec<f64>,
+    /// Deadline factors for vit-b16 (its trials are 15x costlier).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.9])]
+    vitb_factors: Vec<f64>,
+    /// Budget batch size B of every policy.
+    #[arg(long, default_value_t = 8)]
+    budget: usize,
+    /// Requests per trial (deit-tiny; vit-b16 uses a third).
+    #[arg(long, default_value_t = 240)]
+    requests: usize,
+    /// Bisection steps of the rate search.
+    #[arg(long, default_value_t = 7)]
+    steps: usize,
+    /// Queueing the devices' selectors assume, in passes of the server at the budget batch.
+    #[arg(long, default_value_t = 0.5)]
+    queue_passes: f64,
+    /// Accuracy-loss limit for the split selector.
+    #[arg(long, default_value_t = 0.01)]
+    max_loss: f64,
+    /// Accuracy table for deit-tiny (default: results/svd-accuracy/deit-tiny*/table.json).
+    #[arg(long)]
+    table: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scheme {
+    Shared,
+    PerSplit,
+    ServerOnly,
+}
+
+impl Scheme {
+    const ALL: [Scheme; 3] = [Scheme::Shared, Scheme::PerSplit, Scheme::ServerOnly];
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Shared => "shared",
+            Scheme::PerSplit => "per-split",
+            Scheme::ServerOnly => "server-only",
+        }
+    }
+}
+
+struct Row {
+    model: String,
+    factor: f64,
+    scheme: Scheme,
+    rate: f64,
+    met: f64,
+    mean_batch: f64,
+    splits: Vec<usize>,
+}
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    let dir = super::results_dir()?.join("collabtrans-throughput");
+    std::fs::create_dir_all(&dir)?;
+    let mut rows = vec![];
+    for name in &args.models {
+        rows.extend(run_model(&args, name, &dir)?);
+    }
+    let mut csv = std::fs::File::create(dir.join("throughput.csv"))?;
+    writeln!(
+        csv,
+        "model,deadline_factor,scheme,max_rate_rps,met_at_rate,mean_batch,splits"
+    )?;
+    for r in &rows {
+        writeln!(
+            csv,
+            "{},{},{},{:.2},{:.3},{:.2},{}",
+            r.model,
+            r.factor,
+            r.scheme.name(),
+            r.rate,
+            r.met,
+            r.mean_batch,
+            r.splits
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
+    }
+    println!("wrote {}", dir.display());
+    let ratio = |model: &str, factor: f64, a: Scheme, b: Scheme| -> Option<f64> {
+        let get = |s| {
+            rows.iter()
+                .find(|r| r.model == model && (r.factor - factor).abs() < 1e-9 && r.scheme == s)
+                .map(|r| r.rate)
+        };
+        Some(get(a)? / get(b)?.max(1e-9))
+    };
+    let model = if rows
+        .iter()
+        .any(|r| r.model == "vit-b16" && (r.factor - 0.9).abs() < 1e-9)
+    {
+        "vit-b16"
+    } else {
+        "deit-tiny"
+    };
+    match (
+        ratio(model, 0.9, Scheme::Shared, Scheme::PerSplit),
+        ratio(model, 0.9, Scheme::Shared, Scheme::ServerOnly),
+    ) {
+        (Some(a), Some(b)) => println!(
+            "shared/per-split={a:.2} shared/server-only={b:.2} ({model}, deadline factor 0.9)"
+        ),
+        _ => println!(
+            "shared/per-split=n/a shared/server-only=n/a (deadline factor 0.9 not measured)"
+        ),
+    }
+    Ok(())
+}
+
+fn load(name: &str) -> Result<Transformer<B>> {
+    let be = CandleBackend::cpu();
+    Ok(match name {
+        "deit-tiny" => Transformer::from_safetensors(
+            be,
+            ModelConfig::preset("deit_tiny_patch16_224")?,
+            &fixtures::deit_tiny_checkpoint()?,
+        )?,
+        "vit-b16" => {
+            println!("vit-b16 uses seeded random weights (compute cost only)");
+            Transformer::new(
+                be,
+                ModelConfig::preset("vit_base_patch16_224")?,
+                &SeededRandom::new(0),
+            )?
+        }
+        other => anyhow::bail!("unknown model `{other}` (deit-tiny, vit-b16)"),
+    })
+}
+
+fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>> {
+    let model = Arc::new(load(name)?);
+    let be = model.backend().clone();
+    let (layers, d) = (model.num_blocks(), model.config().encoder().hidden);
+    let tokens = 197;
+    let spec = ProfileSpec {
+        batches: vec![1, 2, 4, 8, 16],
+        tokens: vec![tokens],
+        repeats: 3,
+        per_layer: false,
+    };
+    let make = |b: usize| -> collab_core::Result<Input<B>> {
+        Ok(Input::Images(be.zeros(&[b, 3, 224, 224])?))
+    };
+    let profile = Arc::new(profile_model(&model, name, &spec, &make)?);
+    let table = match (name, &args.table) {
+        (_, Some(path)) => AccuracyTable::load(path)?,
+        ("deit-tiny", None) => find_table(),
+        _ => empty_table(name, tokens, d, layers),
+    };
+    println!(
+        "{name}: server profile measured; accuracy table with {} entries",
+        table.entries.len()
+    );
+    let image = be.from_vec(
+        (0..3 * 224 * 224)
+            .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
+            .collect(),
+        &[1, 3, 224, 224],
+    )?;
+    let pass = remaining(&profile, tokens)(0, args.budget);
+    let factors = if name == "vit-b16" {
+        &args.vitb_factors
+    } else {
+        &args.factors
+    };
+    let requests = if name == "vit-b16" {
+        (args.requests / 3).max(30)
+    } else {
+        args.requests
+    };
+    let mut rows = vec![];
+    for &factor in factors {
+        let mut plans: Vec<Vec<DevicePlan>> = vec![];
+        for scheme in Scheme::ALL {
+            plans.push(device_plans(
+                args, scheme, factor, &profile, &table, &model, &image, pass, tokens,
+            )?);
+        }
+        for (scheme, devices) in Scheme::ALL.into_iter().zip(&plans) {
+            let (rate, met, mean_batch) =
+                search(args, scheme, &model, &profile, devices, requests, tokens)?;
+            let splits = devices.iter().map(|p| p.split).collect::<Vec<_>>();
+            println!(
+                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s met={met:.3} mean_batch={mean_batch:.2} splits={splits:?}",
+                scheme.name()
+            );
+            rows.push(Row {
+                model: name.to_string(),
+                factor,
+                scheme,
+                rate,
+                met,
+                mean_batch,
+                splits,
+            });
+        }
+    }
+    let series: Vec<Series> = Scheme::ALL
+        .iter()
+        .map(|&s| Series {
+            label: s.name().to_string(),
+            points: rows
+                .iter()
+                .filter(|r| r.scheme == s)
+                .map(|r| (r.factor, r.rate))
+                .collect(),
+        })
+        .collect();
+    line_chart(
+        &dir.join(format!("figure3-{name}.png")),
+        &format!("{name}: max throughput with >=90% on time vs deadline factor"),
+        ("deadline / on-device latency", "requests per second"),
+        &series,
+    )?;
+    Ok(rows)
+}
+
+fn find_table() -> AccuracyTable {
+    for tag in ["deit-tiny", "deit-tiny-headline"] {
+        let path = std::path::Path::new("results/svd-accuracy")
+            .join(tag)
+            .join("table.json");
+        if let Ok(t) = AccuracyTable::load(&path) {
+            println!("using accuracy table {}", path.display());
+            return t;
+        }
+    }
+    println!(
+        "no accuracy table (run `cargo xtask exp svd-accuracy`): devices send f32 activations"
+    );
+    empty_table("deit-tiny", 197, 192, 12)
+}
+
+fn empty_table(model: &str, tokens: usize, features: usize, layers: usize) -> AccuracyTable {
+    AccuracyTable {
+        model: model.into(),
+        metric: "none".into(),
+        baseline: 0.0,
+        tokens,
+        features,
+        layers,
+        entries: vec![],
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn device_plans(
+    args: &Args,
+    scheme: Scheme,
+    factor: f64,
+    profile: &Arc<MeasuredProfile>,
+    table: &AccuracyTable,
+    model: &Arc<Transformer<B>>,
+    image: &<B as Backend>::Tensor,
+    pass: f64,
+    tokens: usize,
+) -> Result<Vec<DevicePlan>> {
+    let (layers, d) = (model.num_blocks(), model.config().encoder().hidden);
+    let response_bytes = 4 * model.config().encoder().hidden.max(1000);
+    let raw = 3 * 224 * 224;
+    let mut plans = vec![];
+    for (label, slow, bandwidth, rtt, weight) in DEVICES {
+        let device: Arc<dyn CostModel> = Arc::new(Scaled {
+            inner: profile.clone(),
+            factor: slow,
+            label: label.into(),
+        });
+        let on_device = device_seconds(device.as_ref(), layers, tokens)?
+            + device.seconds(&Workload::Head { batch: 1, tokens })?;
+        let budget = factor * on_device;
+        let back = response_bytes as f64 / bandwidth + rtt / 2.0;
+        let (split, to_server) = if scheme == Scheme::ServerOnly {
+            (0, raw as f64 / bandwidth + rtt / 2.0)
+        } else {
+            let config = SelectorConfig {
+                layers,
+                tokens,
+                features: d,
+                raw_input_bytes: raw,
+                response_bytes,
+                device_codec_scale: slow,
+                allow_device_only: false,
+            };
+            let selector =
+                SplitSelector::new(device.clone(), profile.clone(), table.clone(), config)?;
+            let c = Conditions {
+                bandwidth,
+                rtt,
+                server_queue: args.queue_passes * pass,
+                deadline: budget,
+                max_loss: args.max_loss,
+            };
+            match selector.choose(&c) {
+                Ok(choice) => {
+                    let enc = table
+                        .at(choice.split)
+                        .find(|e| choice.codec.starts_with(&format!("{}-r", e.codec)))
+                        .map_or(0.0, |e| e.encode_s);
+                    (
+                        choice.split,
+                        device_seconds(device.as_ref(), choice.split, tokens)?
+                            + enc * slow
+                            + choice.bytes as f64 / bandwidth
+                            + rtt / 2.0,
+                    )
+                }
+                // Nothing meets the deadline even on an idle server: send the raw input.
+                Err(_) => (0, raw as f64 / bandwidth + rtt / 2.0),
+            }
+        };
+        let payload = if split == 0 {
+            Payload::Input(Input::Images(image.clone()))
+        } else {
+            let h = model.embed(&Input::Images(image.clone()))?;
+            Payload::Hidden(model.run_blocks(h, 0..split)?)
+        };
+        plans.push(DevicePlan {
+            weight,
+            split,
+            to_server,
+            back,
+            budget,
+            payload,
+        });
+    }
+    Ok(plans)
+}
+
+/// Bisection (in log space) for the highest rate with >= 90% of requests on time.
+fn search(
+    args: &Args,
+    scheme: Scheme,
+    model: &Arc<Transformer<B>>,
+    profile: &Arc<MeasuredProfile>,
+    devices: &[DevicePlan],
+    requests: usize,
+    tokens: usize,
+) -> Result<(f64, f64, f64)> {
+    let per_request: f64 = devices
+        .iter()
+        .map(|p| p.weight * remaining(profile, tokens)(p.split, args.budget) / args.budget as f64)
+        .sum::<f64>()
+        / devices.iter().map(|p| p.weight).sum::<f64>();
+    let guess = 1.0 / per_request.max(1e-6);
+    let run = |rate: f64| -> Result<sim::Trial> {
+        let exec = ModelExecutor::new(model.clone());
+        let rem = remaining(profile, tokens);
+        let b = args.budget;
+        match scheme {
+            Scheme::Shared => trial(SharedModel::new(b)?, exec, rem, devices, rate, requests, 7),
+            Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, devices, rate, requests, 7),
+            Scheme::ServerOnly => trial(ServerOnly::new(b)?, exec, rem, devices, rate, requests, 7),
+        }
+    };
+    let (mut lo, mut hi) = (guess / 16.0, guess * 2.0);
+    let first = run(lo)?;
+    if first.met < 0.9 {
+        return Ok((0.0, first.met, first.mean_batch));
+    }
+    let mut best = (lo, first.met, first.mean_batch);
+    let top = run(hi)?;
+    if top.met >= 0.9 {
+        return Ok((hi, top.met, top.mean_batch));
+    }
+    for _ in 0..args.steps {
+        let mid = (lo * hi).sqrt();
+        let t = run(mid)?;
+        if t.met >= 0.9 {
+            lo = mid;
+            best = (mid, t.met, t.mean_batch);
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(best)
+}

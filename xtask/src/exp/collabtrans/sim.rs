@@ -1,0 +1,152 @@
+//! One trial: seeded Poisson arrivals from the device profiles, device compute and transfer
+//! from the profiles, and the server's real batched compute of the real model driven by a
+//! [`Worker`] in simulated time (each step advances the clock by its measured wall time).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use collab_core::batch::BatchPolicy;
+use collab_core::cost::{CostModel, MeasuredProfile, Workload};
+use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::B;
+
+/// A device's fixed plan for a trial: where it splits and what its requests cost it.
+#[derive(Clone, Debug)]
+pub(super) struct DevicePlan {
+    /// Share of the arrivals.
+    pub(super) weight: f64,
+    /// Split point (0: server-only).
+    pub(super) split: usize,
+    /// Seconds from arrival to the server's receipt (device compute, encode, uplink).
+    pub(super) to_server: f64,
+    /// Seconds for the response to come back.
+    pub(super) back: f64,
+    /// The request's latency budget.
+    pub(super) budget: f64,
+    /// What the request carries to the server.
+    pub(super) payload: Payload<B>,
+}
+
+/// What a trial measured.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Trial {
+    pub(super) met: f64,
+    pub(super) mean_batch: f64,
+}
+
+/// Estimated seconds to finish from position `p` at batch `b`, from the server profile.
+pub(super) fn remaining(
+    profile: &Arc<MeasuredProfile>,
+    tokens: usize,
+) -> impl Fn(usize, usize) -> f64 + Send + 'static {
+    let profile = profile.clone();
+    move |p: usize, b: usize| {
+        let b = b.max(1);
+        let l = profile.layers;
+        let blocks = profile
+            .blocks_seconds(p.min(l)..l, b, tokens)
+            .unwrap_or(0.0);
+        let head = profile
+            .seconds(&Workload::Head { batch: b, tokens })
+            .unwrap_or(0.0);
+        let embed = if p == 0 {
+            profile
+                .seconds(&Workload::Embed { batch: b, tokens })
+                .unwrap_or(0.0)
+        } else {
+            0.0
+        };
+        blocks + head + embed
+    }
+}
+
+/// Runs `requests` requests at total rate `rate` (per second) through a worker with `policy`.
+pub(super) fn trial<P: BatchPolicy>(
+    policy: P,
+    executor: ModelExecutor<B>,
+    remaining: impl Fn(usize, usize) -> f64 + Send + 'static,
+    devices: &[DevicePlan],
+    rate: f64,
+    requests: usize,
+    seed: u64,
+) -> Result<Trial> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let total: f64 = devices.iter().map(|d| d.weight).sum();
+    // Arrivals: one Poisson stream of `rate`, each request assigned to a device by weight.
+    let mut t = 0.0;
+    let mut arrivals: Vec<(f64, f64, usize)> = (0..requests)
+        .map(|_| {
+            t += -(1.0 - rng.random::<f64>()).ln() / rate;
+            let mut pick = rng.random::<f64>() * total;
+            let dev = devices
+                .iter()
+                .position(|d| {
+                    pick -= d.weight;
+                    pick <= 0.0
+                })
+                .unwrap_or(devices.len() - 1);
+            let d = &devices[dev];
+            (t + d.to_server, t, dev)
+        })
+        .collect();
+    arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut worker = Worker::new(policy, executor, remaining);
+    let (mut now, mut next, mut met, mut steps, mut batch_sum) =
+        (0.0f64, 0usize, 0usize, 0usize, 0usize);
+    loop {
+        while next < arrivals.len() && arrivals[next].0 <= now {
+            let (recv, arrival, dev) = arrivals[next];
+            let d = &devices[dev];
+            // The server's own deadline leaves time for the response to travel back.
+            let deadline = arrival + d.budget - d.back;
+            if let Err(r) = worker.enqueue(next as u64, d.split, recv, deadline, d.payload.clone())
+            {
+                anyhow::bail!("request refused: {:?}", r.outcome);
+            }
+            next += 1;
+        }
+        if worker.is_empty() {
+            match arrivals.get(next) {
+                Some(a) => {
+                    now = now.max(a.0);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let t0 = Instant::now();
+        let mut step = worker.step(now);
+        now += t0.elapsed().as_secs_f64();
+        step.set_finished(now);
+        if let Work::Ran { batch, .. } = step.work {
+            steps += 1;
+            batch_sum += batch;
+        } else if let Some(a) = arrivals.get(next) {
+            now = now.max(a.0);
+        } else if step.responses.is_empty() {
+            break; // idle with work held and nothing left to arrive: the rest count as missed
+        }
+        met += step
+            .responses
+            .iter()
+            .filter(|r| r.is_done() && r.met_deadline())
+            .count();
+    }
+    Ok(Trial {
+        met: met as f64 / requests as f64,
+        mean_batch: batch_sum as f64 / steps.max(1) as f64,
+    })
+}
+
+/// Seconds the device needs for the embedding and blocks `0..k` (0 for server-only).
+pub(super) fn device_seconds(device: &dyn CostModel, k: usize, tokens: usize) -> Result<f64> {
+    if k == 0 {
+        return Ok(0.0);
+    }
+    Ok(device.seconds(&Workload::Embed { batch: 1, tokens })?
+        + device.blocks_seconds(0..k, 1, tokens)?)
+}

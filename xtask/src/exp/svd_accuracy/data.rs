@@ -1,0 +1,181 @@
+//! The evaluation and calibration sets of the sweep, carried block by block.
+//!
+//! DeiT-Tiny: the 1000 ImageNet sample images; every tenth image (sorted names) is a
+//! calibration image for the PCA bases, the other 900 are evaluated. MiniLM: the first
+//! `calibration` STS-B dev pairs calibrate, the following pairs are evaluated.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use collab_backends::candle::CandleBackend;
+use collab_core::input::{ImagePreprocess, SentenceTokenizer, load_image_batch};
+use collab_core::model::{Hidden, Input, ModelConfig, Transformer};
+use collab_core::{Backend, fixtures};
+
+use super::super::stats::spearman;
+
+pub(super) type B = CandleBackend;
+
+/// A batch of hidden states and the real token count of each of its items.
+pub(super) struct Batch {
+    pub(super) hidden: Hidden<B>,
+    pub(super) lens: Vec<usize>,
+}
+
+/// What the sweep scores a configuration by.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Score {
+    /// Top-1 accuracy, or Spearman correlation.
+    pub(super) metric: f64,
+    /// Top-1 agreement with the uncompressed model, or mean cosine to its embeddings.
+    pub(super) agreement: f64,
+}
+
+/// The model and its data.
+pub(super) struct SweepData {
+    pub(super) name: &'static str,
+    pub(super) metric_name: &'static str,
+    pub(super) model: Transformer<B>,
+    pub(super) eval: Vec<Batch>,
+    pub(super) calib: Vec<Batch>,
+    labels: Labels,
+}
+
+enum Labels {
+    Classes(Vec<usize>),
+    Similarity(Vec<f64>),
+}
+
+impl SweepData {
+    /// DeiT-Tiny on the first `images` sample images.
+    pub(super) fn deit(images: usize, batch: usize) -> Result<Self> {
+        let be = CandleBackend::cpu();
+        let cfg = ModelConfig::preset("deit_tiny_patch16_224")?;
+        let model =
+            Transformer::from_safetensors(be.clone(), cfg, &fixtures::deit_tiny_checkpoint()?)?;
+        let mut all = fixtures::imagenet_sample()?;
+        all.truncate(images);
+        let (calib, eval): (Vec<_>, Vec<_>) =
+            all.into_iter().enumerate().partition(|(i, _)| i % 10 == 0);
+        let pre = ImagePreprocess::imagenet(224);
+        let embed = |items: &[(usize, fixtures::LabelledImage)]| -> Result<Vec<Batch>> {
+            items
+                .chunks(batch.max(1))
+                .map(|chunk| {
+                    let paths: Vec<&Path> = chunk.iter().map(|(_, i)| i.path.as_path()).collect();
+                    let x =
+                        be.from_vec(load_image_batch(&pre, &paths)?, &[chunk.len(), 3, 224, 224])?;
+                    let hidden = model.embed(&Input::Images(x))?;
+                    let n = hidden.dims3(&be)?.1;
+                    Ok(Batch {
+                        hidden,
+                        lens: vec![n; chunk.len()],
+                    })
+                })
+                .collect()
+        };
+        Ok(Self {
+            name: "deit-tiny",
+            metric_name: "top1",
+            eval: embed(&eval)?,
+            calib: embed(&calib)?,
+            labels: Labels::Classes(eval.iter().map(|(_, i)| i.label).collect()),
+            model,
+        })
+    }
+
+    /// MiniLM on STS-B dev: `calibration` pairs to calibrate, then up to `pairs` to evaluate.
+    pub(super) fn minilm(calibration: usize, pairs: usize, batch: usize) -> Result<Self> {
+        let be = CandleBackend::cpu();
+        let dir = fixtures::minilm_dir().context("run `cargo xtask fetch-models` first")?;
+        let cfg = ModelConfig::preset("all_minilm_l6_v2")?;
+        let model = Transformer::from_safetensors(be.clone(), cfg, &dir.join("model.safetensors"))?;
+        let tok = SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?;
+        let all = fixtures::stsb_dev()?;
+        let calib_pairs = &all[..calibration.min(all.len())];
+        let eval_pairs = &all[calib_pairs.len()..(calib_pairs.len() + pairs).min(all.len())];
+        let embed = |ps: &[fixtures::SentencePair]| -> Result<Vec<Batch>> {
+            let ids = ps
+                .iter()
+                .flat_map(|p| [p.a.as_str(), p.b.as_str()])
+                .map(|s| tok.encode(s))
+                .collect::<collab_core::Result<Vec<_>>>()?;
+            ids.chunks(batch.max(2) / 2 * 2)
+                .map(|chunk| {
+                    let lens = chunk.iter().map(Vec::len).collect();
+                    let hidden = model.embed(&Input::Tokens(chunk.to_vec()))?;
+                    Ok(Batch { hidden, lens })
+                })
+                .collect()
+        };
+        Ok(Self {
+            name: "minilm",
+            metric_name: "spearman",
+            eval: embed(eval_pairs)?,
+            calib: embed(calib_pairs)?,
+            labels: Labels::Similarity(eval_pairs.iter().map(|p| p.score).collect()),
+            model,
+        })
+    }
+
+    /// Runs one block on every batch (evaluation and calibration).
+    pub(super) fn advance(&mut self, block: usize) -> Result<()> {
+        for b in self.eval.iter_mut().chain(self.calib.iter_mut()) {
+            b.hidden = self.model.run_blocks(b.hidden.clone(), block..block + 1)?;
+        }
+        Ok(())
+    }
+
+    /// Features of the hidden states.
+    pub(super) fn features(&self) -> usize {
+        self.model.config().encoder().hidden
+    }
+
+    /// Scores head outputs (one `Vec` per evaluation batch) against the labels and against the
+    /// uncompressed outputs `reference`.
+    pub(super) fn score(&self, outputs: &[Vec<f32>], reference: &[Vec<f32>]) -> Score {
+        let flat: Vec<f32> = outputs.concat();
+        let refs: Vec<f32> = reference.concat();
+        match &self.labels {
+            Labels::Classes(labels) => {
+                let classes = flat.len() / labels.len().max(1);
+                let argmax = |v: &[f32]| -> Vec<usize> {
+                    v.chunks(classes)
+                        .map(|row| {
+                            row.iter()
+                                .enumerate()
+                                .fold(
+                                    (0, f32::MIN),
+                                    |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+                                )
+                                .0
+                        })
+                        .collect()
+                };
+                let (pred, base) = (argmax(&flat), argmax(&refs));
+                let n = labels.len() as f64;
+                Score {
+                    metric: pred.iter().zip(labels).filter(|(p, l)| p == l).count() as f64 / n,
+                    agreement: pred.iter().zip(&base).filter(|(p, b)| p == b).count() as f64 / n,
+                }
+            }
+            Labels::Similarity(gold) => {
+                let d = flat.len() / (2 * gold.len()).max(1);
+                let cos = |a: &[f32], b: &[f32]| {
+                    a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum::<f64>()
+                };
+                let sims: Vec<f64> = flat.chunks(2 * d).map(|p| cos(&p[..d], &p[d..])).collect();
+                let agreement = flat
+                    .chunks(d)
+                    .zip(refs.chunks(d))
+                    .map(|(a, b)| cos(a, b))
+                    .sum::<f64>()
+                    / (2 * gold.len()) as f64;
+                Score {
+                    metric: spearman(&sims, gold),
+                    agreement,
+                }
+            }
+        }
+    }
+}
