@@ -351,10 +351,12 @@ fn evaluate(
         for (i, &len) in lens.iter().enumerate() {
             let rank = ranks[item];
             item += 1;
-            if !codecs.contains_key(&rank) {
-                codecs.insert(rank, family.build(rank, basis.clone())?);
-            }
-            let codec = &codecs[&rank];
+            let codec = match codecs.entry(rank) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(family.build(rank, basis.clone())?)
+                }
+            };
             let act = Activation::new(len, d, x[i * n * d..(i * n + len) * d].to_vec())?;
             let t = Instant::now();
             let wire = codec.encode(&act)?;
