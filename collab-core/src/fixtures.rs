@@ -197,3 +197,30 @@ pub fn stsb_dev() -> Result<Vec<SentencePair>> {
         })
         .collect()
 }
+
+/// DeiT-Tiny from the fixtures, on `backend`.
+///
+/// # Errors
+/// A missing or broken checkpoint.
+pub fn deit_tiny<B: crate::Backend>(backend: B) -> Result<crate::model::Transformer<B>> {
+    let cfg = crate::model::ModelConfig::preset("deit_tiny_patch16_224")?;
+    crate::model::Transformer::from_safetensors(backend, cfg, &deit_tiny_checkpoint()?)
+}
+
+/// MiniLM from the model cache, on `backend`, with its tokenizer.
+///
+/// # Errors
+/// MiniLM not fetched (`cargo xtask fetch-models`), or a broken file.
+pub fn minilm<B: crate::Backend>(
+    backend: B,
+) -> Result<(
+    crate::model::Transformer<B>,
+    crate::input::SentenceTokenizer,
+)> {
+    let dir = minilm_dir()?;
+    let cfg = crate::model::ModelConfig::preset("all_minilm_l6_v2")?;
+    let model =
+        crate::model::Transformer::from_safetensors(backend, cfg, &dir.join("model.safetensors"))?;
+    let tokenizer = crate::input::SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?;
+    Ok((model, tokenizer))
+}

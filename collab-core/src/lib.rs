@@ -9,6 +9,7 @@
 //! - [`split`]: the `ActivationCodec` and `SplitStrategy` traits of split inference;
 //! - [`cost`]: the `CostModel` trait and a measured per-block profile;
 //! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
+//! - [`seed`]: seeds and round counts of the randomised conformance suites;
 //! - [`fixtures`]: where the real checkpoints and evaluation data are found.
 //!
 //! collab-core depends on no backend, no transport and no async runtime.
@@ -20,6 +21,7 @@ mod error;
 pub mod fixtures;
 pub mod input;
 pub mod model;
+pub mod seed;
 pub mod split;
 pub mod token;
 

@@ -3,32 +3,11 @@
 use std::path::Path;
 
 use collab_core::fixtures;
-use collab_core::input::{ImagePreprocess, SentenceTokenizer, load_image_batch};
-use collab_core::model::{Input, ModelConfig, Transformer};
+use collab_core::input::{ImagePreprocess, load_image_batch};
+use collab_core::model::Input;
 use collab_core::{Backend, Result};
 
-/// DeiT-Tiny from the fixtures on `backend`.
-///
-/// # Errors
-/// A missing or broken checkpoint.
-pub fn deit_tiny<B: Backend>(backend: B) -> Result<Transformer<B>> {
-    let cfg = ModelConfig::preset("deit_tiny_patch16_224")?;
-    Transformer::from_safetensors(backend, cfg, &fixtures::deit_tiny_checkpoint()?)
-}
-
-/// MiniLM from the model cache and its tokenizer.
-///
-/// # Errors
-/// MiniLM not fetched (`cargo xtask fetch-models`).
-pub fn minilm<B: Backend>(backend: B) -> Result<(Transformer<B>, SentenceTokenizer)> {
-    let dir = fixtures::minilm_dir()?;
-    let cfg = ModelConfig::preset("all_minilm_l6_v2")?;
-    let model = Transformer::from_safetensors(backend, cfg, &dir.join("model.safetensors"))?;
-    Ok((
-        model,
-        SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?,
-    ))
-}
+pub use collab_core::fixtures::{deit_tiny, minilm};
 
 /// The first `n` sample images (sorted file names), preprocessed, as an input batch.
 ///

@@ -3,10 +3,10 @@
 use collab_core::Backend;
 
 use super::host::{Host, pad, permute_source};
-use super::runner::parse_u64;
 use super::tolerance::compare_values;
 use super::*;
 use crate::reference::ReferenceBackend;
+use collab_core::seed::parse_u64;
 
 #[test]
 fn permute_source_inverts_permute() {

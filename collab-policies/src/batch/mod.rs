@@ -34,6 +34,16 @@ pub use shared::{DEFAULT_MAJOR_SHARE, SharedModel, shares};
 pub use step::{Stats, Step, Work};
 pub use worker::Worker;
 
+/// Rejects a budget batch size of 0 for `policy`.
+fn check_budget(policy: &str, budget: usize) -> collab_core::Result<()> {
+    if budget == 0 {
+        return Err(collab_core::Error::Config(format!(
+            "{policy}: the budget batch size must be at least 1"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 #[path = "worker_tests.rs"]
 mod worker_tests;

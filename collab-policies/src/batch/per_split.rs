@@ -2,7 +2,10 @@
 //! run on its own; requests that entered at different blocks never share a batch.
 
 use collab_core::batch::{BatchPolicy, QueueView};
-use collab_core::{Error, Result};
+
+use collab_core::Result;
+
+use super::check_budget;
 
 /// Per-split-point batching: a pass serves one queue only.
 ///
@@ -24,11 +27,7 @@ impl PerSplit {
     /// # Errors
     /// [`Error::Config`] if `budget == 0`.
     pub fn new(budget: usize) -> Result<Self> {
-        if budget == 0 {
-            return Err(Error::Config(
-                "PerSplit: the budget batch size must be at least 1".into(),
-            ));
-        }
+        check_budget("PerSplit", budget)?;
         Ok(Self {
             budget,
             cursor: 0,

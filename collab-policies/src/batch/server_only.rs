@@ -2,7 +2,10 @@
 //! runs the whole model, batched.
 
 use collab_core::batch::{BatchPolicy, QueueView};
-use collab_core::{Error, Result};
+
+use collab_core::Result;
+
+use super::check_budget;
 
 /// Server-only inference: every pass begins at position 0 (the embedding and block 0) with up
 /// to the budget from queue 0, and nothing joins later.
@@ -20,11 +23,7 @@ impl ServerOnly {
     /// # Errors
     /// [`Error::Config`] if `budget == 0`.
     pub fn new(budget: usize) -> Result<Self> {
-        if budget == 0 {
-            return Err(Error::Config(
-                "ServerOnly: the budget batch size must be at least 1".into(),
-            ));
-        }
+        check_budget("ServerOnly", budget)?;
         Ok(Self { budget })
     }
 }

@@ -11,7 +11,10 @@
 //! so a queue may use capacity that earlier queues left, never what later ones were promised.
 
 use collab_core::batch::{BatchPolicy, QueueView};
+
 use collab_core::{Error, Result};
+
+use super::check_budget;
 
 /// The default `major_share`: the prioritised queue may fill 75% of the budget.
 pub const DEFAULT_MAJOR_SHARE: f64 = 0.75;
@@ -36,11 +39,7 @@ impl SharedModel {
     /// # Errors
     /// [`Error::Config`] if `budget == 0`.
     pub fn new(budget: usize) -> Result<Self> {
-        if budget == 0 {
-            return Err(Error::Config(
-                "SharedModel: the budget batch size must be at least 1".into(),
-            ));
-        }
+        check_budget("SharedModel", budget)?;
         Ok(Self {
             budget,
             major_share: DEFAULT_MAJOR_SHARE,

@@ -218,6 +218,28 @@ impl SplitSelector {
         Ok(out)
     }
 
+    /// The chosen candidate with its latency parts (what [`SplitStrategy::choose`] returns,
+    /// plus the device, network and server seconds it was predicted from).
+    ///
+    /// # Errors
+    /// As [`SplitStrategy::choose`].
+    pub fn choose_candidate(&self, c: &Conditions) -> Result<Candidate> {
+        self.candidates(c)?
+            .into_iter()
+            .filter(|x| x.choice.latency <= c.deadline && x.choice.loss <= c.max_loss)
+            .max_by(|a, b| {
+                a.choice
+                    .split
+                    .cmp(&b.choice.split)
+                    .then(b.choice.latency.total_cmp(&a.choice.latency))
+            })
+            .ok_or_else(|| Error::NoPrediction {
+                model: self.name(),
+                workload: format!("deadline {:.4}s, loss limit {}", c.deadline, c.max_loss),
+                reason: "no split point meets both the deadline and the accuracy limit".into(),
+            })
+    }
+
     /// Re-selects if the conditions moved since the last answer (bandwidth or server queue
     /// by more than the tolerance, or any change of deadline or loss limit); returns the
     /// choice and whether it was recomputed.
@@ -225,16 +247,17 @@ impl SplitSelector {
     /// # Errors
     /// As [`SplitStrategy::choose`].
     pub fn observe(&self, c: &Conditions) -> Result<(SplitChoice, bool)> {
-        let moved =
-            |a: f64, b: f64| (a - b).abs() > self.tolerance * a.abs().max(b.abs()).max(1e-9);
+        // Relative change beyond the tolerance, and at least `floor` in absolute terms.
+        let moved = |a: f64, b: f64, floor: f64| {
+            (a - b).abs() > (self.tolerance * a.abs().max(b.abs())).max(floor)
+        };
         let mut last = self
             .last
             .lock()
             .map_err(|_| Error::Config("selector state poisoned".into()))?;
         if let Some((prev, choice)) = last.as_ref()
-            && !moved(prev.bandwidth, c.bandwidth)
-            && !(moved(prev.server_queue, c.server_queue)
-                && (prev.server_queue - c.server_queue).abs() > 1e-3)
+            && !moved(prev.bandwidth, c.bandwidth, 1e-9)
+            && !moved(prev.server_queue, c.server_queue, 1e-3)
             && prev.deadline == c.deadline
             && prev.max_loss == c.max_loss
             && prev.rtt == c.rtt
@@ -257,15 +280,6 @@ impl SplitStrategy for SplitSelector {
     }
 
     fn choose(&self, c: &Conditions) -> Result<SplitChoice> {
-        self.candidates(c)?
-            .into_iter()
-            .filter(|x| x.choice.latency <= c.deadline && x.choice.loss <= c.max_loss)
-            .map(|x| x.choice)
-            .max_by(|a, b| a.split.cmp(&b.split).then(b.latency.total_cmp(&a.latency)))
-            .ok_or_else(|| Error::NoPrediction {
-                model: self.name(),
-                workload: format!("deadline {:.4}s, loss limit {}", c.deadline, c.max_loss),
-                reason: "no split point meets both the deadline and the accuracy limit".into(),
-            })
+        self.choose_candidate(c).map(|x| x.choice)
     }
 }

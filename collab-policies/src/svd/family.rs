@@ -111,14 +111,10 @@ impl Family {
 
     /// Exact encoded bytes at `rank` for a `tokens x features` activation.
     pub fn encoded_len(self, rank: usize, tokens: usize, features: usize) -> usize {
-        use super::wire::HEADER_LEN;
         match self {
-            Family::Plain(p) => HEADER_LEN + p.block_len(tokens, features),
-            Family::Svd(p) => {
-                let r = rank.min(tokens).min(features);
-                HEADER_LEN + p.block_len(tokens, r) + p.block_len(r, features)
-            }
-            Family::Pca(p) | Family::WeightSvd(p) => HEADER_LEN + p.block_len(tokens, rank),
+            Family::Plain(precision) => PlainCodec { precision }.encoded_len(tokens, features),
+            Family::Svd(precision) => SvdCodec { rank, precision }.encoded_len(tokens, features),
+            Family::Pca(p) | Family::WeightSvd(p) => ProjectedCodec::len_for(p, rank, tokens),
         }
     }
 

@@ -26,6 +26,11 @@ pub struct ProjectedCodec {
 }
 
 impl ProjectedCodec {
+    /// Exact bytes of `tokens` rows of `rank` coefficients at `precision`.
+    pub fn len_for(precision: Precision, rank: usize, tokens: usize) -> usize {
+        HEADER_LEN + precision.block_len(tokens, rank)
+    }
+
     fn rank(&self) -> usize {
         self.rank.min(self.basis.rank())
     }
@@ -54,7 +59,7 @@ impl ActivationCodec for ProjectedCodec {
     }
 
     fn encoded_len(&self, tokens: usize, _features: usize) -> usize {
-        HEADER_LEN + self.precision.block_len(tokens, self.rank())
+        Self::len_for(self.precision, self.rank(), tokens)
     }
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {

@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use collab_backends::candle::CandleBackend;
-use collab_core::input::{ImagePreprocess, SentenceTokenizer, load_image_batch};
-use collab_core::model::{Input, ModelConfig, Transformer};
+use collab_core::input::{ImagePreprocess, load_image_batch};
+use collab_core::model::Input;
 use collab_core::{Backend, fixtures};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -44,7 +44,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
 }
 
-fn bar(n: usize, what: &str) -> ProgressBar {
+/// A progress bar for `n` items of `what`.
+pub(super) fn bar(n: usize, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(n as u64);
     pb.set_style(
         ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} {elapsed_precise} eta {eta}")
@@ -56,8 +57,7 @@ fn bar(n: usize, what: &str) -> ProgressBar {
 
 fn deit(args: &Args) -> Result<()> {
     let be = CandleBackend::cpu();
-    let cfg = ModelConfig::preset("deit_tiny_patch16_224")?;
-    let model = Transformer::from_safetensors(be.clone(), cfg, &fixtures::deit_tiny_checkpoint()?)?;
+    let model = fixtures::deit_tiny(be.clone())?;
     let mut images = fixtures::imagenet_sample()?;
     if let Some(n) = args.limit {
         images.truncate(n);
@@ -91,10 +91,8 @@ fn deit(args: &Args) -> Result<()> {
 
 fn minilm(args: &Args) -> Result<()> {
     let be = CandleBackend::cpu();
-    let dir = fixtures::minilm_dir().context("run `cargo xtask fetch-models` first")?;
-    let cfg = ModelConfig::preset("all_minilm_l6_v2")?;
-    let model = Transformer::from_safetensors(be.clone(), cfg, &dir.join("model.safetensors"))?;
-    let tok = SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?;
+    let (model, tok) =
+        fixtures::minilm(be.clone()).context("run `cargo xtask fetch-models` first")?;
     let mut pairs = fixtures::stsb_dev()?;
     if let Some(n) = args.limit {
         pairs.truncate(n);

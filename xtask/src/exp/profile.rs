@@ -46,11 +46,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let (name, model, default_tokens) = match args.model {
         Model::DeitTiny => (
             "deit_tiny_patch16_224",
-            Transformer::from_safetensors(
-                be.clone(),
-                ModelConfig::preset("deit_tiny_patch16_224")?,
-                &fixtures::deit_tiny_checkpoint()?,
-            )?,
+            fixtures::deit_tiny(be.clone())?,
             vec![50, 100, 150, 197],
         ),
         Model::VitB16 => (
@@ -64,11 +60,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         ),
         Model::Minilm => (
             "all_minilm_l6_v2",
-            Transformer::from_safetensors(
-                be.clone(),
-                ModelConfig::preset("all_minilm_l6_v2")?,
-                &fixtures::minilm_dir()?.join("model.safetensors"),
-            )?,
+            fixtures::minilm(be.clone())?.0,
             vec![16, 32, 64, 128],
         ),
     };

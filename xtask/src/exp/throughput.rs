@@ -133,11 +133,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
     let mut rows = vec![];
     if args.models.iter().any(|m| m == "deit-tiny") {
-        let deit = Transformer::from_safetensors(
-            be.clone(),
-            ModelConfig::preset("deit_tiny_patch16_224")?,
-            &fixtures::deit_tiny_checkpoint()?,
-        )?;
+        let deit = fixtures::deit_tiny(be.clone())?;
         rows.extend(measure(
             "deit-tiny",
             &deit,

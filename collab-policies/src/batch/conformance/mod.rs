@@ -48,10 +48,8 @@ pub use check::{Report, check_policy};
 pub use mock::{Call, MockBatch, MockExecutor};
 pub use scenario::{Arrival, BLOCK_FIXED, BLOCK_PER_ITEM, Load, Scenario, block_time, remaining};
 
-/// The environment variable that fixes the seed (decimal, or hexadecimal with `0x`).
-pub const SEED_ENV: &str = "COLLAB_CONFORMANCE_SEED";
-/// The environment variable that overrides the number of rounds per test.
-pub const ROUNDS_ENV: &str = "COLLAB_CONFORMANCE_ROUNDS";
+pub use collab_core::seed::{ROUNDS_ENV, SEED_ENV, seed_from_env_or_time};
+
 /// Rounds per test in [`batch_policy_conformance!`](crate::batch_policy_conformance).
 pub const DEFAULT_ROUNDS: usize = 16;
 
@@ -157,55 +155,16 @@ pub fn run_test<P: BatchPolicy>(make: impl Fn(usize) -> P, load: Load, work_cons
     }
 }
 
-/// The seed from [`SEED_ENV`] if set, else one drawn from the clock.
-///
-/// # Errors
-/// When the variable is set but is not a `u64`.
-pub fn seed_from_env_or_time() -> Result<u64, String> {
-    match std::env::var(SEED_ENV) {
-        Ok(s) => parse_u64(&s).ok_or_else(|| format!("{SEED_ENV}={s:?} is not a u64")),
-        Err(_) => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            // 48 bits: short enough to retype.
-            Ok(mix(nanos ^ u64::from(std::process::id())) >> 16)
-        }
-    }
-}
-
 /// The number of rounds from [`ROUNDS_ENV`] if set, else [`DEFAULT_ROUNDS`].
 ///
 /// # Errors
 /// When the variable is set but is not a count.
 pub fn rounds_from_env() -> Result<usize, String> {
-    match std::env::var(ROUNDS_ENV) {
-        Ok(s) => s
-            .trim()
-            .parse()
-            .map_err(|_| format!("{ROUNDS_ENV}={s:?} is not a count")),
-        Err(_) => Ok(DEFAULT_ROUNDS),
-    }
-}
-
-fn parse_u64(s: &str) -> Option<u64> {
-    let s = s.trim();
-    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => s.parse().ok(),
-    }
-}
-
-/// A 64-bit finaliser (splitmix64) to spread seeds.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    collab_core::seed::rounds_from_env(DEFAULT_ROUNDS)
 }
 
 fn round_seed(seed: u64, load: Load, round: usize) -> u64 {
-    mix(seed ^ mix(((load as u64) << 32) ^ round as u64))
+    collab_core::seed::round_seed(seed, load as u64, round)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Unit tests of the suite itself: it passes good policies and catches bad ones.
 
 use collab_core::batch::{BatchPolicy, QueueView};
+use collab_core::seed::parse_u64;
 
 use super::*;
 use crate::batch::{PerSplit, SharedModel};

@@ -18,7 +18,7 @@ use collab_backends::candle::CandleBackend;
 use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, Workload, profile_model};
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Input, ModelConfig, Transformer};
-use collab_core::split::{Conditions, SplitStrategy};
+use collab_core::split::Conditions;
 use collab_core::{Backend, fixtures};
 use collab_policies::batch::{ModelExecutor, Payload, PerSplit, ServerOnly, SharedModel};
 use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
@@ -160,11 +160,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
 fn load(name: &str) -> Result<Transformer<B>> {
     let be = CandleBackend::cpu();
     Ok(match name {
-        "deit-tiny" => Transformer::from_safetensors(
-            be,
-            ModelConfig::preset("deit_tiny_patch16_224")?,
-            &fixtures::deit_tiny_checkpoint()?,
-        )?,
+        "deit-tiny" => fixtures::deit_tiny(be)?,
         "vit-b16" => {
             println!("vit-b16 uses seeded random weights (compute cost only)");
             Transformer::new(
@@ -220,13 +216,19 @@ fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>>
     };
     let mut rows = vec![];
     for &factor in factors {
-        let mut plans: Vec<Vec<DevicePlan>> = vec![];
+        // Shared and per-split serve the same device choices; server-only sends raw inputs.
+        let split_plans = device_plans(
+            args, true, factor, &profile, &table, &model, &image, pass, tokens,
+        )?;
+        let raw_plans = device_plans(
+            args, false, factor, &profile, &table, &model, &image, pass, tokens,
+        )?;
         for scheme in Scheme::ALL {
-            plans.push(device_plans(
-                args, scheme, factor, &profile, &table, &model, &image, pass, tokens,
-            )?);
-        }
-        for (scheme, devices) in Scheme::ALL.into_iter().zip(&plans) {
+            let devices = if scheme == Scheme::ServerOnly {
+                &raw_plans
+            } else {
+                &split_plans
+            };
             let (rate, met, mean_batch) =
                 search(args, scheme, &model, &profile, devices, requests, tokens)?;
             let splits = devices.iter().map(|p| p.split).collect::<Vec<_>>();
@@ -296,7 +298,7 @@ fn empty_table(model: &str, tokens: usize, features: usize, layers: usize) -> Ac
 #[allow(clippy::too_many_arguments)]
 fn device_plans(
     args: &Args,
-    scheme: Scheme,
+    offload: bool,
     factor: f64,
     profile: &Arc<MeasuredProfile>,
     table: &AccuracyTable,
@@ -319,7 +321,7 @@ fn device_plans(
             + device.seconds(&Workload::Head { batch: 1, tokens })?;
         let budget = factor * on_device;
         let back = response_bytes as f64 / bandwidth + rtt / 2.0;
-        let (split, to_server) = if scheme == Scheme::ServerOnly {
+        let (split, to_server) = if !offload {
             (0, raw as f64 / bandwidth + rtt / 2.0)
         } else {
             let config = SelectorConfig {
@@ -340,22 +342,17 @@ fn device_plans(
                 deadline: budget,
                 max_loss: args.max_loss,
             };
-            match selector.choose(&c) {
-                Ok(choice) => {
-                    let enc = table
-                        .at(choice.split)
-                        .find(|e| choice.codec.starts_with(&format!("{}-r", e.codec)))
-                        .map_or(0.0, |e| e.encode_s);
-                    (
-                        choice.split,
-                        device_seconds(device.as_ref(), choice.split, tokens)?
-                            + enc * slow
-                            + choice.bytes as f64 / bandwidth
-                            + rtt / 2.0,
-                    )
-                }
+            match selector.choose_candidate(&c) {
+                // `device` is the embedding, blocks 0..k and the encode on this device.
+                Ok(x) => (
+                    x.choice.split,
+                    x.device + x.choice.bytes as f64 / bandwidth + rtt / 2.0,
+                ),
                 // Nothing meets the deadline even on an idle server: send the raw input.
-                Err(_) => (0, raw as f64 / bandwidth + rtt / 2.0),
+                Err(collab_core::Error::NoPrediction { .. }) => {
+                    (0, raw as f64 / bandwidth + rtt / 2.0)
+                }
+                Err(e) => return Err(e.into()),
             }
         };
         let payload = if split == 0 {

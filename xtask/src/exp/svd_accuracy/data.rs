@@ -8,8 +8,8 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use collab_backends::candle::CandleBackend;
-use collab_core::input::{ImagePreprocess, SentenceTokenizer, load_image_batch};
-use collab_core::model::{Hidden, Input, ModelConfig, Transformer};
+use collab_core::input::{ImagePreprocess, load_image_batch};
+use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::{Backend, fixtures};
 
 use super::super::stats::spearman;
@@ -50,9 +50,7 @@ impl SweepData {
     /// DeiT-Tiny on the first `images` sample images.
     pub(super) fn deit(images: usize, batch: usize) -> Result<Self> {
         let be = CandleBackend::cpu();
-        let cfg = ModelConfig::preset("deit_tiny_patch16_224")?;
-        let model =
-            Transformer::from_safetensors(be.clone(), cfg, &fixtures::deit_tiny_checkpoint()?)?;
+        let model = fixtures::deit_tiny(be.clone())?;
         let mut all = fixtures::imagenet_sample()?;
         all.truncate(images);
         let (calib, eval): (Vec<_>, Vec<_>) =
@@ -87,10 +85,8 @@ impl SweepData {
     /// MiniLM on STS-B dev: `calibration` pairs to calibrate, then up to `pairs` to evaluate.
     pub(super) fn minilm(calibration: usize, pairs: usize, batch: usize) -> Result<Self> {
         let be = CandleBackend::cpu();
-        let dir = fixtures::minilm_dir().context("run `cargo xtask fetch-models` first")?;
-        let cfg = ModelConfig::preset("all_minilm_l6_v2")?;
-        let model = Transformer::from_safetensors(be.clone(), cfg, &dir.join("model.safetensors"))?;
-        let tok = SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?;
+        let (model, tok) =
+            fixtures::minilm(be.clone()).context("run `cargo xtask fetch-models` first")?;
         let all = fixtures::stsb_dev()?;
         let calib_pairs = &all[..calibration.min(all.len())];
         let eval_pairs = &all[calib_pairs.len()..(calib_pairs.len() + pairs).min(all.len())];

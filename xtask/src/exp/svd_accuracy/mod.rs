@@ -19,26 +19,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
-use clap::ValueEnum;
 use collab_core::Backend;
 use collab_core::model::Hidden;
 use collab_core::split::Activation;
 use collab_policies::split::{AccuracyEntry, AccuracyTable};
 use collab_policies::svd::{Basis, BasisNeed, Family};
-use indicatif::{ProgressBar, ProgressStyle};
 
 use data::{B, Batch, SweepData};
 
+use super::accuracy::{Model, bar};
 use super::plot::{Series, heatmap, line_chart};
-
-/// Which model to sweep.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub(crate) enum Model {
-    /// DeiT-Tiny/16 on the ImageNet sample (ViT, 12 blocks).
-    DeitTiny,
-    /// all-MiniLM-L6-v2 on STS-B dev (BERT, 6 blocks).
-    Minilm,
-}
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
@@ -139,11 +129,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         "model,block,codec,rho_target,rank,rho,bytes,loss,agreement,encode_ms,decode_ms"
     )?;
     let total = blocks.len() * families.len() * args.rhos.len();
-    let pb = ProgressBar::new(total as u64);
-    pb.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed_precise} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let pb = bar(total, "svd-accuracy");
     let mut cells = vec![];
     let max_block = blocks.iter().copied().max().unwrap_or(0);
     for k in 1..=max_block {
@@ -255,7 +241,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
 }
 
 /// Runs blocks `k..L` and the head on every evaluation batch (with `replace` standing in for
-/// the batches' hidden states when given).
+/// the batches' hidden states when given). With `k = 0` before any block has run, this is the
+/// uncompressed reference.
 fn tail(data: &SweepData, k: usize, replace: Option<Vec<Hidden<B>>>) -> Result<Vec<Vec<f32>>> {
     let be = data.model.backend();
     let layers = data.model.num_blocks();
@@ -263,7 +250,6 @@ fn tail(data: &SweepData, k: usize, replace: Option<Vec<Hidden<B>>>) -> Result<V
         Some(h) => h,
         None => data.eval.iter().map(|b| b.hidden.clone()).collect(),
     };
-    // `reference` is called before any block ran: run the whole model.
     hidden
         .into_iter()
         .map(|h| {
