@@ -7,6 +7,8 @@
 //!   with split execution (`embed`, `run_blocks`, `head`) and safetensors loading;
 //! - [`token`]: the `TokenAdapter` hook points inside each block;
 //! - [`split`]: the `ActivationCodec` and `SplitStrategy` traits of split inference;
+//! - [`graph`]: the two-level IR of a LLaMA-style decoder (layer graph lowered to an operator
+//!   graph with FLOPs, bytes and data movement) that operator placement plans over (SPEC §7);
 //! - [`cost`]: the `CostModel` trait and a measured per-block profile;
 //! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
 //! - [`seed`]: seeds and round counts of the randomised conformance suites;
@@ -19,6 +21,7 @@ pub mod batch;
 pub mod cost;
 mod error;
 pub mod fixtures;
+pub mod graph;
 pub mod input;
 pub mod model;
 pub mod seed;

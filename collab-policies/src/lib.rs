@@ -6,8 +6,11 @@
 //! - [`split`]: split-point selection from measured cost profiles, the network and an
 //!   accuracy table (SPEC §1, "Split selection");
 //! - [`batch`]: batch scheduling for the shared-model server (SPEC §2) and its baselines,
-//!   with the synchronous server worker that runs them.
+//!   with the synchronous server worker that runs them;
+//! - [`operator`]: operator-level placement of an LLM between device and cloud (SPEC §7):
+//!   device presets, roofline cost models, placement plans and planners.
 
 pub mod batch;
+pub mod operator;
 pub mod split;
 pub mod svd;

@@ -4,7 +4,9 @@
 //! - `cargo xtask test`: fetch-models, then the whole test suite (the README's test command);
 //! - `cargo xtask exp accuracy --model deit-tiny|minilm`: real-checkpoint accuracy;
 //! - `cargo xtask exp forward-throughput`: forward speed against the machine's matmul peak;
-//! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model.
+//! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model;
+//! - `cargo xtask exp calibrate-cost-model`: the calibrated roofline of this CPU and its
+//!   held-out error per operator (SPEC §7).
 //!
 //! Experiments write their tables under `results/` and print one summary line last.
 

@@ -123,6 +123,7 @@ fn stage_key(w: &Workload) -> (u8, usize) {
         Workload::Embed { .. } => (0, 0),
         Workload::Block { layer, .. } => (1, layer),
         Workload::Head { .. } => (2, 0),
+        Workload::Operator { .. } => (3, 0),
     }
 }
 

@@ -18,6 +18,7 @@ pub use scaled::Scaled;
 pub use timing::{median, time_median};
 
 use crate::Result;
+use crate::graph::OpClass;
 
 /// A stage of a model's forward pass at a batch size and token count.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -46,24 +47,36 @@ pub enum Workload {
         /// Tokens per input.
         tokens: usize,
     },
+    /// One operator of an operator graph ([`crate::graph::Operator::workload`]), priced by its
+    /// cost class, FLOPs and bytes moved. It has no batch or token count of its own.
+    Operator {
+        /// The cost class.
+        class: OpClass,
+        /// Floating-point operations.
+        flops: u64,
+        /// Bytes read plus bytes written.
+        bytes: u64,
+    },
 }
 
 impl Workload {
-    /// The batch size.
+    /// The batch size (1 for an operator).
     pub fn batch(&self) -> usize {
         match *self {
             Workload::Embed { batch, .. }
             | Workload::Block { batch, .. }
             | Workload::Head { batch, .. } => batch,
+            Workload::Operator { .. } => 1,
         }
     }
 
-    /// Tokens per input.
+    /// Tokens per input (0 for an operator, whose size is in its FLOPs and bytes).
     pub fn tokens(&self) -> usize {
         match *self {
             Workload::Embed { tokens, .. }
             | Workload::Block { tokens, .. }
             | Workload::Head { tokens, .. } => tokens,
+            Workload::Operator { .. } => 0,
         }
     }
 }
@@ -78,6 +91,11 @@ impl fmt::Display for Workload {
                 tokens,
             } => write!(f, "block {layer}(batch={batch}, tokens={tokens})"),
             Workload::Head { batch, tokens } => write!(f, "head(batch={batch}, tokens={tokens})"),
+            Workload::Operator {
+                class,
+                flops,
+                bytes,
+            } => write!(f, "{class:?} operator(flops={flops}, bytes={bytes})"),
         }
     }
 }

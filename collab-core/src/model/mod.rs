@@ -8,9 +8,13 @@
 //! states cross the network, `run_blocks(k..L)` → `head` on the server. Block ranges are
 //! 0-based and half-open, so split point `k` of SPEC (blocks `1..=k` on the device) is
 //! `run_blocks(h, 0..k)` then `run_blocks(h, k..L)`.
+//!
+//! [`decoder`] holds the LLaMA-style [`Decoder`] of operator placement (SPEC §7), with a KV
+//! cache, greedy generation and an interpreter of its lowered operator graph.
 
 mod block;
 mod config;
+pub mod decoder;
 mod embed;
 mod head;
 mod hidden;
@@ -22,6 +26,7 @@ use std::path::Path;
 
 pub use block::{Attention, Block};
 pub use config::{BertConfig, EncoderConfig, ModelConfig, NormPlacement, PRESETS, VitConfig};
+pub use decoder::{Decoder, KvCache};
 pub use embed::{Input, PatchEmbed, TextEmbed};
 pub use head::{ClassifierHead, MeanPoolHead};
 pub use hidden::Hidden;

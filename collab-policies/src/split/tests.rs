@@ -28,6 +28,7 @@ impl CostModel for PerStage {
             Workload::Embed { .. } => self.embed,
             Workload::Block { .. } => self.block,
             Workload::Head { .. } => self.head,
+            Workload::Operator { .. } => unreachable!("the selector prices no operators"),
         })
     }
 }

@@ -2,7 +2,9 @@
 //! summary line last.
 
 mod accuracy;
+mod calibrate;
 mod collabtrans;
+mod llm_placement;
 mod plot;
 mod profile;
 mod stats;
@@ -25,6 +27,10 @@ pub(crate) enum Exp {
     CollabtransThroughput(collabtrans::Args),
     /// Accuracy loss of every activation codec at every split point and ratio (SPEC §1).
     SvdAccuracy(svd_accuracy::Args),
+    /// Calibrated-roofline cost model of this CPU: held-out error per operator (SPEC §7).
+    CalibrateCostModel(calibrate::Args),
+    /// Operator-level LLM placement between device and cloud: TTFT, TPOT, cost (SPEC §7).
+    LlmPlacement(llm_placement::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -34,6 +40,8 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::BlockProfile(a) => profile::run(a),
         Exp::SvdAccuracy(a) => svd_accuracy::run(a),
         Exp::CollabtransThroughput(a) => collabtrans::run(a),
+        Exp::CalibrateCostModel(a) => calibrate::run(a),
+        Exp::LlmPlacement(a) => llm_placement::run(a),
     }
 }
 

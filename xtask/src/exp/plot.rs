@@ -179,3 +179,89 @@ pub(crate) fn heatmap(
     root.present().map_err(err)?;
     Ok(true)
 }
+
+/// A chart on log-log axes: `scatter` series as markers (palette colour `i` for the `i`-th),
+/// `lines` as curves in palette colour `line_colors[j]`; a series with an empty label has no
+/// legend entry. Returns whether the PNG was written. Non-positive values are dropped.
+pub(crate) fn log_log_chart(
+    path: &Path,
+    title: &str,
+    axes: (&str, &str),
+    lines: &[Series],
+    line_colors: &[usize],
+    scatter: &[Series],
+) -> Result<bool> {
+    if !font_ready() {
+        return Ok(false);
+    }
+    let positive = |s: &Series| -> Vec<(f64, f64)> {
+        s.points
+            .iter()
+            .copied()
+            .filter(|&(x, y)| x > 0.0 && y > 0.0 && x.is_finite() && y.is_finite())
+            .collect()
+    };
+    let all: Vec<(f64, f64)> = lines.iter().chain(scatter).flat_map(positive).collect();
+    if all.is_empty() {
+        return Ok(false);
+    }
+    let (x0, x1, y0, y1) = all.iter().fold(
+        (f64::MAX, f64::MIN, f64::MAX, f64::MIN),
+        |(a, b, c, d), &(x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
+    );
+    let root = BitMapBackend::new(path, (900, 600)).into_drawing_area();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(
+            (x0 / 1.3..x1 * 1.3).log_scale(),
+            (y0 / 1.3..y1 * 1.3).log_scale(),
+        )
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(axes.0)
+        .y_desc(axes.1)
+        .x_label_formatter(&|v| format!("{v:.2e}"))
+        .y_label_formatter(&|v| format!("{v:.1e}"))
+        .draw()
+        .map_err(err)?;
+    for (i, s) in scatter.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let drawn = chart
+            .draw_series(
+                positive(s)
+                    .into_iter()
+                    .map(|p| Circle::new(p, 2, color.mix(0.5).filled())),
+            )
+            .map_err(err)?;
+        if !s.label.is_empty() {
+            drawn
+                .label(s.label.clone())
+                .legend(move |(x, y)| Circle::new((x + 8, y), 3, color.filled()));
+        }
+    }
+    for (j, s) in lines.iter().enumerate() {
+        let color = Palette99::pick(line_colors.get(j).copied().unwrap_or(j)).to_rgba();
+        let drawn = chart
+            .draw_series(LineSeries::new(positive(s), color.stroke_width(2)))
+            .map_err(err)?;
+        if !s.label.is_empty() {
+            drawn
+                .label(s.label.clone())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(true)
+}

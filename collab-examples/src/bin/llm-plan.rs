@@ -1,0 +1,146 @@
+//! `llm-plan`: places an LLM's operators between a device and a cloud (SPEC §7) and prints
+//! the placement per layer and operator, TTFT, TPOT and cloud cost, with the cloud-only and
+//! device-only baselines.
+//!
+//! ```text
+//! cargo run --release -p collab-examples --bin llm-plan -- --model llama2-7b --cloud a100 \
+//!     --device snapdragon-8s-gen3 --prompt 512 --decode 128
+//! ```
+
+use anyhow::Result;
+use clap::Parser;
+use collab_core::graph::{DecoderConfig, LayerGraph, Stage};
+use collab_policies::operator::{
+    DeviceSpec, Everything, Exact, Greedy, Link, PlacementPolicy, Pricing, RequestPlan, Roofline,
+    Side, Sla, placement_lines, plan_request,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Place an LLM's operators between a device and a cloud at the least cloud cost")]
+struct Args {
+    /// Decoder preset (llama2-7b, llama-small, llama-tiny).
+    #[arg(long, default_value = "llama2-7b")]
+    model: String,
+    /// Cloud preset (v100s, a100, jetson-nano, snapdragon-8s-gen3).
+    #[arg(long, default_value = "a100")]
+    cloud: String,
+    /// Device preset.
+    #[arg(long, default_value = "snapdragon-8s-gen3")]
+    device: String,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 512)]
+    prompt: usize,
+    /// Generated tokens.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Planner: exact (Pareto dynamic programming) or greedy (SPEC §7).
+    #[arg(long, default_value = "exact")]
+    policy: String,
+    /// Link bandwidth in Mbit/s, each way.
+    #[arg(long, default_value_t = 100.0)]
+    bandwidth_mbps: f64,
+    /// Link round-trip time in milliseconds.
+    #[arg(long, default_value_t = 10.0)]
+    rtt_ms: f64,
+    /// TTFT target in milliseconds.
+    #[arg(long, default_value_t = 400.0)]
+    ttft_ms: f64,
+    /// TPOT target in milliseconds.
+    #[arg(long, default_value_t = 100.0)]
+    tpot_ms: f64,
+}
+
+fn summary(name: &str, r: &RequestPlan) {
+    println!(
+        "{name:<12} TTFT {:>8.1} ms  TPOT {:>7.1} ms  cloud cost ${:.3e}  SLA {}",
+        r.ttft * 1e3,
+        r.tpot * 1e3,
+        r.cost,
+        if r.met { "met" } else { "missed" }
+    );
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let cfg = DecoderConfig::preset(&args.model)?;
+    let layers = LayerGraph::decoder(&cfg)?;
+    let (cloud_spec, device_spec) = (
+        DeviceSpec::preset(&args.cloud)?,
+        DeviceSpec::preset(&args.device)?,
+    );
+    let (cloud, device) = (
+        Roofline::new(cloud_spec.clone())?,
+        Roofline::new(device_spec)?,
+    );
+    let link = Link {
+        bandwidth: args.bandwidth_mbps * 1e6 / 8.0,
+        rtt: args.rtt_ms * 1e-3,
+    };
+    link.validate()?;
+    let pricing = Pricing {
+        device: &device,
+        cloud: &cloud,
+        cloud_price: cloud_spec.price_per_second,
+        link,
+    };
+    let sla = Sla {
+        ttft: args.ttft_ms * 1e-3,
+        tpot: args.tpot_ms * 1e-3,
+    };
+    let policy: &dyn PlacementPolicy = match args.policy.as_str() {
+        "exact" => &Exact,
+        "greedy" => &Greedy,
+        other => anyhow::bail!("unknown policy `{other}`; use exact or greedy"),
+    };
+    let plan = plan_request(policy, &layers, args.prompt, args.decode, sla, &pricing)?;
+    let stages = [
+        (
+            "prefill",
+            Stage::Prefill {
+                prompt: args.prompt,
+            },
+            &plan.prefill,
+        ),
+        (
+            "decode (last step)",
+            Stage::Decode {
+                past: args.prompt + args.decode - 1,
+            },
+            &plan.decode,
+        ),
+    ];
+    for (name, stage, placed) in stages {
+        let graph = layers.lower(stage);
+        println!(
+            "== {name}: {:.1} ms, {} transfers ({} bytes), {:.1} ms of cloud compute",
+            placed.plan.latency * 1e3,
+            placed.plan.transfers(),
+            placed.plan.transfer_bytes(),
+            placed.plan.cloud_seconds * 1e3
+        );
+        for line in placement_lines(&graph, &placed.plan.sides) {
+            println!("  {line}");
+        }
+    }
+    println!("KV cache: {:?}", plan.kv);
+    summary(policy.name(), &plan);
+    for base in [Everything(Side::Cloud), Everything(Side::Device)] {
+        summary(
+            base.name(),
+            &plan_request(&base, &layers, args.prompt, args.decode, sla, &pricing)?,
+        );
+    }
+    let cloud_only = plan_request(
+        &Everything(Side::Cloud),
+        &layers,
+        args.prompt,
+        args.decode,
+        sla,
+        &pricing,
+    )?;
+    println!(
+        "cost reduction vs cloud-only: {:.3}",
+        1.0 - plan.cost / cloud_only.cost
+    );
+    Ok(())
+}
