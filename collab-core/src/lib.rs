@@ -11,6 +11,7 @@
 //!   graph with FLOPs, bytes and data movement) that operator placement plans over (SPEC §7);
 //! - [`cost`]: the `CostModel` trait and a measured per-block profile;
 //! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
+//! - [`json`]: pretty JSON files for profiles, calibrations and tables;
 //! - [`seed`]: seeds and round counts of the randomised conformance suites;
 //! - [`fixtures`]: where the real checkpoints and evaluation data are found.
 //!
@@ -23,6 +24,7 @@ mod error;
 pub mod fixtures;
 pub mod graph;
 pub mod input;
+pub mod json;
 pub mod model;
 pub mod seed;
 pub mod split;

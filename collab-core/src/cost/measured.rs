@@ -133,11 +133,7 @@ impl MeasuredProfile {
     /// # Errors
     /// [`Error::Io`].
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::BadFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+        crate::json::save(self, path)
     }
 
     /// Loads a profile saved by [`MeasuredProfile::save`].
@@ -145,11 +141,7 @@ impl MeasuredProfile {
     /// # Errors
     /// [`Error::Io`], or [`Error::BadFile`] if it does not parse.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::BadFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        crate::json::load(path)
     }
 
     /// The points for the same stage as `work` (for blocks: that layer, else layer 0).

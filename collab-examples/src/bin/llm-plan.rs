@@ -7,12 +7,15 @@
 //!     --device snapdragon-8s-gen3 --prompt 512 --decode 128
 //! ```
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Parser;
+use collab_core::cost::CostModel;
 use collab_core::graph::{DecoderConfig, LayerGraph, Stage};
 use collab_policies::operator::{
-    DeviceSpec, Everything, Exact, Greedy, Link, PlacementPolicy, Pricing, RequestPlan, Roofline,
-    Side, Sla, placement_lines, plan_request,
+    Calibration, DeviceSpec, Everything, Exact, Greedy, Link, PlacementPolicy, Pricing,
+    RequestPlan, Roofline, Side, Sla, placement_lines, plan_request,
 };
 
 #[derive(Parser, Debug)]
@@ -48,6 +51,37 @@ struct Args {
     /// TPOT target in milliseconds.
     #[arg(long, default_value_t = 100.0)]
     tpot_ms: f64,
+    /// Price the device with a measured calibration (`cargo xtask exp calibrate-cost-model`
+    /// writes one) instead of the `--device` preset.
+    #[arg(long)]
+    device_calibration: Option<PathBuf>,
+    /// Price the cloud with a measured calibration (its `price_per_second` is the cloud price)
+    /// instead of the `--cloud` preset.
+    #[arg(long)]
+    cloud_calibration: Option<PathBuf>,
+}
+
+/// The cost model of one side and its price per second: a preset's roofline, or the
+/// calibrated roofline fitted from a calibration file.
+fn machine(
+    preset: &str,
+    calibration: Option<&PathBuf>,
+) -> Result<(Box<dyn CostModel>, String, f64)> {
+    Ok(match calibration {
+        Some(path) => {
+            let cal = Calibration::load(path)?;
+            let price = cal.price_per_second;
+            let model = cal.fit()?;
+            let name = model.name();
+            (Box::new(model), name, price)
+        }
+        None => {
+            let spec = DeviceSpec::preset(preset)?;
+            let price = spec.price_per_second;
+            let name = spec.name.clone();
+            (Box::new(Roofline::new(spec)?), name, price)
+        }
+    })
 }
 
 fn summary(name: &str, r: &RequestPlan) {
@@ -64,13 +98,11 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let cfg = DecoderConfig::preset(&args.model)?;
     let layers = LayerGraph::decoder(&cfg)?;
-    let (cloud_spec, device_spec) = (
-        DeviceSpec::preset(&args.cloud)?,
-        DeviceSpec::preset(&args.device)?,
-    );
-    let (cloud, device) = (
-        Roofline::new(cloud_spec.clone())?,
-        Roofline::new(device_spec)?,
+    let (cloud, cloud_name, cloud_price) = machine(&args.cloud, args.cloud_calibration.as_ref())?;
+    let (device, device_name, _) = machine(&args.device, args.device_calibration.as_ref())?;
+    println!(
+        "{}: device {device_name}, cloud {cloud_name} (${cloud_price:.2e}/s)",
+        cfg.name
     );
     let link = Link {
         bandwidth: args.bandwidth_mbps * 1e6 / 8.0,
@@ -78,9 +110,9 @@ fn main() -> Result<()> {
     };
     link.validate()?;
     let pricing = Pricing {
-        device: &device,
-        cloud: &cloud,
-        cloud_price: cloud_spec.price_per_second,
+        device: device.as_ref(),
+        cloud: cloud.as_ref(),
+        cloud_price,
         link,
     };
     let sla = Sla {

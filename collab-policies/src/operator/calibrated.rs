@@ -133,11 +133,7 @@ impl Calibration {
     /// # Errors
     /// [`Error::Io`] naming the file.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::BadFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(path, json).map_err(|e| Error::io(path, e))
+        collab_core::json::save(self, path)
     }
 
     /// Loads and validates a file written by [`Calibration::save`].
@@ -146,13 +142,11 @@ impl Calibration {
     /// [`Error::Io`] if it cannot be read, [`Error::BadFile`] naming the file if it does not
     /// parse or its numbers are invalid.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let bad = |message: String| Error::BadFile {
+        let cal: Calibration = collab_core::json::load(path)?;
+        cal.validate().map_err(|e| Error::BadFile {
             path: path.to_path_buf(),
-            message,
-        };
-        let cal: Calibration = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
-        cal.validate().map_err(|e| bad(e.to_string()))?;
+            message: e.to_string(),
+        })?;
         Ok(cal)
     }
 

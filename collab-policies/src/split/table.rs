@@ -60,11 +60,7 @@ impl AccuracyTable {
     /// # Errors
     /// I/O errors.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|e| Error::BadFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        std::fs::write(path, text).map_err(|e| Error::io(path, e))
+        collab_core::json::save(self, path)
     }
 
     /// Reads a table written by [`AccuracyTable::save`].
@@ -78,10 +74,6 @@ impl AccuracyTable {
                 hint: "written by `cargo xtask exp svd-accuracy`".into(),
             });
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::BadFile {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+        collab_core::json::load(path)
     }
 }
