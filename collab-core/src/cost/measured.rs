@@ -169,10 +169,11 @@ impl MeasuredProfile {
 fn interp1(grid: &[usize], x: usize, f: &dyn Fn(usize) -> f64) -> f64 {
     let (lo, hi) = (grid[0], grid[grid.len() - 1]);
     if x <= lo {
-        return f(lo) * x as f64 / lo as f64;
+        // The ratio first, so that `x == lo` returns the grid value exactly.
+        return f(lo) * (x as f64 / lo as f64);
     }
     if x >= hi {
-        return f(hi) * x as f64 / hi as f64;
+        return f(hi) * (x as f64 / hi as f64);
     }
     let i = grid.partition_point(|&g| g <= x);
     let (a, b) = (grid[i - 1], grid[i]);
@@ -245,6 +246,36 @@ mod tests {
             model: "m".into(),
             layers: 2,
             points,
+        }
+    }
+
+    /// Grid points come back bit for bit, at the grid's edges too (a CI run once saw
+    /// `0.012621965999999998` for a measured `0.012621966` at 197 tokens: `f * x / hi` rounds
+    /// twice where `f * (x / hi)` multiplies by exactly 1).
+    #[test]
+    fn grid_points_are_returned_exactly() {
+        for seconds in [0.012621966, 0.1, 1.0 / 3.0, 7.77e-5] {
+            let point = |batch, tokens| ProfilePoint {
+                work: Workload::Block {
+                    layer: 0,
+                    batch,
+                    tokens,
+                },
+                seconds: if (batch, tokens) == (2, 197) {
+                    seconds
+                } else {
+                    seconds * (batch * tokens) as f64 / 394.0
+                },
+            };
+            let p = MeasuredProfile {
+                backend: "test".into(),
+                model: "m".into(),
+                layers: 1,
+                points: vec![point(1, 99), point(1, 197), point(2, 99), point(2, 197)],
+            };
+            for q in &p.points {
+                assert_eq!(p.seconds(&q.work).expect("predicts"), q.seconds);
+            }
         }
     }
 
