@@ -156,12 +156,6 @@ fn main() -> Result<()> {
     }
     println!("KV cache: {:?}", plan.kv);
     summary(policy.name(), &plan);
-    for base in [Everything(Side::Cloud), Everything(Side::Device)] {
-        summary(
-            base.name(),
-            &plan_request(&base, &layers, args.prompt, args.decode, sla, &pricing)?,
-        );
-    }
     let cloud_only = plan_request(
         &Everything(Side::Cloud),
         &layers,
@@ -170,6 +164,16 @@ fn main() -> Result<()> {
         sla,
         &pricing,
     )?;
+    summary("cloud-only", &cloud_only);
+    let device_only = plan_request(
+        &Everything(Side::Device),
+        &layers,
+        args.prompt,
+        args.decode,
+        sla,
+        &pricing,
+    )?;
+    summary("device-only", &device_only);
     println!(
         "cost reduction vs cloud-only: {:.3}",
         1.0 - plan.cost / cloud_only.cost

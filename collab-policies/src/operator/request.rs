@@ -122,7 +122,7 @@ pub fn plan_request(
                 )
             }
         };
-        let cost = p.plan.cost + decode_cost(layers, &d.plan, prompt, decode, pricing)?;
+        let cost = p.plan.cost + decode_cost(layers, &dec, &d.plan, prompt, decode, pricing)?;
         let candidate = RequestPlan {
             ttft: p.plan.latency,
             tpot: d.plan.latency,
@@ -171,20 +171,19 @@ fn attention_pins(from: &OpGraph, plan: &Plan, to: &OpGraph) -> Pins {
         .collect()
 }
 
-/// Cloud cost of running the decode placement `plan` for steps at contexts
+/// Cloud cost of running the decode placement `plan` (made on `last`, the longest step's
+/// graph) for steps at contexts
 /// `prompt..prompt + decode`. Only attention depends on the context, and every layer's
 /// attention has the same size, so the other operators are priced once and attention per step
 /// on a one-layer lowering, times the layers whose attention runs on the cloud.
 fn decode_cost(
     layers: &LayerGraph,
+    last: &OpGraph,
     plan: &Plan,
     prompt: usize,
     decode: usize,
     pricing: &Pricing<'_>,
 ) -> Result<f64> {
-    let last = layers.lower(Stage::Decode {
-        past: prompt + decode - 1,
-    });
     let mut fixed = 0.0;
     let mut cloud_attention_ops = 0usize;
     for (i, s) in plan.sides.iter().enumerate() {
@@ -194,7 +193,7 @@ fn decode_cost(
         if last.ops[i].kind.is_attention() {
             cloud_attention_ops += 1;
         } else {
-            fixed += pricing.op_seconds(&last, i, Side::Cloud)?;
+            fixed += pricing.op_seconds(last, i, Side::Cloud)?;
         }
     }
     let mut seconds = fixed * decode as f64;

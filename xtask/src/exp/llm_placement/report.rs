@@ -113,26 +113,18 @@ pub(super) fn figures(out: &Path, rows: &[Row], fixed: usize) -> Result<()> {
             ("log2 decode tokens", "TPOT ms"),
             &series(false, &tpot_ms),
         )?;
-        let cloud_paid: Vec<Series> = series(false, &cost)
-            .into_iter()
-            .filter(|s| s.label != "device-only")
-            .collect();
-        line_chart(
-            &out.join(format!("fig7-cost-decode-{group}.png")),
-            &format!("{group}: cloud cost per request (milli-dollars) vs decode, prompt {fixed}"),
-            ("log2 decode tokens", "m$ per request"),
-            &cloud_paid,
-        )?;
-        let cloud_paid: Vec<Series> = series(true, &cost)
-            .into_iter()
-            .filter(|s| s.label != "device-only")
-            .collect();
-        line_chart(
-            &out.join(format!("fig7-cost-prompt-{group}.png")),
-            &format!("{group}: cloud cost per request (milli-dollars) vs prompt, decode {fixed}"),
-            ("log2 prompt tokens", "m$ per request"),
-            &cloud_paid,
-        )?;
+        for (x_prompt, x, held) in [(false, "decode", "prompt"), (true, "prompt", "decode")] {
+            let cloud_paid: Vec<Series> = series(x_prompt, &cost)
+                .into_iter()
+                .filter(|s| s.label != "device-only")
+                .collect();
+            line_chart(
+                &out.join(format!("fig7-cost-{x}-{group}.png")),
+                &format!("{group}: cloud cost per request (milli-dollars) vs {x}, {held} {fixed}"),
+                (&format!("log2 {x} tokens"), "m$ per request"),
+                &cloud_paid,
+            )?;
+        }
     }
     Ok(())
 }
