@@ -52,11 +52,22 @@ impl ImagePreprocess {
         self.apply(&img.to_rgb8())
     }
 
-    /// Preprocesses a decoded RGB image.
+    /// Preprocesses a decoded RGB image: [`crop_rgb`](Self::crop_rgb) then
+    /// [`normalize`](Self::normalize).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for an empty image.
     pub fn apply(&self, rgb: &image::RgbImage) -> Result<Vec<f32>> {
+        let crop = self.crop_rgb(rgb)?;
+        self.normalize(crop.as_raw())
+    }
+
+    /// Resizes and centre-crops a decoded RGB image, keeping 8-bit pixels: what a device
+    /// sends when the server runs the whole model (3 bytes per pixel instead of 12).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty image.
+    pub fn crop_rgb(&self, rgb: &image::RgbImage) -> Result<image::RgbImage> {
         let (w, h) = rgb.dimensions();
         if w == 0 || h == 0 {
             return Err(Error::InvalidInput("empty image".into()));
@@ -76,10 +87,26 @@ impl ImagePreprocess {
         let c = self.crop.min(nw).min(nh);
         // Centre crop with the offset rounded down.
         let (left, top) = ((nw - c) / 2, (nh - c) / 2);
-        let crop = image::imageops::crop_imm(&resized, left, top, c, c).to_image();
-        let n = (c * c) as usize;
+        Ok(image::imageops::crop_imm(&resized, left, top, c, c).to_image())
+    }
+
+    /// Scales interleaved 8-bit RGB pixels (`HWC`, a square of side `crop`) to [0, 1] and
+    /// normalises them per channel into CHW `f32` values.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if `rgb` is not `3 * crop * crop` bytes.
+    pub fn normalize(&self, rgb: &[u8]) -> Result<Vec<f32>> {
+        let n = (self.crop * self.crop) as usize;
+        if rgb.len() != 3 * n {
+            return Err(Error::InvalidInput(format!(
+                "expected {} bytes of {c} x {c} RGB pixels, got {}",
+                3 * n,
+                rgb.len(),
+                c = self.crop
+            )));
+        }
         let mut out = vec![0.0f32; 3 * n];
-        for (i, px) in crop.pixels().enumerate() {
+        for (i, px) in rgb.chunks_exact(3).enumerate() {
             for ch in 0..3 {
                 out[ch * n + i] = (f32::from(px[ch]) / 255.0 - self.mean[ch]) / self.std[ch];
             }

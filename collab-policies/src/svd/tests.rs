@@ -211,3 +211,34 @@ fn families_parse_from_their_names() {
     assert!("svd-int4".parse::<Family>().is_err());
     assert!("zip".parse::<Family>().is_err());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Untrusted bytes (a server decodes what the network sends): a valid header with any
+    /// declared sizes, then any tail, is a typed error or an activation, never a panic or an
+    /// allocation the bytes do not pay for.
+    #[test]
+    fn decoding_arbitrary_payloads_never_panics(
+        kind in 0u8..3, tag in 0u8..4,
+        tokens in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
+        features in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
+        rank in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
+        tail in proptest::collection::vec(any::<u8>(), 0..600),
+    ) {
+        let mut bytes = b"CB\x01".to_vec();
+        bytes.extend([kind, tag]);
+        for v in [tokens, features, rank] {
+            bytes.extend(v.to_le_bytes());
+        }
+        bytes.extend(0u64.to_le_bytes());
+        bytes.extend(&tail);
+        let (pca, w) = bases(8, 16, 1);
+        for family in ALL {
+            let c = codec(family, 4, &pca, &w);
+            if let Ok(a) = c.decode(&bytes) {
+                prop_assert_eq!(a.values.len(), a.tokens * a.features);
+            }
+        }
+    }
+}

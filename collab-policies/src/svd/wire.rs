@@ -12,6 +12,9 @@ use super::quant::Precision;
 pub const HEADER_LEN: usize = 25;
 const MAGIC: [u8; 2] = *b"CB";
 const VERSION: u8 = 1;
+/// The largest tokens, features or rank a header may declare: keeps every byte count a
+/// decoder computes from them (`4 * rows * cols`) far from overflow on untrusted input.
+pub(super) const MAX_DIM: usize = 1 << 24;
 
 /// Which family of codec wrote the bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -128,6 +131,16 @@ impl Header {
         };
         if header.tokens == 0 || header.features == 0 {
             return Err(Error::codec(codec, "payload declares an empty activation"));
+        }
+        if header.tokens.max(header.features).max(header.rank) > MAX_DIM {
+            return Err(Error::codec(
+                codec,
+                format!(
+                    "payload declares {} x {} at rank {}: sizes over {MAX_DIM} are refused \
+                     (their byte counts could overflow)",
+                    header.tokens, header.features, header.rank
+                ),
+            ));
         }
         Ok((header, &bytes[HEADER_LEN..]))
     }

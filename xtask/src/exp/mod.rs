@@ -5,6 +5,7 @@ mod accuracy;
 mod calibrate;
 mod collabtrans;
 mod llm_placement;
+mod net_overhead;
 mod plot;
 mod profile;
 mod stats;
@@ -31,6 +32,8 @@ pub(crate) enum Exp {
     CalibrateCostModel(calibrate::Args),
     /// Operator-level LLM placement between device and cloud: TTFT, TPOT, cost (SPEC §7).
     LlmPlacement(llm_placement::Args),
+    /// Server throughput over TCP against the in-process batch worker at the same load.
+    NetOverhead(net_overhead::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -42,6 +45,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::CollabtransThroughput(a) => collabtrans::run(a),
         Exp::CalibrateCostModel(a) => calibrate::run(a),
         Exp::LlmPlacement(a) => llm_placement::run(a),
+        Exp::NetOverhead(a) => net_overhead::run(a),
     }
 }
 

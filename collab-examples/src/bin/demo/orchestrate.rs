@@ -1,0 +1,349 @@
+//! Starts the processes, follows their reports, draws the view, shuts everything down and
+//! prints the summary.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use collab_core::fixtures;
+use serde_json::Value;
+
+use super::fleet::{self, Profile};
+use super::stats::Tally;
+use super::view::View;
+
+/// The accuracy table the devices' split selection reads: measured on this project's machine by
+/// `cargo xtask exp svd-accuracy --images 200 --codecs f16,int8,svd-int8 --rhos 0.75,0.85,0.9`
+/// and `--codecs f16,int8 --rhos 0.5,0.74` (180 evaluation images, 20 calibration; merged).
+const ACCURACY_TABLE: &str = include_str!("../../../assets/deit-tiny-accuracy.json");
+/// DeiT-Tiny's per-block cost profile on this machine's CPU with both cores (`cargo xtask exp
+/// block-profile`): the devices' model of the server. Each device measures its own profile at
+/// start-up (one thread, see [`Proc::spawn`]) and scales it by its slowdown.
+const COST_PROFILE: &str = include_str!("../../../assets/deit-tiny-profile-candle-cpu.json");
+
+/// Options of the demo.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct DemoArgs {
+    /// Number of device processes (they cycle through four compute/link profiles).
+    #[arg(long, default_value_t = 4)]
+    pub(crate) devices: usize,
+    /// Images each device classifies (each device takes different sample images).
+    #[arg(long, default_value_t = 60)]
+    images: usize,
+    /// Requests per second each device sends (Poisson arrivals; 0: back to back). The devices
+    /// and the server share this machine's cores, so back to back they mostly measure contention.
+    #[arg(long, default_value_t = 1.5)]
+    rate: f64,
+    /// Bandwidth of every device's link, Mbit/s (default: each profile's own).
+    #[arg(long)]
+    mbit: Option<f64>,
+    /// RTT of every device's link, ms (default: each profile's own).
+    #[arg(long)]
+    rtt_ms: Option<f64>,
+    /// End-to-end deadline per request, ms.
+    #[arg(long, default_value_t = 400.0)]
+    deadline_ms: f64,
+    /// Largest accuracy loss a split choice may cost (0.02 = two points of top-1).
+    #[arg(long, default_value_t = 0.02)]
+    max_loss: f64,
+    /// Background load, requests per second (0: none).
+    #[arg(long, default_value_t = 5.0)]
+    load_rate: f64,
+    /// Server batch budget.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Server admission limit (requests in flight).
+    #[arg(long, default_value_t = 64)]
+    capacity: usize,
+    /// Give up and stop everything after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_s: u64,
+}
+
+/// A child process and its label.
+struct Proc {
+    label: String,
+    child: Child,
+}
+
+impl Proc {
+    /// Starts the demo binary with `args`; `threads` caps its compute threads (candle's CPU
+    /// kernels read `RAYON_NUM_THREADS`), so that device processes act as one-core devices
+    /// instead of all contending for every core of this machine.
+    fn spawn(
+        label: &str,
+        args: &[String],
+        log: &Path,
+        stdin: bool,
+        threads: Option<usize>,
+    ) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding the demo binary")?;
+        let mut command = Command::new(exe);
+        if let Some(n) = threads {
+            command.env("RAYON_NUM_THREADS", n.to_string());
+        }
+        let child = command
+            .args(args)
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::File::create(log)
+                    .with_context(|| format!("creating {}", log.display()))?,
+            )
+            .spawn()
+            .with_context(|| format!("starting the {label} process"))?;
+        Ok(Self {
+            label: label.into(),
+            child,
+        })
+    }
+
+    /// Sends stdout's JSON lines to `tx` tagged with `source`.
+    fn follow(&mut self, source: usize, tx: mpsc::Sender<(usize, Option<Value>)>) {
+        let Some(out) = self.child.stdout.take() else {
+            return;
+        };
+        std::thread::spawn(move || {
+            for line in BufReader::new(out)
+                .lines()
+                .map_while(std::result::Result::ok)
+            {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    let _ = tx.send((source, Some(v)));
+                }
+            }
+            let _ = tx.send((source, None));
+        });
+    }
+
+    fn stop(&mut self, signal: &str, wait: Duration) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < wait {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("{} did not stop within {wait:?}; killing it", self.label);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn write_assets(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let table = dir.join("deit-tiny-accuracy.json");
+    let profile = dir.join("deit-tiny-profile.json");
+    std::fs::write(&table, ACCURACY_TABLE)?;
+    std::fs::write(&profile, COST_PROFILE)?;
+    Ok((table, profile))
+}
+
+fn wait_ready(server: &mut Proc, ready: &Path) -> Result<SocketAddr> {
+    let start = Instant::now();
+    loop {
+        if let Ok(text) = std::fs::read_to_string(ready)
+            && let Ok(addr) = text.trim().parse()
+        {
+            return Ok(addr);
+        }
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!("the server exited ({status}) before listening; see its log");
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            bail!("the server did not start listening within 120 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn device_args(
+    i: usize,
+    p: &Profile,
+    a: &DemoArgs,
+    server: SocketAddr,
+    assets: &(PathBuf, PathBuf),
+) -> Vec<String> {
+    let s = |v: &dyn ToString| v.to_string();
+    [
+        "device",
+        "--server",
+        &s(&server),
+        "--device-id",
+        &format!("device-{i}"),
+        "--accuracy-table",
+        &s(&assets.0.display()),
+        "--device-profile",
+        &s(&assets.1.display()),
+        "--server-profile",
+        &s(&assets.1.display()),
+        "--slowdown",
+        &s(&p.slowdown),
+        "--mbit",
+        &s(&p.mbit),
+        "--rtt-ms",
+        &s(&p.rtt_ms),
+        "--jitter-ms",
+        &s(&p.jitter_ms),
+        "--loss",
+        &s(&p.loss),
+        "--deadline-ms",
+        &s(&a.deadline_ms),
+        "--max-loss",
+        &s(&a.max_loss),
+        "--images",
+        &s(&a.images),
+        "--offset",
+        &s(&(i * a.images)),
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect()
+}
+
+/// Runs the demo.
+pub(crate) fn run(a: DemoArgs) -> Result<()> {
+    if a.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    // Fail early, and clearly, when the fixtures are missing.
+    fixtures::deit_tiny_checkpoint()?;
+    let samples = fixtures::imagenet_sample()?.len();
+    if a.devices * a.images > samples {
+        eprintln!(
+            "note: {} devices x {} images is more than the {samples} sample images; some repeat",
+            a.devices, a.images
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("collab-demo-{}", std::process::id()));
+    let assets = write_assets(&dir)?;
+    let ready = dir.join("server.addr");
+    let metrics_addr = free_port()?;
+    let mut server = Proc::spawn(
+        "server",
+        &[
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics".into(),
+            metrics_addr.to_string(),
+            "--ready-file".into(),
+            ready.display().to_string(),
+            "--batch".into(),
+            a.batch.to_string(),
+            "--capacity".into(),
+            a.capacity.to_string(),
+        ],
+        &dir.join("server.log"),
+        false,
+        None,
+    )?;
+    eprintln!(
+        "collab demo: starting the server (logs in {})",
+        dir.display()
+    );
+    let addr = wait_ready(&mut server, &ready)?;
+    let profiles: Vec<Profile> = (0..a.devices)
+        .map(|i| fleet::profile(i, a.mbit, a.rtt_ms))
+        .collect();
+    eprintln!(
+        "collab demo: server on {addr}, metrics on http://{metrics_addr}/metrics; {} devices, {} images each, deadline {} ms",
+        a.devices, a.images, a.deadline_ms
+    );
+    let (tx, rx) = mpsc::channel();
+    let mut devices = Vec::new();
+    for (i, p) in profiles.iter().enumerate() {
+        let mut d = Proc::spawn(
+            &format!("device-{i}"),
+            &device_args(i, p, &a, addr, &assets),
+            &dir.join(format!("device-{i}.log")),
+            false,
+            Some(1),
+        )?;
+        d.follow(i, tx.clone());
+        devices.push(d);
+    }
+    let mut load = if a.load_rate > 0.0 {
+        let mut l = Proc::spawn(
+            "load",
+            &[
+                "load".into(),
+                "--server".into(),
+                addr.to_string(),
+                "--rate".into(),
+                a.load_rate.to_string(),
+            ],
+            &dir.join("load.log"),
+            true,
+            Some(1),
+        )?;
+        l.follow(a.devices, tx.clone());
+        Some(l)
+    } else {
+        None
+    };
+    drop(tx);
+
+    let mut tallies = vec![Tally::default(); a.devices];
+    let mut load_tally = Tally::default();
+    let mut open = vec![true; a.devices];
+    let mut view = View::new(&profiles, a.images);
+    let start = Instant::now();
+    while open.iter().any(|&o| o) {
+        if start.elapsed() > Duration::from_secs(a.timeout_s) {
+            eprintln!("collab demo: timed out after {} s; stopping", a.timeout_s);
+            break;
+        }
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((i, Some(v))) if i < a.devices => tallies[i].record(&v, a.deadline_ms),
+            Ok((_, Some(v))) => load_tally.record(&v, f64::INFINITY),
+            Ok((i, None)) if i < a.devices => open[i] = false,
+            Ok((_, None)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        view.update(&tallies, &load_tally, start.elapsed(), a.deadline_ms);
+    }
+    let wall = start.elapsed();
+    view.finish();
+    let metrics = super::summary::http_get(metrics_addr, "/metrics");
+    let health = super::summary::http_get(metrics_addr, "/healthz");
+    for d in &mut devices {
+        d.stop("-TERM", Duration::from_secs(5));
+    }
+    if let Some(l) = load.as_mut() {
+        drop(l.child.stdin.take().map(|mut s: ChildStdin| s.flush()));
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until && !matches!(l.child.try_wait(), Ok(Some(_))) {
+            if let Ok((_, Some(v))) = rx.recv_timeout(Duration::from_millis(100)) {
+                load_tally.record(&v, f64::INFINITY);
+            }
+        }
+        l.stop("-TERM", Duration::from_secs(2));
+    }
+    server.stop("-TERM", Duration::from_secs(30));
+    super::summary::print(
+        &a,
+        &profiles,
+        &tallies,
+        &load_tally,
+        wall,
+        &metrics,
+        &health,
+    );
+    Ok(())
+}

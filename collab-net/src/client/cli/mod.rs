@@ -1,0 +1,115 @@
+//! The device process: `collab-device` and the demo's `device` subcommand.
+//!
+//! It loads DeiT-Tiny, builds a split selector from an accuracy table and cost profiles,
+//! connects to the server through an emulated link, classifies ImageNet sample images, and
+//! reports on stdout, one JSON object per line:
+//!
+//! ```text
+//! {"device":"device-0","image":3,"label":3,"ok":true,"top1":3,"split":6,"codec":"int8-r192",
+//!  "bytes":38637,"device_ms":21.4,"total_ms":48.9,"server_ms":19.0,"batch":2}
+//! {"device":"device-0","image":4,"ok":false,"error":"deadline_missed","message":"..."}
+//! {"device":"device-0","done":true,"requests":20,"ok":19,"correct":16,"errors":{...},...}
+//! ```
+//!
+//! `error` is one of [`crate::client::ClientError::kind`]'s kinds. Logs go to stderr
+//! (`COLLAB_LOG`, an env-filter directive, default `warn`).
+
+mod run;
+mod setup;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Options of a device process.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct DeviceArgs {
+    /// The server's address.
+    #[arg(long)]
+    pub server: SocketAddr,
+    /// This device's id (labels its lines, the server's metrics and retries).
+    #[arg(long, default_value = "device-0")]
+    pub device_id: String,
+    /// The server's auth token.
+    #[arg(long, default_value = "collab-demo")]
+    pub token: String,
+    /// DeiT-Tiny safetensors checkpoint (default: the fixtures' copy).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Accuracy table (JSON, `cargo xtask exp svd-accuracy`); without it the device only
+    /// chooses between the raw image and uncompressed `f32` activations.
+    #[arg(long)]
+    pub accuracy_table: Option<PathBuf>,
+    /// Cost profile of this machine (MeasuredProfile JSON), scaled by `--slowdown` for the
+    /// device; without it the model is profiled at start-up (about a second).
+    #[arg(long)]
+    pub device_profile: Option<PathBuf>,
+    /// Cost profile of the server (default: the device's, unscaled).
+    #[arg(long)]
+    pub server_profile: Option<PathBuf>,
+    /// How many times slower than this machine the device computes (>= 1): it sleeps
+    /// `slowdown - 1` times its measured compute after each head part.
+    #[arg(long, default_value_t = 1.0)]
+    pub slowdown: f64,
+    /// Link bandwidth, Mbit/s each way (default: unlimited).
+    #[arg(long)]
+    pub mbit: Option<f64>,
+    /// Link round-trip time, ms.
+    #[arg(long, default_value_t = 0.0)]
+    pub rtt_ms: f64,
+    /// Link one-way jitter, ms (uniform per segment).
+    #[arg(long, default_value_t = 0.0)]
+    pub jitter_ms: f64,
+    /// Link segment loss probability (each loss costs a retransmission timeout).
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// End-to-end deadline per request, ms.
+    #[arg(long, default_value_t = 300.0)]
+    pub deadline_ms: f64,
+    /// Largest accuracy loss a split choice may cost (0.02 = two points of top-1).
+    #[arg(long, default_value_t = 0.02)]
+    pub max_loss: f64,
+    /// Images to classify.
+    #[arg(long, default_value_t = 20)]
+    pub images: usize,
+    /// First sample image (devices take different ranges; wraps around the sample).
+    #[arg(long, default_value_t = 0)]
+    pub offset: usize,
+    /// Requests per second, Poisson arrivals (0: back to back).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Requests in flight at most (an arrival waits for a free slot).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Refresh the link estimate this often, ms.
+    #[arg(long, default_value_t = 2000)]
+    pub probe_every_ms: u64,
+    /// Padding of the bandwidth probe, bytes.
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub probe_bytes: usize,
+    /// Seed of the arrivals and the link's jitter and loss (mixed with the device id).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Runs a device process to completion: sets up logging, loads everything, classifies
+/// `--images` images and prints the JSON lines.
+///
+/// # Errors
+/// Missing or broken files (checkpoint, table, profiles, fixtures), or a server that could not
+/// be reached or refused the device (also reported as the final JSON line).
+pub fn main(args: DeviceArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("COLLAB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let setup = setup::Setup::load(&args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run::run(args, setup))
+}

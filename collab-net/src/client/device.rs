@@ -1,0 +1,262 @@
+//! [`Device`]: the head part of a split model on the device, with split selection.
+//!
+//! For each image: read the link estimate (probing at the first request, then refreshing it
+//! in the background every `probe_every`), estimate the server's queue from its latest pushed
+//! load ([`queue_estimate`]), let the [`SplitSelector`] pick `(k, codec)`, run the device's
+//! part on a blocking thread ([`tokio::task::spawn_blocking`]; compute never runs on the async
+//! runtime), and send with the budget the deadline leaves
+//! ([`server_budget`]`(deadline, elapsed, rtt)`). The batch sizes the server reports are fed
+//! back into the next queue estimate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use collab_backends::candle::CandleBackend;
+use collab_core::model::Transformer;
+use collab_core::split::{Conditions, SplitChoice};
+use collab_policies::split::SplitSelector;
+use tokio::sync::Mutex;
+
+use super::error::ClientError;
+use super::handle::{DeviceClient, LinkEstimate, Outgoing};
+use super::head::run_head;
+use super::plan::{Plan, parse_plan, queue_estimate, server_budget};
+use crate::wire::RemoteError;
+
+/// How long past the deadline a call still waits for its answer (a late answer is reported,
+/// as late, rather than lost).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// The largest bandwidth handed to the selector, bytes/s (an ideal link probes as infinite).
+const MAX_BANDWIDTH: f64 = 1e12;
+
+/// How a device behaves.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceConfig {
+    /// End-to-end latency budget of one request (default 300 ms).
+    pub deadline: Duration,
+    /// The largest accuracy loss a split choice may cost (default 0.02).
+    pub max_loss: f64,
+    /// Emulates a device this many times slower than the machine it runs on (>= 1; default
+    /// 1): after the model compute, the device sleeps `(slowdown - 1) x` the measured compute
+    /// time. Pair it with a device cost profile scaled by the same factor.
+    pub slowdown: f64,
+    /// How old a link estimate may get before it is refreshed (default 2 s).
+    pub probe_every: Duration,
+    /// Padding of the bandwidth probe, bytes (default 32 KiB).
+    pub probe_bytes: usize,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(300),
+            max_loss: 0.02,
+            slowdown: 1.0,
+            probe_every: Duration::from_secs(2),
+            probe_bytes: 32 * 1024,
+        }
+    }
+}
+
+/// One classified image and what it took.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Classified {
+    /// The best classes with their logits, best first.
+    pub top: Vec<(u32, f32)>,
+    /// The split point used.
+    pub split: usize,
+    /// The selector's codec name (`raw`, `f32`, `svd-int8-r55`, `none`, ...).
+    pub codec: String,
+    /// Payload bytes sent (0 for device-only).
+    pub bytes: usize,
+    /// Device milliseconds: crop, compute, emulated slowdown and encoding.
+    pub device_ms: f64,
+    /// End-to-end milliseconds of the call.
+    pub total_ms: f64,
+    /// Milliseconds in the server (queue and compute; 0 for device-only).
+    pub server_ms: f64,
+    /// The server batch the request's head ran in (0 for device-only).
+    pub batch: u32,
+}
+
+/// The link estimate and its refresh state.
+#[derive(Debug, Default)]
+struct LinkState {
+    estimate: Option<(Instant, LinkEstimate)>,
+    refreshing: bool,
+}
+
+/// A device: the model's head part, a split selector and a client.
+#[derive(Debug)]
+pub struct Device {
+    model: Arc<Transformer<CandleBackend>>,
+    selector: Arc<SplitSelector>,
+    client: DeviceClient,
+    config: DeviceConfig,
+    link: Arc<Mutex<LinkState>>,
+    /// The latest server batch size seen in an answer (for the queue estimate).
+    batch: AtomicU32,
+}
+
+impl Device {
+    /// A device running `model`'s head part, choosing splits with `selector` (built for the
+    /// same model) and sending through `client`.
+    pub fn new(
+        model: Arc<Transformer<CandleBackend>>,
+        selector: Arc<SplitSelector>,
+        client: DeviceClient,
+        config: DeviceConfig,
+    ) -> Self {
+        Self {
+            model,
+            selector,
+            client,
+            config,
+            link: Arc::new(Mutex::new(LinkState::default())),
+            batch: AtomicU32::new(1),
+        }
+    }
+
+    /// The client.
+    pub fn client(&self) -> &DeviceClient {
+        &self.client
+    }
+
+    /// The link estimate: measured now if there is none, else the latest, with a background
+    /// refresh started when it is older than `probe_every`.
+    async fn link(&self) -> Result<LinkEstimate, ClientError> {
+        let mut state = self.link.lock().await;
+        let Some((at, estimate)) = state.estimate else {
+            let estimate = self.client.probe(self.config.probe_bytes).await?;
+            state.estimate = Some((Instant::now(), estimate));
+            return Ok(estimate);
+        };
+        if at.elapsed() >= self.config.probe_every && !state.refreshing {
+            state.refreshing = true;
+            let (client, link, bytes) = (
+                self.client.clone(),
+                self.link.clone(),
+                self.config.probe_bytes,
+            );
+            tokio::spawn(async move {
+                let probed = client.probe(bytes).await;
+                let mut state = link.lock().await;
+                state.refreshing = false;
+                match probed {
+                    Ok(e) => state.estimate = Some((Instant::now(), e)),
+                    Err(err) => {
+                        tracing::warn!("link probe failed: {err}");
+                        // Keep the old estimate; try again after another period.
+                        if let Some((at, _)) = state.estimate.as_mut() {
+                            *at = Instant::now();
+                        }
+                    }
+                }
+            });
+        }
+        Ok(estimate)
+    }
+
+    /// The conditions of the next choice.
+    fn conditions(&self, link: &LinkEstimate) -> Conditions {
+        let server_queue = self.client.server_load().map_or(0.0, |l| {
+            queue_estimate(&l, self.batch.load(Ordering::Relaxed))
+        });
+        Conditions {
+            bandwidth: link.bandwidth.min(MAX_BANDWIDTH),
+            rtt: link.rtt.as_secs_f64(),
+            server_queue,
+            deadline: self.config.deadline.as_secs_f64(),
+            max_loss: self.config.max_loss,
+        }
+    }
+
+    /// The selector's choice; when no candidate meets both the deadline and the loss limit,
+    /// the fastest candidate within the loss limit (the server then answers in time or says
+    /// the deadline was missed).
+    fn choose(&self, c: &Conditions) -> Result<SplitChoice, ClientError> {
+        match self.selector.observe(c) {
+            Ok((choice, _)) => Ok(choice),
+            Err(collab_core::Error::NoPrediction { .. }) => self
+                .selector
+                .candidates(c)?
+                .into_iter()
+                .map(|x| x.choice)
+                .filter(|x| x.loss <= c.max_loss)
+                .min_by(|a, b| a.latency.total_cmp(&b.latency))
+                .ok_or_else(|| {
+                    ClientError::Local(format!(
+                        "no split point meets the accuracy-loss limit {}",
+                        c.max_loss
+                    ))
+                }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Classifies one decoded RGB image (see the module docs for the steps). The first call
+    /// also waits for the first link probe; its time counts against the deadline.
+    ///
+    /// # Errors
+    /// Any [`ClientError`] of [`DeviceClient::infer`] and [`DeviceClient::probe`];
+    /// [`ClientError::Local`] for a compute or encoding failure; and
+    /// `Remote(DeadlineMissed { budget_ms: 0 })`, without sending, when the device's part
+    /// left no time for the server.
+    pub async fn classify(&self, image: &image::RgbImage) -> Result<Classified, ClientError> {
+        let start = Instant::now();
+        let link = self.link().await?;
+        let choice = self.choose(&self.conditions(&link))?;
+        let layers = self.model.num_blocks();
+        let plan = parse_plan(choice.split, &choice.codec, layers)?;
+        let (model, owned) = (self.model.clone(), image.clone());
+        let head_start = Instant::now();
+        let head = tokio::task::spawn_blocking(move || run_head(&model, &owned, &plan))
+            .await
+            .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;
+        let slowdown = self.config.slowdown;
+        if slowdown.is_finite() && slowdown > 1.0 {
+            tokio::time::sleep(head.compute.mul_f64(slowdown - 1.0)).await;
+        }
+        let device_ms = ms(head_start.elapsed());
+        let mut done = Classified {
+            top: head.top,
+            split: plan.split(layers),
+            codec: choice.codec,
+            bytes: head.payload.len(),
+            device_ms,
+            total_ms: 0.0,
+            server_ms: 0.0,
+            batch: 0,
+        };
+        if plan != Plan::DeviceOnly {
+            let budget = server_budget(self.config.deadline, start.elapsed(), link.rtt).ok_or(
+                ClientError::Remote(RemoteError::DeadlineMissed { budget_ms: 0 }),
+            )?;
+            let request = Outgoing {
+                split: u32::try_from(done.split).unwrap_or(u32::MAX),
+                codec: plan.wire_codec(),
+                payload: head.payload,
+                budget,
+                max_loss: self.config.max_loss as f32,
+            };
+            let prediction = self
+                .client
+                .infer(request, budget + link.rtt + GRACE)
+                .await?;
+            if prediction.batch > 0 {
+                self.batch.store(prediction.batch, Ordering::Relaxed);
+            }
+            done.top = prediction.top;
+            done.server_ms = f64::from(prediction.server_ms);
+            done.batch = prediction.batch;
+        }
+        done.total_ms = ms(start.elapsed());
+        Ok(done)
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

@@ -1,0 +1,250 @@
+//! [`DeviceClient`]: the handle callers hold. Cloning is cheap; every clone talks to the one
+//! connection task (see [`super::connection`]) through a channel.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::config::ClientConfig;
+use super::connection::{Command, Connection, Shared};
+use super::error::ClientError;
+use super::handshake::connect_with_backoff;
+use crate::transport::Transport;
+use crate::wire::{InferRequest, Prediction, ServerLoad, Welcome};
+
+/// One request as the caller gives it; the client assigns its id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outgoing {
+    /// Split point `k` (the device ran blocks `0..k`; 0 is server-only).
+    pub split: u32,
+    /// The payload's codec: [`crate::wire::RAW_RGB8`] at split 0, else a codec family name.
+    pub codec: String,
+    /// The encoded input or activation.
+    pub payload: Vec<u8>,
+    /// The server's time budget, rounded up to whole milliseconds on the wire.
+    pub budget: Duration,
+    /// The accuracy loss the split choice accepted.
+    pub max_loss: f32,
+}
+
+/// A measured link.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LinkEstimate {
+    /// Round-trip time of a small ping.
+    pub rtt: Duration,
+    /// Bytes per second (infinite when probed with no padding).
+    pub bandwidth: f64,
+}
+
+/// The shortest extra time a padded probe is credited with, seconds: bounds the bandwidth
+/// estimate (to `probe_bytes / 10 us`) when jitter makes the padded ping look no slower.
+const MIN_PROBE_DELTA: f64 = 1e-5;
+
+/// The device side of a session with the cloud server.
+///
+/// One background task owns the connection; this handle (cheap to clone) sends it commands.
+/// Every call ends with exactly one result or one [`ClientError`], whatever the server sends.
+#[derive(Clone, Debug)]
+pub struct DeviceClient {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+    next_id: AtomicU64,
+    task: Mutex<Option<JoinHandle<()>>>,
+    connect_timeout: Duration,
+}
+
+/// Tells the connection task to forget a request whose caller stopped waiting (timed out or
+/// dropped the call), unless disarmed.
+struct CancelGuard<'a> {
+    tx: &'a mpsc::UnboundedSender<Command>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.tx.send(Command::Cancel(self.id));
+        }
+    }
+}
+
+fn closed() -> ClientError {
+    ClientError::Unreachable {
+        attempts: 0,
+        last: "the client was closed".into(),
+    }
+}
+
+impl DeviceClient {
+    /// Connects and handshakes (`Hello` -> `Welcome`), retrying with backoff up to
+    /// `config.max_attempts` times, then starts the connection task. Must be called inside a
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// [`ClientError::Refused`] if the server refuses the device (not retried);
+    /// [`ClientError::Unreachable`] if every attempt failed.
+    pub async fn connect(
+        transport: Arc<dyn Transport>,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let mut rng = StdRng::from_os_rng();
+        let (conn, welcome) = connect_with_backoff(&*transport, &config, &mut rng).await?;
+        let shared = Arc::new(Shared {
+            welcome: Mutex::new(welcome),
+            load: Mutex::new(None),
+            reconnects: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        // Ids start at a random point so that a restarted device process does not reuse the
+        // ids of requests an old server may still hold for the same device id.
+        let first_id = rng.random_range(1..1u64 << 62);
+        let connect_timeout = config.connect_timeout;
+        let task = Connection::new(transport, config, shared.clone(), rx, rng);
+        let task = tokio::spawn(task.run(conn));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                next_id: AtomicU64::new(first_id),
+                task: Mutex::new(Some(task)),
+                connect_timeout,
+            }),
+        })
+    }
+
+    /// What the server said in the latest handshake.
+    pub fn welcome(&self) -> Welcome {
+        match self.inner.shared.welcome.lock() {
+            Ok(w) => w.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sends one request with a fresh `request_id` and waits for its answer. If the
+    /// connection drops first, the client reconnects with backoff and re-sends the same
+    /// request (same id). Dropping the returned future abandons the request.
+    ///
+    /// # Errors
+    /// [`ClientError::Remote`] with the server's typed answer; [`ClientError::Timeout`] after
+    /// `timeout`; [`ClientError::Unreachable`] if reconnecting failed `max_attempts` times in
+    /// a row (or the client was closed); [`ClientError::Refused`]; [`ClientError::Protocol`];
+    /// [`ClientError::Local`] if the request is larger than the server's frame limit.
+    pub async fn infer(
+        &self,
+        request: Outgoing,
+        timeout: Duration,
+    ) -> Result<Prediction, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let budget_ms = request.budget.as_micros().div_ceil(1000);
+        let request = InferRequest {
+            request_id: id,
+            split: request.split,
+            codec: request.codec,
+            payload: request.payload,
+            budget_ms: u32::try_from(budget_ms).unwrap_or(u32::MAX),
+            max_loss: request.max_loss,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Infer { request, reply })
+            .map_err(|_| closed())?;
+        let mut guard = CancelGuard {
+            tx: &self.inner.tx,
+            id,
+            armed: true,
+        };
+        let outcome = tokio::time::timeout(timeout, answer).await;
+        match outcome {
+            Ok(Ok(result)) => {
+                guard.armed = false;
+                result
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(closed())
+            }
+            Err(_) => Err(ClientError::Timeout { after: timeout }),
+        }
+    }
+
+    /// One ping padded with `pad` bytes: the time from writing it to its pong.
+    async fn ping(&self, pad: usize) -> Result<Duration, ClientError> {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Ping { pad, reply })
+            .map_err(|_| closed())?;
+        // Generous: room for a reconnect and for the padding over an ~80 kbit/s link.
+        let limit = 2 * self.inner.connect_timeout
+            + Duration::from_secs(5)
+            + Duration::from_secs_f64(pad as f64 / 10_000.0);
+        match tokio::time::timeout(limit, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(closed()),
+            Err(_) => Err(ClientError::Timeout { after: limit }),
+        }
+    }
+
+    /// Measures the link: the RTT of a small ping, then the bandwidth from a ping padded with
+    /// `probe_bytes` bytes, `bandwidth = probe_bytes / (t_big - t_small)` (the difference is
+    /// taken as at least 10 us; `probe_bytes = 0` gives an infinite bandwidth). Requests in
+    /// flight on the same link slow the padded ping, so the estimate is the bandwidth this
+    /// client gets, not the link's.
+    ///
+    /// # Errors
+    /// As [`DeviceClient::infer`]; [`ClientError::Timeout`] after a limit that allows for a
+    /// reconnect and a link down to about 80 kbit/s.
+    pub async fn probe(&self, probe_bytes: usize) -> Result<LinkEstimate, ClientError> {
+        let rtt = self.ping(0).await?;
+        if probe_bytes == 0 {
+            return Ok(LinkEstimate {
+                rtt,
+                bandwidth: f64::INFINITY,
+            });
+        }
+        let big = self.ping(probe_bytes).await?;
+        let delta = big.saturating_sub(rtt).as_secs_f64().max(MIN_PROBE_DELTA);
+        Ok(LinkEstimate {
+            rtt,
+            bandwidth: probe_bytes as f64 / delta,
+        })
+    }
+
+    /// The latest [`ServerLoad`] the server pushed, if any.
+    pub fn server_load(&self) -> Option<ServerLoad> {
+        match self.inner.shared.load.lock() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// How many times the client reconnected after the first handshake.
+    pub fn reconnects(&self) -> u64 {
+        self.inner.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Closes the connection and waits for the connection task to end. Calls still pending
+    /// on other clones end with [`ClientError::Unreachable`] (`the client was closed`).
+    pub async fn close(self) {
+        let _ = self.inner.tx.send(Command::Close);
+        let task = match self.inner.task.lock() {
+            Ok(mut t) => t.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! collab-net: device and cloud as separate processes over a real network.
+//!
+//! - [`wire`]: versioned, length-delimited frames of postcard-encoded messages, and the
+//!   validation a server applies to each request;
+//! - [`transport`]: TCP, in-process pipes, and [`transport::Shaped`] links with their own
+//!   bandwidth, RTT, jitter and loss;
+//! - [`server`]: the cloud server (accepts many devices, admission control, a compute thread
+//!   driving the shared-model batch worker, metrics, health, graceful shutdown);
+//! - [`client`]: the device client (runs the head part, measures the link, picks the split,
+//!   sends, reconnects).
+//!
+//! Async lives here and only here (DESIGN.md): compute stays synchronous and runs on its own
+//! threads.
+
+pub mod client;
+pub mod server;
+pub mod transport;
+pub mod wire;

@@ -1,0 +1,345 @@
+//! The compute thread: one `std::thread` owning the batch [`Worker`] over the model, fed by
+//! a channel of [`Command`]s, answering through [`Shared::finish`]. No async here: the tokio
+//! runtime only moves bytes.
+//!
+//! The loop blocks on the channel while the worker holds nothing; otherwise it takes every
+//! waiting command without blocking and runs one [`Worker::step`] (one position of a pass),
+//! timing it into [`super::timing::Timing`], whose estimate lets the worker answer
+//! `DeadlineMissed` before computing what can no longer make it. A panic inside a step is
+//! caught: every request the thread holds is answered `Failed` and a fresh worker takes over,
+//! so even then each accepted request gets its one answer.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use collab_backends::candle::CandleBackend;
+use collab_core::Backend;
+use collab_core::batch::{BatchPolicy, Outcome, Response};
+use collab_core::input::ImagePreprocess;
+use collab_core::model::{Hidden, Input, Transformer};
+use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
+use tracing::{debug, error, info};
+
+use super::config::PolicyKind;
+use super::state::{Command, Job, Key, Shared};
+use crate::wire::validate::Decoded;
+use crate::wire::{InferResponse, Prediction, RemoteError};
+
+type B = CandleBackend;
+type ServerWorker = Worker<Box<dyn BatchPolicy>, ModelExecutor<B>>;
+
+/// Classes reported per prediction, best first.
+const TOP: usize = 5;
+
+/// How long the thread waits for news when the policy stays idle with requests queued.
+const IDLE_WAIT: Duration = Duration::from_millis(1);
+
+/// Leading tokens of a ViT's hidden states that token adapters keep (the class token), as
+/// `Transformer::embed` sets them.
+const VIT_PROTECTED: usize = 1;
+
+/// What the thread keeps of a request while the worker holds it.
+#[derive(Debug)]
+struct Meta {
+    key: Key,
+    received: Instant,
+    budget_ms: u32,
+}
+
+/// Starts the compute thread.
+///
+/// # Errors
+/// The OS refused to spawn the thread.
+pub(crate) fn spawn(
+    model: Arc<Transformer<B>>,
+    policy: (PolicyKind, usize),
+    shared: Arc<Shared>,
+    commands: Receiver<Command>,
+) -> std::io::Result<JoinHandle<()>> {
+    let (kind, batch) = policy;
+    // Validated by the caller: building the same policy again cannot fail.
+    let first = kind
+        .build(batch)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    std::thread::Builder::new()
+        .name("collab-compute".into())
+        .spawn(move || {
+            let worker = new_worker(first, &model, &shared);
+            let mut compute = Compute {
+                model,
+                worker,
+                shared,
+                policy,
+                origin: Instant::now(),
+                jobs: HashMap::new(),
+                draining: false,
+                passes_before: 0,
+            };
+            compute.run(&commands);
+            info!("compute thread stopped");
+        })
+}
+
+fn new_worker(
+    policy: Box<dyn BatchPolicy>,
+    model: &Arc<Transformer<B>>,
+    shared: &Arc<Shared>,
+) -> ServerWorker {
+    let estimate = shared.clone();
+    Worker::new(policy, ModelExecutor::new(model.clone()), move |p, b| {
+        estimate.timing.remaining(p, b)
+    })
+}
+
+struct Compute {
+    model: Arc<Transformer<B>>,
+    worker: ServerWorker,
+    shared: Arc<Shared>,
+    policy: (PolicyKind, usize),
+    /// Time zero of the worker's clock.
+    origin: Instant,
+    jobs: HashMap<u64, Meta>,
+    draining: bool,
+    /// Passes run by workers replaced after a panic.
+    passes_before: u64,
+}
+
+impl Compute {
+    fn run(&mut self, commands: &Receiver<Command>) {
+        loop {
+            if self.shared.killed() {
+                return;
+            }
+            if self.worker.is_empty() {
+                if self.draining {
+                    // Every job was sent before `Drain`, so nothing can be on its way.
+                    return;
+                }
+                let Ok(c) = commands.recv() else { return };
+                if !self.command(c) {
+                    return;
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(c) => {
+                        if !self.command(c) {
+                            return;
+                        }
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        self.draining = true;
+                        break;
+                    }
+                }
+            }
+            if self.worker.is_empty() {
+                continue;
+            }
+            if !self.step() {
+                match commands.recv_timeout(IDLE_WAIT) {
+                    Ok(c) => {
+                        if !self.command(c) {
+                            return;
+                        }
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => self.draining = true,
+                }
+            }
+        }
+    }
+
+    /// Handles one command; `false` means stop now.
+    fn command(&mut self, command: Command) -> bool {
+        match command {
+            Command::Job(job) => self.intake(job),
+            Command::Drain => {
+                debug!(held = self.jobs.len(), "draining");
+                self.draining = true;
+            }
+            Command::Kill => return false,
+        }
+        true
+    }
+
+    /// Seconds on the worker's clock at `t`.
+    fn clock(&self, t: Instant) -> f64 {
+        t.saturating_duration_since(self.origin).as_secs_f64()
+    }
+
+    fn intake(&mut self, job: Job) {
+        let arrival = self.clock(job.received);
+        let deadline = arrival + f64::from(job.budget_ms) / 1e3;
+        let meta = Meta {
+            key: job.key,
+            received: job.received,
+            budget_ms: job.budget_ms,
+        };
+        let payload = match self.payload(job.decoded) {
+            Ok(p) => p,
+            Err(e) => {
+                let outcome = Err(RemoteError::Failed(format!("cannot build the input: {e}")));
+                self.reply(&meta, outcome);
+                return;
+            }
+        };
+        self.jobs.insert(job.id, meta);
+        if let Err(r) = self
+            .worker
+            .enqueue(job.id, job.entry, arrival, deadline, payload)
+        {
+            self.answer(r, 0);
+        }
+        self.publish_queues();
+    }
+
+    /// The worker's payload for a validated request.
+    fn payload(&self, decoded: Decoded) -> collab_core::Result<Payload<B>> {
+        let be = self.model.backend();
+        match decoded {
+            Decoded::Pixels(rgb) => {
+                let side = self.shared.facts.image_side;
+                let crop = u32::try_from(side)
+                    .map_err(|_| collab_core::Error::InvalidInput("image side too large".into()))?;
+                let values = ImagePreprocess::imagenet(crop).normalize(&rgb)?;
+                let x = be.from_vec(values, &[1, 3, side, side])?;
+                Ok(Payload::Input(Input::Images(x)))
+            }
+            Decoded::Activation(a) => {
+                let x = be.from_vec(a.values, &[1, a.tokens, a.features])?;
+                Ok(Payload::Hidden(Hidden::new(x, VIT_PROTECTED)))
+            }
+        }
+    }
+
+    /// Runs one step; `false` when it neither computed nor answered anything.
+    fn step(&mut self) -> bool {
+        let now = self.clock(Instant::now());
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| self.worker.step(now)));
+        let seconds = started.elapsed().as_secs_f64();
+        let mut step = match result {
+            Ok(step) => step,
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                self.recover(&message);
+                return true;
+            }
+        };
+        step.set_finished(self.clock(Instant::now()));
+        let batch = match step.work {
+            Work::Ran { position, batch } => {
+                let timing = &self.shared.timing;
+                timing.record(position, batch, seconds);
+                self.shared
+                    .metrics
+                    .set_position_seconds(position, timing.pass_seconds(position));
+                if position == self.worker.layers() {
+                    self.shared.metrics.batch_size.observe(batch as f64);
+                }
+                batch
+            }
+            Work::Idle => 0,
+        };
+        let progressed = batch > 0 || !step.responses.is_empty();
+        for r in step.responses {
+            self.answer(r, batch);
+        }
+        self.publish_queues();
+        progressed
+    }
+
+    /// Answers one worker response; `batch` is the size of the batch that ran the head.
+    fn answer(&mut self, r: Response<Vec<f32>>, batch: usize) {
+        let Some(meta) = self.jobs.remove(&r.id) else {
+            error!(
+                id = r.id,
+                "the worker answered a request the thread does not hold"
+            );
+            return;
+        };
+        let outcome = match r.outcome {
+            Outcome::Done(logits) => Ok(Prediction {
+                top: top_k(&logits, TOP),
+                server_ms: (meta.received.elapsed().as_secs_f64() * 1e3) as f32,
+                batch: u32::try_from(batch).unwrap_or(u32::MAX),
+            }),
+            Outcome::DeadlineMissed => Err(RemoteError::DeadlineMissed {
+                budget_ms: meta.budget_ms,
+            }),
+            Outcome::Invalid(m) => Err(RemoteError::Invalid(m)),
+            Outcome::Failed(m) => Err(RemoteError::Failed(m)),
+        };
+        self.reply(&meta, outcome);
+    }
+
+    fn reply(&self, meta: &Meta, outcome: Result<Prediction, RemoteError>) {
+        debug!(device = %meta.key.0, request = meta.key.1, ok = outcome.is_ok(), "answered");
+        let response = InferResponse {
+            request_id: meta.key.1,
+            outcome,
+        };
+        self.shared.finish(&meta.key, response, meta.received);
+    }
+
+    /// After a panic in a step: answers every held request `Failed` and starts a new worker.
+    fn recover(&mut self, message: &str) {
+        error!(
+            held = self.jobs.len(),
+            "compute panicked: {message}; failing the held requests"
+        );
+        let outcome = RemoteError::Failed(format!("the server's compute panicked: {message}"));
+        for (_, meta) in std::mem::take(&mut self.jobs) {
+            self.reply(&meta, Err(outcome.clone()));
+        }
+        self.passes_before += self.worker.stats().passes as u64;
+        match self.policy.0.build(self.policy.1) {
+            Ok(policy) => self.worker = new_worker(policy, &self.model, &self.shared),
+            Err(e) => {
+                // Cannot happen (the same policy built at start); stop taking work.
+                error!("cannot rebuild the batch policy: {e}");
+                self.draining = true;
+            }
+        }
+        self.publish_queues();
+    }
+
+    /// Publishes the queue lengths and the worker's counters.
+    fn publish_queues(&self) {
+        let view = self.worker.queues();
+        for (p, q) in self.shared.queues.iter().enumerate() {
+            let n = view.len(p);
+            q.store(u32::try_from(n).unwrap_or(u32::MAX), Ordering::Relaxed);
+            self.shared.metrics.set_queue(p, n);
+        }
+        let stats = self.worker.stats();
+        let c = &self.shared.counters;
+        c.max_batch
+            .fetch_max(stats.max_batch as u64, Ordering::Relaxed);
+        c.passes
+            .store(self.passes_before + stats.passes as u64, Ordering::Relaxed);
+    }
+}
+
+/// The `k` largest logits with their classes, best first (ties: the lower class first).
+pub(crate) fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let mut ranked: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &l)| (u32::try_from(i).unwrap_or(u32::MAX), l))
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked
+}

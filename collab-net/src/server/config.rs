@@ -1,0 +1,125 @@
+//! What a server is started with: who may connect, its limits and timeouts, and the batch
+//! policy its compute thread runs.
+
+use std::time::Duration;
+
+use collab_core::batch::BatchPolicy;
+use collab_policies::batch::{PerSplit, ServerOnly, SharedModel};
+use serde::{Deserialize, Serialize};
+
+use super::ServerError;
+use crate::wire::DEFAULT_MAX_FRAME;
+
+/// Which [`BatchPolicy`] the compute thread runs (all from `collab_policies::batch`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum PolicyKind {
+    /// [`SharedModel`]: requests entering at different blocks share the later blocks' batches.
+    #[default]
+    Shared,
+    /// [`PerSplit`]: each split point's queue is batched on its own (the Graft-style baseline).
+    PerSplit,
+    /// [`ServerOnly`]: the server runs the whole model; only split 0 (`rgb8`) is served.
+    ServerOnly,
+}
+
+impl PolicyKind {
+    /// The policy with budget batch size `batch`.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] if `batch == 0`.
+    pub fn build(self, batch: usize) -> Result<Box<dyn BatchPolicy>, ServerError> {
+        let config = |e: collab_core::Error| ServerError::Config(e.to_string());
+        let policy: Box<dyn BatchPolicy> = match self {
+            PolicyKind::Shared => Box::new(SharedModel::new(batch).map_err(config)?),
+            PolicyKind::PerSplit => Box::new(PerSplit::new(batch).map_err(config)?),
+            PolicyKind::ServerOnly => Box::new(ServerOnly::new(batch).map_err(config)?),
+        };
+        Ok(policy)
+    }
+}
+
+/// A server's settings. [`ServerConfig::default`] gives the documented defaults; a test or
+/// a CLI overrides the fields it cares about (`ServerConfig { capacity: 4, ..default() }`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerConfig {
+    /// What `Hello.model_id` must equal (default `deit_tiny_patch16_224`).
+    pub model_id: String,
+    /// What `Hello.auth_token` must equal (default `collab-demo`).
+    pub auth_token: String,
+    /// The largest frame read from a device, bytes (default [`DEFAULT_MAX_FRAME`]).
+    pub max_frame: usize,
+    /// Admission limit: requests accepted and not yet answered, over all connections
+    /// (default 64). A request arriving at the limit is answered `Overloaded` at once.
+    pub capacity: usize,
+    /// Open connections at most (default 256); one more is told `Goodbye(Overloaded)` and
+    /// closed.
+    pub max_connections: usize,
+    /// Time a new connection has to send its `Hello` (default 5 s); then it is closed.
+    pub hello_timeout: Duration,
+    /// Time a device may stall inside a frame (bytes of an unfinished frame buffered and no
+    /// new byte), and time one write to a device that does not read may take (default 10 s);
+    /// then the connection is closed (`Goodbye(Protocol("stalled mid-frame ..."))`).
+    pub frame_timeout: Duration,
+    /// How often each session is sent a `ServerLoad` (default 250 ms).
+    pub load_interval: Duration,
+    /// The batch policy (default [`PolicyKind::Shared`]).
+    pub policy: PolicyKind,
+    /// The budget batch size `B` (default 8).
+    pub batch: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            model_id: "deit_tiny_patch16_224".into(),
+            auth_token: "collab-demo".into(),
+            max_frame: DEFAULT_MAX_FRAME,
+            capacity: 64,
+            max_connections: 256,
+            hello_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(10),
+            load_interval: Duration::from_millis(250),
+            policy: PolicyKind::Shared,
+            batch: 8,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks that every limit is usable.
+    ///
+    /// # Errors
+    /// [`ServerError::Config`] naming the field: a zero capacity, batch, connection limit or
+    /// interval, or a frame limit too small for a request's framing.
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::Config(m));
+        if self.capacity == 0 {
+            return bad("capacity must be at least 1 request".into());
+        }
+        if self.batch == 0 {
+            return bad("batch must be at least 1".into());
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1".into());
+        }
+        if self.max_frame < 64 {
+            return bad(format!(
+                "max_frame of {} bytes cannot hold a request (at least 64)",
+                self.max_frame
+            ));
+        }
+        for (name, d) in [
+            ("hello_timeout", self.hello_timeout),
+            ("frame_timeout", self.frame_timeout),
+            ("load_interval", self.load_interval),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be longer than 0"));
+            }
+        }
+        Ok(())
+    }
+}

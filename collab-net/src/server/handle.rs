@@ -1,0 +1,198 @@
+//! Starting a server, and the handle that watches and stops it.
+
+use std::sync::Arc;
+
+use collab_backends::candle::CandleBackend;
+use collab_core::model::{ModelConfig, Transformer};
+use tracing::{info, warn};
+
+use super::ServerError;
+use super::accept::accept_loop;
+use super::compute;
+use super::config::ServerConfig;
+use super::state::{Phase, Shared};
+use super::stats::ServerStats;
+use crate::transport::Listener;
+use crate::wire::validate::ModelFacts;
+
+/// The cloud server: see [`Server::start`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// Starts the compute thread over `model` and serves connections from `listener` until
+    /// [`ServerHandle::shutdown`] or [`ServerHandle::kill`] (or the handle is dropped, which
+    /// kills). Must be called inside a tokio runtime; the connection tasks run on it, the
+    /// compute on its own thread.
+    ///
+    /// # Errors
+    /// [`ServerError::NoRuntime`] outside a runtime; [`ServerError::Config`] for an unusable
+    /// config or a model that is not a 3-channel ViT classifier; [`ServerError::Thread`] if
+    /// the compute thread cannot be spawned.
+    pub fn start(
+        model: Arc<Transformer<CandleBackend>>,
+        config: ServerConfig,
+        listener: impl Listener,
+    ) -> Result<ServerHandle, ServerError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
+        config.validate()?;
+        let facts = facts_of(&model, &config.model_id)?;
+        let policy = config.policy.build(config.batch)?;
+        let serves = (0..=facts.layers)
+            .map(|k| policy.accepts(k, facts.layers))
+            .collect();
+        let policy_name = policy.name();
+        let (commands, receiver) = std::sync::mpsc::channel();
+        let kind = (config.policy, config.batch);
+        info!(
+            model = %config.model_id,
+            policy = %policy_name,
+            capacity = config.capacity,
+            layers = facts.layers,
+            "server starting"
+        );
+        let shared = Arc::new(Shared::new(config, facts, serves, policy_name, commands));
+        let compute =
+            compute::spawn(model, kind, shared.clone(), receiver).map_err(ServerError::Thread)?;
+        let accept = runtime.spawn(accept_loop(listener, shared.clone()));
+        Ok(ServerHandle {
+            shared,
+            compute: Some(compute),
+            accept: Some(accept),
+        })
+    }
+}
+
+/// What the server needs to know of its model; only ViT classifiers on RGB images serve.
+fn facts_of(model: &Transformer<CandleBackend>, model_id: &str) -> Result<ModelFacts, ServerError> {
+    match model.config() {
+        ModelConfig::Vit(v) if v.channels == 3 => Ok(ModelFacts {
+            model_id: model_id.to_owned(),
+            layers: model.num_blocks(),
+            tokens: v.num_tokens(),
+            features: v.encoder.hidden,
+            image_side: v.image_size,
+        }),
+        ModelConfig::Vit(v) => Err(ServerError::Config(format!(
+            "the server takes RGB images; this ViT has {} channels",
+            v.channels
+        ))),
+        ModelConfig::Bert(_) => Err(ServerError::Config(
+            "the server serves ViT classifiers; this model is a BERT encoder".into(),
+        )),
+    }
+}
+
+/// A running server: its facts, metrics and counters, and the two ways to stop it.
+///
+/// Dropping the handle without [`shutdown`](Self::shutdown) kills the server (as
+/// [`kill`](Self::kill), without waiting).
+#[derive(Debug)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    compute: Option<std::thread::JoinHandle<()>>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// What the served model expects of a request.
+    pub fn facts(&self) -> &ModelFacts {
+        &self.shared.facts
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
+    }
+
+    /// A cloneable view for health and metrics endpoints (see [`super::serve_http`]).
+    pub fn monitor(&self) -> ServerMonitor {
+        ServerMonitor {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Graceful shutdown: stops accepting connections and new requests (a new
+    /// `InferRequest` is answered `ShuttingDown`), lets the compute thread finish and answer
+    /// every accepted request, flushes each connection's answers and closes it with
+    /// `Goodbye(ShuttingDown)`, stops the compute thread, and returns the final counters.
+    pub async fn shutdown(mut self) -> ServerStats {
+        info!(in_flight = self.shared.in_flight(), "graceful shutdown");
+        self.shared.begin_drain();
+        if let Some(thread) = self.compute.take()
+            && !matches!(
+                tokio::task::spawn_blocking(move || thread.join()).await,
+                Ok(Ok(()))
+            )
+        {
+            warn!("the compute thread ended abnormally");
+        }
+        // Normally empty: only if the thread died would anything be left unanswered.
+        self.shared.abandon("the server's compute thread stopped");
+        self.shared.set_phase(Phase::Closing);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        self.shared.set_phase(Phase::Stopped);
+        let stats = self.shared.stats();
+        info!(?stats, "server stopped");
+        stats
+    }
+
+    /// Crash emulation (tests): closes every connection at once without answering, drops the
+    /// queued work and stops the compute thread (after the step it is running, if any).
+    pub async fn kill(mut self) {
+        warn!(in_flight = self.shared.in_flight(), "killing the server");
+        self.shared.kill();
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+        if let Some(thread) = self.compute.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        if self.accept.is_some() || self.compute.is_some() {
+            self.shared.kill();
+        }
+    }
+}
+
+/// A cloneable, read-only view of a server: health, metrics, counters.
+#[derive(Clone, Debug)]
+pub struct ServerMonitor {
+    shared: Arc<Shared>,
+}
+
+impl ServerMonitor {
+    /// Whether the server is serving (not shutting down, stopped or killed).
+    pub fn healthy(&self) -> bool {
+        self.shared.phase() == Phase::Running
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    pub fn metrics_text(&self) -> String {
+        self.shared.metrics.render()
+    }
+
+    /// The counters now.
+    pub fn stats(&self) -> ServerStats {
+        self.shared.stats()
+    }
+
+    /// Waits until the server has stopped (shut down or killed).
+    pub async fn stopped(&self) {
+        let mut phase = self.shared.subscribe();
+        let _ = phase
+            .wait_for(|p| matches!(p, Phase::Stopped | Phase::Killed))
+            .await;
+    }
+}

@@ -1,0 +1,309 @@
+//! The read side of a connection: the handshake, then requests, pings and load pushes until
+//! the device leaves, breaks the protocol, stalls mid-frame, or the server shuts down.
+//!
+//! Every violation ends in a typed `Goodbye` (or a plain close when the stream itself is
+//! gone), never a panic: a frame that does not decode, a message out of order, a first
+//! message other than `Hello`, no `Hello` within `hello_timeout`, or bytes of an unfinished
+//! frame left without progress for `frame_timeout`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::io::ReadHalf;
+use tokio::sync::{mpsc, watch};
+use tokio::time::MissedTickBehavior;
+use tokio_util::codec::FramedRead;
+use tracing::{debug, info, warn};
+
+use super::connection::{ProgressRead, linger};
+use super::state::{Admit, Phase, Reply, Shared};
+use super::stats::bump;
+use crate::transport::BoxStream;
+use crate::wire::validate::check_request;
+use crate::wire::{
+    FrameCodec, FrameError, Hello, InferRequest, InferResponse, Message, PROTOCOL_VERSION, Pong,
+    RemoteError, Welcome,
+};
+
+/// The framed read half of a connection.
+pub(crate) type Reader = FramedRead<ProgressRead<ReadHalf<BoxStream>>, FrameCodec>;
+
+/// How a session ends.
+#[derive(Debug)]
+enum Close {
+    /// Just close (the device left, the writer is gone, or the server was killed).
+    Quiet,
+    /// Say why, then close.
+    Goodbye(RemoteError),
+}
+
+/// Whether two secrets are equal, in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+fn millis(d: Duration) -> u128 {
+    d.as_millis()
+}
+
+/// Runs the read side until the session ends; sends the closing `Goodbye` if there is one.
+pub(crate) async fn read_side(
+    mut reader: Reader,
+    control: mpsc::Sender<Message>,
+    answers: Reply,
+    shared: &Arc<Shared>,
+    peer: &str,
+) {
+    let mut session = Session {
+        shared,
+        peer,
+        control,
+        answers,
+        phase: shared.subscribe(),
+        device: String::new(),
+    };
+    let close = match session.handshake(&mut reader).await {
+        Ok(()) => {
+            info!(peer, device = %session.device, "session opened");
+            let close = session.serve(&mut reader).await;
+            info!(peer, device = %session.device, "session closed");
+            close
+        }
+        Err(close) => close,
+    };
+    if let Close::Goodbye(reason) = close
+        && session.control.send(Message::Goodbye(reason)).await.is_ok()
+    {
+        drop(session);
+        reader.read_buffer_mut().clear();
+        linger(reader.get_mut()).await;
+    }
+}
+
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    peer: &'a str,
+    control: mpsc::Sender<Message>,
+    answers: Reply,
+    phase: watch::Receiver<Phase>,
+    device: String,
+}
+
+impl Session<'_> {
+    /// Waits for a valid `Hello` and answers `Welcome`; or the reason to close.
+    async fn handshake(&mut self, reader: &mut Reader) -> Result<(), Close> {
+        let limit = self.shared.config.hello_timeout;
+        let first = tokio::select! {
+            biased;
+            _ = self.phase.wait_for(|p| *p == Phase::Killed) => return Err(Close::Quiet),
+            first = tokio::time::timeout(limit, reader.next()) => first,
+        };
+        let refuse = |reason: RemoteError| {
+            bump(&self.shared.counters.handshakes_refused);
+            info!(peer = self.peer, %reason, "handshake refused");
+            Err(Close::Goodbye(reason))
+        };
+        let hello: Hello = match first {
+            Err(_) => {
+                return refuse(RemoteError::Protocol(format!(
+                    "no Hello within {} ms",
+                    millis(limit)
+                )));
+            }
+            Ok(None) => return Err(Close::Quiet),
+            Ok(Some(Err(e))) => return Err(self.frame_error(&e)),
+            Ok(Some(Ok(Message::Hello(hello)))) => hello,
+            Ok(Some(Ok(other))) => {
+                return refuse(RemoteError::Protocol(format!(
+                    "the first message must be Hello, got {}",
+                    other.kind()
+                )));
+            }
+        };
+        let config = &self.shared.config;
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return refuse(RemoteError::UnsupportedVersion {
+                got: hello.protocol_version,
+                supported: PROTOCOL_VERSION,
+            });
+        }
+        // The token first: a device without it learns nothing about the model.
+        if !same_secret(&hello.auth_token, &config.auth_token) {
+            return refuse(RemoteError::Unauthorized);
+        }
+        if hello.model_id != config.model_id {
+            return refuse(RemoteError::WrongModel {
+                expected: config.model_id.clone(),
+                got: hello.model_id,
+            });
+        }
+        if self.shared.phase() != Phase::Running {
+            return refuse(RemoteError::ShuttingDown);
+        }
+        let facts = &self.shared.facts;
+        let n = |v: usize| u32::try_from(v).unwrap_or(u32::MAX);
+        let welcome = Welcome {
+            model_id: config.model_id.clone(),
+            layers: n(facts.layers),
+            tokens: n(facts.tokens),
+            features: n(facts.features),
+            max_frame: n(config.max_frame),
+        };
+        self.device = hello.device_id;
+        self.say(Message::Welcome(welcome)).await
+    }
+
+    /// Queues `message` for the writer; `Quiet` if the writer is gone.
+    async fn say(&self, message: Message) -> Result<(), Close> {
+        self.control.send(message).await.map_err(|_| Close::Quiet)
+    }
+
+    /// What to do about a frame that did not decode.
+    fn frame_error(&self, e: &FrameError) -> Close {
+        match e.to_remote() {
+            None => {
+                debug!(peer = self.peer, "stream ended: {e}");
+                Close::Quiet
+            }
+            Some(reason) => {
+                bump(&self.shared.counters.protocol_errors);
+                warn!(peer = self.peer, device = %self.device, "bad frame: {e}");
+                Close::Goodbye(reason)
+            }
+        }
+    }
+
+    /// The session after the handshake.
+    async fn serve(&mut self, reader: &mut Reader) -> Close {
+        let config = &self.shared.config;
+        let stall_limit = config.frame_timeout;
+        let mut tick = tokio::time::interval(config.load_interval);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        loop {
+            // With nothing buffered, look again after `stall_limit`: bytes of a new frame may
+            // arrive (and stop) while the read below is pending.
+            let check_at = if reader.read_buffer().is_empty() {
+                Instant::now() + stall_limit
+            } else {
+                reader.get_ref().last_progress() + stall_limit
+            };
+            tokio::select! {
+                biased;
+                changed = self.phase.changed() => {
+                    if changed.is_err() {
+                        return Close::Quiet;
+                    }
+                    match *self.phase.borrow_and_update() {
+                        Phase::Killed => return Close::Quiet,
+                        Phase::Closing | Phase::Stopped => {
+                            return Close::Goodbye(RemoteError::ShuttingDown);
+                        }
+                        Phase::Running | Phase::Draining => {}
+                    }
+                }
+                () = self.control.closed() => return Close::Quiet,
+                frame = reader.next() => match frame {
+                    None => {
+                        debug!(peer = self.peer, "device closed the stream");
+                        return Close::Quiet;
+                    }
+                    Some(Err(e)) => return self.frame_error(&e),
+                    Some(Ok(message)) => {
+                        if let Err(close) = self.on_message(message).await {
+                            return close;
+                        }
+                    }
+                },
+                () = tokio::time::sleep_until(check_at.into()) => {
+                    let buffered = reader.read_buffer().len();
+                    let idle = reader.get_ref().last_progress().elapsed();
+                    if buffered > 0 && idle >= stall_limit {
+                        bump(&self.shared.counters.protocol_errors);
+                        warn!(peer = self.peer, device = %self.device, buffered, "stalled mid-frame");
+                        return Close::Goodbye(RemoteError::Protocol(format!(
+                            "stalled mid-frame: {buffered} bytes of an unfinished frame and no \
+                             progress for {} ms",
+                            millis(idle)
+                        )));
+                    }
+                }
+                _ = tick.tick() => {
+                    // Dropped when the writer is behind: the next push carries newer numbers.
+                    let _ = self.control.try_send(Message::ServerLoad(self.shared.load()));
+                }
+            }
+        }
+    }
+
+    async fn on_message(&mut self, message: Message) -> Result<(), Close> {
+        match message {
+            Message::InferRequest(request) => self.request(request).await,
+            Message::Ping(ping) => self.say(Message::Pong(Pong { nonce: ping.nonce })).await,
+            Message::Goodbye(reason) => {
+                info!(peer = self.peer, device = %self.device, %reason, "device said goodbye");
+                Err(Close::Quiet)
+            }
+            other => {
+                bump(&self.shared.counters.protocol_errors);
+                warn!(peer = self.peer, device = %self.device, kind = other.kind(), "unexpected message");
+                Err(Close::Goodbye(RemoteError::Protocol(format!(
+                    "unexpected {} from a device in session",
+                    other.kind()
+                ))))
+            }
+        }
+    }
+
+    /// Validates, admits and queues one request; refusals are answered at once.
+    async fn request(&mut self, request: InferRequest) -> Result<(), Close> {
+        let received = Instant::now();
+        let id = request.request_id;
+        let shared = self.shared;
+        let refusal = match check_request(&shared.facts, &request) {
+            Err(e) => Some(e),
+            Ok(decoded) => {
+                let split = request.split as usize;
+                if !shared.serves.get(split).copied().unwrap_or(false) {
+                    Some(RemoteError::Invalid(format!(
+                        "split {split} is not served by this server's policy `{}`",
+                        shared.policy_name
+                    )))
+                } else {
+                    let key = (self.device.clone(), id);
+                    let admit = shared.admit(
+                        key,
+                        &self.answers,
+                        split,
+                        decoded,
+                        received,
+                        request.budget_ms,
+                    );
+                    match admit {
+                        Admit::Accepted => None,
+                        Admit::Retry => {
+                            debug!(device = %self.device, request = id, "retry of a held request");
+                            None
+                        }
+                        Admit::Refused(e) => Some(e),
+                    }
+                }
+            }
+        };
+        let Some(error) = refusal else {
+            debug!(device = %self.device, request = id, split = request.split, "accepted");
+            return Ok(());
+        };
+        debug!(device = %self.device, request = id, %error, "refused");
+        shared.refused(&error, received);
+        self.say(Message::InferResponse(InferResponse {
+            request_id: id,
+            outcome: Err(error),
+        }))
+        .await
+    }
+}

@@ -1,0 +1,142 @@
+//! The health and metrics endpoint, and the command line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::*;
+use crate::server::cli::ServerArgs;
+use crate::server::{PolicyKind, route, serve_http};
+
+/// Sends `request` raw and reads the whole answer.
+async fn http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_metrics_over_http() {
+    let f = start(config());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(serve_http(listener, f.server.monitor()));
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+
+    let health = http(addr, get("/healthz").as_bytes()).await;
+    assert!(health.starts_with("HTTP/1.1 200 OK\r\n"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    let metrics = http(addr, get("/metrics?x=1").as_bytes()).await;
+    assert!(metrics.starts_with("HTTP/1.1 200 OK\r\n"), "{metrics}");
+    assert!(
+        metrics.contains("collab_queue_length{split=\"1\"}"),
+        "{metrics}"
+    );
+    assert!(
+        http(addr, get("/nope").as_bytes())
+            .await
+            .starts_with("HTTP/1.1 404")
+    );
+    assert!(
+        http(addr, b"POST /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .starts_with("HTTP/1.1 405")
+    );
+    let head = http(addr, b"HEAD /healthz HTTP/1.0\r\n\r\n").await;
+    assert!(
+        head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+        "{head}"
+    );
+    for garbage in [
+        &b"\x00\xff\xfe\r\n\r\n"[..],
+        b"GET\r\n\r\n",
+        b"GET / HTTP/1.1 extra\r\n\r\n",
+    ] {
+        assert!(
+            http(addr, garbage).await.starts_with("HTTP/1.1 400"),
+            "{garbage:?}"
+        );
+    }
+    // A client that sends nothing and hangs up, and one far over the head limit.
+    drop(TcpStream::connect(addr).await.expect("connect"));
+    let huge = vec![b'a'; 3 * crate::server::MAX_HEAD];
+    assert!(http(addr, &huge).await.starts_with("HTTP/1.1 400"));
+
+    let monitor = f.server.monitor();
+    f.server.shutdown().await;
+    let reply = route(b"GET /healthz HTTP/1.1\r\n\r\n", &monitor);
+    assert_eq!(reply.status, "503 Service Unavailable");
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .expect("serve_http ends with the server")
+        .expect("task");
+}
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+#[test]
+fn command_line_defaults_and_config() {
+    let args = Cli::try_parse_from(["collab-server"])
+        .expect("defaults")
+        .server;
+    assert_eq!(
+        args.listen,
+        "127.0.0.1:7878".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(
+        args.metrics,
+        "127.0.0.1:9898".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(
+        (args.model_id.as_str(), args.token.as_str()),
+        ("deit_tiny_patch16_224", "collab-demo")
+    );
+    let config = args.config().expect("config");
+    assert_eq!(config, ServerConfig::default());
+
+    let args = Cli::try_parse_from([
+        "collab-server",
+        "--listen",
+        "127.0.0.1:0",
+        "--policy",
+        "per-split",
+        "--batch",
+        "4",
+        "--capacity",
+        "9",
+        "--token",
+        "t",
+        "--ready-file",
+        "/tmp/x",
+        "--frame-timeout-s",
+        "0.5",
+    ])
+    .expect("options")
+    .server;
+    let config = args.config().expect("config");
+    assert_eq!(
+        (config.policy, config.batch, config.capacity),
+        (PolicyKind::PerSplit, 4, 9)
+    );
+    assert_eq!(
+        (config.auth_token.as_str(), config.frame_timeout),
+        ("t", Duration::from_millis(500))
+    );
+    assert!(args.ready_file.is_some());
+
+    let bad = Cli::try_parse_from(["collab-server", "--hello-timeout-s", "0"]).expect("parses");
+    assert!(bad.server.config().is_err());
+    assert!(Cli::try_parse_from(["collab-server", "--policy", "nope"]).is_err());
+}

@@ -1,0 +1,210 @@
+//! The messages device and cloud exchange, one per frame (see [`super::frame`]).
+//!
+//! A session is: the device sends [`Hello`]; the server answers [`Welcome`] or a
+//! [`Message::Goodbye`] naming why it refuses (wrong model, wrong token, unknown version) and
+//! closes. Then the device sends [`InferRequest`]s, pipelined, and gets exactly one
+//! [`InferResponse`] per request, in completion order (matched by `request_id`). The server
+//! pushes [`ServerLoad`] now and then, and answers every [`Ping`] with a [`Pong`].
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks; every frame carries it.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The codec id of a server-only request's payload: the resized, centre-cropped image as
+/// interleaved 8-bit RGB (`3 * side * side` bytes). Activations use the codec family names of
+/// `collab_policies::svd::Family` (`f32`, `f16`, `int8`, `svd-int8`, ...); their payload
+/// carries its own shape and rank.
+pub const RAW_RGB8: &str = "rgb8";
+
+/// One frame's message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Device -> server, first frame of a session.
+    Hello(Hello),
+    /// Server -> device: the session is open.
+    Welcome(Welcome),
+    /// Device -> server: run the rest of the model on this payload.
+    InferRequest(InferRequest),
+    /// Server -> device: the one answer to a request.
+    InferResponse(InferResponse),
+    /// Server -> device: the server's queues and block times, for split selection.
+    ServerLoad(ServerLoad),
+    /// Either way: asks for a [`Message::Pong`] (RTT and bandwidth probes).
+    Ping(Ping),
+    /// The answer to a ping.
+    Pong(Pong),
+    /// Either way: the sender closes the connection, and why.
+    Goodbye(RemoteError),
+}
+
+impl Message {
+    /// A short name of the message kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "Hello",
+            Message::Welcome(_) => "Welcome",
+            Message::InferRequest(_) => "InferRequest",
+            Message::InferResponse(_) => "InferResponse",
+            Message::ServerLoad(_) => "ServerLoad",
+            Message::Ping(_) => "Ping",
+            Message::Pong(_) => "Pong",
+            Message::Goodbye(_) => "Goodbye",
+        }
+    }
+}
+
+/// Opens a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Who the device is (labels metrics and logs; retries are matched per device).
+    pub device_id: String,
+    /// The model the device runs its part of (e.g. `deit_tiny_patch16_224`).
+    pub model_id: String,
+    /// The protocol version the device speaks.
+    pub protocol_version: u16,
+    /// The shared secret the server was started with.
+    pub auth_token: String,
+}
+
+/// Accepts a session, with what the device needs to know about the server's model.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The model the server runs.
+    pub model_id: String,
+    /// Its number of blocks `L` (valid split points are `0..=L`).
+    pub layers: u32,
+    /// Tokens per request entering the blocks.
+    pub tokens: u32,
+    /// Hidden features.
+    pub features: u32,
+    /// The largest frame the server reads, bytes.
+    pub max_frame: u32,
+}
+
+/// One inference request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// The device's id for it, unique per device; a retry after a reconnect reuses it, and the
+    /// server answers the retry instead of running the request twice while it is still held.
+    pub request_id: u64,
+    /// Split point `k`: the device ran the embedding and blocks `0..k`; `0` is server-only.
+    pub split: u32,
+    /// How the payload is encoded: [`RAW_RGB8`] at split 0, else a codec family name.
+    pub codec: String,
+    /// The encoded input or activation.
+    #[serde(with = "serde_bytes")]
+    pub payload: Vec<u8>,
+    /// Milliseconds the server has, from receiving the request, to answer it.
+    pub budget_ms: u32,
+    /// The largest accuracy loss the caller accepts (what the device's split choice used).
+    pub max_loss: f32,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InferResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// Its result or the typed reason there is none.
+    pub outcome: Result<Prediction, RemoteError>,
+}
+
+/// A classification result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prediction {
+    /// The best classes with their logits, best first.
+    pub top: Vec<(u32, f32)>,
+    /// Milliseconds the request spent in the server (queue and compute).
+    pub server_ms: f32,
+    /// Size of the batch its head ran in.
+    pub batch: u32,
+}
+
+/// The server's state, pushed to devices for split selection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerLoad {
+    /// Requests queued per entry position `0..=L`.
+    pub queues: Vec<u32>,
+    /// Recent milliseconds per position (block `p`, or the head at `L`) for one pass, as run.
+    pub position_ms: Vec<f32>,
+    /// Requests accepted and not yet answered.
+    pub in_flight: u32,
+    /// The admission limit on `in_flight`.
+    pub capacity: u32,
+}
+
+/// A probe; `pad` makes it large enough to measure bandwidth.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ping {
+    /// Echoed in the pong.
+    pub nonce: u64,
+    /// Ignored bytes.
+    #[serde(with = "serde_bytes")]
+    pub pad: Vec<u8>,
+}
+
+/// The answer to a [`Ping`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pong {
+    /// The ping's nonce.
+    pub nonce: u64,
+}
+
+/// Why a request has no result, or why a session ends: what travels on the wire.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RemoteError {
+    /// The deadline could no longer be met; the request was not computed.
+    #[error("deadline missed: the server could not answer within {budget_ms} ms")]
+    DeadlineMissed {
+        /// The budget the request had.
+        budget_ms: u32,
+    },
+    /// Admission control refused the request: the server holds `capacity` requests already.
+    #[error("server overloaded: {in_flight} requests in flight (capacity {capacity}); retry later")]
+    Overloaded {
+        /// Requests held when it arrived.
+        in_flight: u32,
+        /// The admission limit.
+        capacity: u32,
+    },
+    /// The request was malformed or inconsistent: what was wrong.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The compute failed while the request was running: the backend's message.
+    #[error("compute failed: {0}")]
+    Failed(String),
+    /// The server is shutting down and takes no new requests.
+    #[error("server shutting down; no new requests accepted")]
+    ShuttingDown,
+    /// The auth token was wrong.
+    #[error("unauthorized: wrong auth token")]
+    Unauthorized,
+    /// The device runs another model than the server.
+    #[error("wrong model: server runs `{expected}`, device sent `{got}`")]
+    WrongModel {
+        /// The server's model.
+        expected: String,
+        /// What the device announced.
+        got: String,
+    },
+    /// The peer speaks a protocol version this build does not.
+    #[error("unsupported protocol version {got} (this side speaks {supported})")]
+    UnsupportedVersion {
+        /// The version received.
+        got: u16,
+        /// The version spoken here.
+        supported: u16,
+    },
+    /// A frame was larger than the receiver accepts.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    FrameTooLarge {
+        /// Its declared length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// A frame did not decode, or a message came out of order: what was wrong.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+}

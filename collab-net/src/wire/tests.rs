@@ -1,0 +1,289 @@
+//! Frame round trips and the decoder's behaviour on hostile bytes.
+
+use bytes::BytesMut;
+use proptest::prelude::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+use super::*;
+
+fn request(payload: Vec<u8>) -> Message {
+    Message::InferRequest(InferRequest {
+        request_id: 7,
+        split: 3,
+        codec: "int8".into(),
+        payload,
+        budget_ms: 250,
+        max_loss: 0.01,
+    })
+}
+
+fn any_message() -> impl Strategy<Value = Message> {
+    prop_oneof![
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+            .prop_map(|(n, pad)| { Message::Ping(Ping { nonce: n, pad }) }),
+        any::<u64>().prop_map(|nonce| Message::Pong(Pong { nonce })),
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(request),
+        (
+            any::<u64>(),
+            proptest::collection::vec((any::<u32>(), -10f32..10.0), 0..6)
+        )
+            .prop_map(|(id, top)| Message::InferResponse(InferResponse {
+                request_id: id,
+                outcome: Ok(Prediction {
+                    top,
+                    server_ms: 1.5,
+                    batch: 4
+                }),
+            })),
+        any::<u32>().prop_map(|b| Message::InferResponse(InferResponse {
+            request_id: 1,
+            outcome: Err(RemoteError::DeadlineMissed { budget_ms: b }),
+        })),
+        "[a-z]{0,12}".prop_map(|s| Message::Hello(Hello {
+            device_id: s.clone(),
+            model_id: s,
+            protocol_version: PROTOCOL_VERSION,
+            auth_token: "t".into(),
+        })),
+        proptest::collection::vec(any::<u32>(), 0..14).prop_map(|q| Message::ServerLoad(
+            ServerLoad {
+                position_ms: q.iter().map(|&v| v as f32).collect(),
+                queues: q,
+                in_flight: 3,
+                capacity: 9
+            }
+        )),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Any sequence of messages, encoded back to back and fed in arbitrary chunks, decodes to
+    /// the same sequence.
+    #[test]
+    fn frames_round_trip_in_any_chunking(
+        messages in proptest::collection::vec(any_message(), 1..6),
+        chunk in 1usize..97,
+    ) {
+        let mut codec = FrameCodec::default();
+        let mut wire = BytesMut::new();
+        for m in &messages {
+            codec.encode(m.clone(), &mut wire).expect("encode");
+        }
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            while let Some(m) = codec.decode(&mut buf).expect("decode") {
+                out.push(m);
+            }
+        }
+        prop_assert!(codec.decode_eof(&mut buf).expect("eof").is_none());
+        prop_assert_eq!(out, messages);
+    }
+
+    /// Random bytes never panic the decoder: each call is a message, "need more" or a typed
+    /// error.
+    #[test]
+    fn random_bytes_are_errors_not_panics(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+        let _ = decode_frame(&bytes);
+        let mut codec = FrameCodec::new(256);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = codec.decode_eof(&mut buf);
+        // A valid prefix and version with a random body.
+        let mut framed = ((bytes.len() + 2) as u32).to_be_bytes().to_vec();
+        framed.extend(PROTOCOL_VERSION.to_be_bytes());
+        framed.extend(&bytes);
+        let _ = decode_frame(&framed);
+    }
+
+    /// A frame cut anywhere is "need more", and a truncated stream is a typed error at EOF.
+    #[test]
+    fn truncated_frames_wait_then_fail_at_eof(m in any_message(), cut in 0.0f64..1.0) {
+        let bytes = encode_frame(&m).expect("encode");
+        let at = ((bytes.len() as f64) * cut) as usize;
+        let mut codec = FrameCodec::default();
+        let mut buf = BytesMut::from(&bytes[..at]);
+        prop_assert!(codec.decode(&mut buf).expect("partial").is_none());
+        let eof = codec.decode_eof(&mut buf);
+        if at == 0 {
+            prop_assert!(eof.expect("empty").is_none());
+        } else {
+            prop_assert!(matches!(eof, Err(FrameError::Truncated { .. })), "{eof:?}");
+        }
+    }
+}
+
+#[test]
+fn oversized_frames_are_refused_before_buffering() {
+    let mut codec = FrameCodec::new(1000);
+    let mut buf = BytesMut::from(&5000u32.to_be_bytes()[..]);
+    let err = codec.decode(&mut buf).expect_err("too large");
+    assert!(
+        matches!(
+            err,
+            FrameError::TooLarge {
+                len: 5000,
+                max: 1000
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_remote(),
+        Some(RemoteError::FrameTooLarge {
+            len: 5000,
+            max: 1000
+        })
+    );
+    // The encoder refuses to produce what the peer would refuse.
+    let mut out = BytesMut::new();
+    assert!(codec.encode(request(vec![0; 2000]), &mut out).is_err());
+    assert!(out.is_empty());
+}
+
+#[test]
+fn other_versions_and_trailing_bytes_are_typed_errors() {
+    let mut bytes = encode_frame(&Message::Pong(Pong { nonce: 1 })).expect("encode");
+    bytes[4..6].copy_from_slice(&9u16.to_be_bytes());
+    let err = decode_frame(&bytes).expect_err("version");
+    assert!(matches!(err, FrameError::Version { got: 9 }));
+    assert!(matches!(
+        err.to_remote(),
+        Some(RemoteError::UnsupportedVersion { got: 9, .. })
+    ));
+
+    let mut bytes = encode_frame(&Message::Pong(Pong { nonce: 1 })).expect("encode");
+    bytes.push(0);
+    let len = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) + 1;
+    bytes[..4].copy_from_slice(&len.to_be_bytes());
+    assert!(matches!(
+        decode_frame(&bytes),
+        Err(FrameError::Malformed(_))
+    ));
+    assert!(matches!(
+        decode_frame(&[0, 0, 0, 1, 0]),
+        Err(FrameError::TooShort { len: 1 })
+    ));
+}
+
+#[test]
+fn framing_overhead_is_small() {
+    let payload = vec![1u8; 38_000];
+    let bytes = encode_frame(&request(payload)).expect("encode");
+    let overhead = bytes.len() - 38_000;
+    assert!(overhead < 32, "{overhead} bytes of framing");
+}
+
+mod validation {
+    use collab_core::split::{Activation, ActivationCodec};
+    use collab_policies::svd::{Family, PlainCodec, Precision, SvdCodec};
+
+    use super::super::validate::{Decoded, ModelFacts, check_request};
+    use super::*;
+
+    fn facts() -> ModelFacts {
+        ModelFacts {
+            model_id: "m".into(),
+            layers: 4,
+            tokens: 5,
+            features: 8,
+            image_side: 4,
+        }
+    }
+
+    fn req(split: u32, codec: &str, payload: Vec<u8>) -> InferRequest {
+        InferRequest {
+            request_id: 1,
+            split,
+            codec: codec.into(),
+            payload,
+            budget_ms: 100,
+            max_loss: 0.0,
+        }
+    }
+
+    fn act(tokens: usize, features: usize) -> Activation {
+        let values = (0..tokens * features).map(|i| i as f32 * 0.1).collect();
+        Activation::new(tokens, features, values).expect("activation")
+    }
+
+    fn invalid(r: Result<Decoded, RemoteError>, needle: &str) {
+        match r {
+            Err(RemoteError::Invalid(m)) => assert!(m.contains(needle), "{m}"),
+            other => panic!("expected Invalid containing `{needle}`, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn accepts_what_the_model_expects() {
+        let int8 = PlainCodec {
+            precision: Precision::Int8,
+        };
+        let ok = check_request(
+            &facts(),
+            &req(2, "int8", int8.encode(&act(5, 8)).expect("enc")),
+        );
+        assert!(matches!(ok, Ok(Decoded::Activation(a)) if a.tokens == 5 && a.features == 8));
+        let svd = SvdCodec {
+            rank: 3,
+            precision: Precision::Int8,
+        };
+        let name = Family::Svd(Precision::Int8).to_string();
+        let ok = check_request(
+            &facts(),
+            &req(4, &name, svd.encode(&act(5, 8)).expect("enc")),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        let ok = check_request(&facts(), &req(0, RAW_RGB8, vec![0; 48]));
+        assert!(matches!(ok, Ok(Decoded::Pixels(p)) if p.len() == 48));
+    }
+
+    #[test]
+    fn names_what_is_wrong() {
+        let f32c = PlainCodec {
+            precision: Precision::F32,
+        };
+        let good = f32c.encode(&act(5, 8)).expect("enc");
+        invalid(
+            check_request(&facts(), &req(5, "f32", good.clone())),
+            "past the model",
+        );
+        invalid(
+            check_request(&facts(), &req(1, "zip", good.clone())),
+            "unknown codec",
+        );
+        invalid(
+            check_request(&facts(), &req(1, "pca", good.clone())),
+            "shared basis",
+        );
+        invalid(
+            check_request(&facts(), &req(1, "int8", good.clone())),
+            "precision",
+        );
+        invalid(
+            check_request(&facts(), &req(1, "f32", good[..30].to_vec())),
+            "bytes",
+        );
+        let wrong = f32c.encode(&act(6, 8)).expect("enc");
+        invalid(
+            check_request(&facts(), &req(1, "f32", wrong)),
+            "expects 5 x 8",
+        );
+        invalid(
+            check_request(&facts(), &req(0, "f32", good.clone())),
+            "server-only",
+        );
+        invalid(
+            check_request(&facts(), &req(0, RAW_RGB8, vec![0; 47])),
+            "47 bytes",
+        );
+        let mut zero = req(1, "f32", good.clone());
+        zero.budget_ms = 0;
+        invalid(check_request(&facts(), &zero), "budget_ms");
+        let mut nan = req(1, "f32", good);
+        nan.max_loss = f32::NAN;
+        invalid(check_request(&facts(), &nan), "max_loss");
+    }
+}
