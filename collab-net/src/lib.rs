@@ -14,5 +14,6 @@
 
 pub mod client;
 pub mod server;
+pub mod testing;
 pub mod transport;
 pub mod wire;

@@ -9,10 +9,7 @@ use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
-use collab_core::model::weights::SeededRandom;
-use collab_core::model::{
-    EncoderConfig, Input, ModelConfig, NormPlacement, Transformer, VitConfig,
-};
+use collab_core::model::{Input, Transformer};
 use collab_core::split::{Activation, ActivationCodec};
 use collab_net::server::{Server, ServerConfig, ServerHandle};
 use collab_net::transport::TcpAcceptor;
@@ -26,27 +23,11 @@ use tokio_util::codec::Framed;
 
 pub const MODEL_ID: &str = "tiny-vit";
 pub const TOKEN: &str = "secret";
-pub const SIDE: usize = 32;
+pub const SIDE: usize = collab_net::testing::TINY_SIDE;
 
 /// A 3-block ViT on 32 x 32 images (17 tokens of 32 features, 10 classes), seeded weights.
 pub fn tiny_model() -> Arc<Transformer<CandleBackend>> {
-    let cfg = ModelConfig::Vit(VitConfig {
-        encoder: EncoderConfig {
-            hidden: 32,
-            layers: 3,
-            heads: 2,
-            intermediate: 64,
-            layer_norm_eps: 1e-6,
-            norm: NormPlacement::Pre,
-        },
-        image_size: SIDE,
-        patch_size: 8,
-        channels: 3,
-        num_classes: 10,
-    });
-    Arc::new(
-        Transformer::new(CandleBackend::cpu(), cfg, &SeededRandom::new(11)).expect("tiny model"),
-    )
+    Arc::new(collab_net::testing::tiny_vit(11).expect("tiny model"))
 }
 
 pub fn config() -> ServerConfig {

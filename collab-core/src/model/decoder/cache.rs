@@ -2,13 +2,35 @@
 
 use crate::{Backend, Error, Result};
 
-/// Keys and values of one layer, `[heads, t, head_dim]` each (`None` while empty).
+/// The keys or the values of one layer, `[heads, t, head_dim]` (`None` while empty).
+#[derive(Clone, Debug)]
+struct Entries<B: Backend> {
+    tensor: Option<B::Tensor>,
+    tokens: usize,
+}
+
+impl<B: Backend> Entries<B> {
+    fn empty() -> Self {
+        Self {
+            tensor: None,
+            tokens: 0,
+        }
+    }
+
+    /// Appends `new [heads, n, head_dim]` and returns all the entries.
+    fn append(&mut self, backend: &B, new: B::Tensor) -> Result<B::Tensor> {
+        let (all, n) = append(backend, self.tensor.as_ref(), new)?;
+        self.tensor = Some(all.clone());
+        self.tokens += n;
+        Ok(all)
+    }
+}
+
+/// Keys and values of one layer.
 #[derive(Clone, Debug)]
 struct LayerKv<B: Backend> {
-    keys: Option<B::Tensor>,
-    values: Option<B::Tensor>,
-    key_tokens: usize,
-    value_tokens: usize,
+    keys: Entries<B>,
+    values: Entries<B>,
 }
 
 /// The KV cache of one sequence: per decoder layer, the keys (after RoPE) and values of every
@@ -29,10 +51,8 @@ impl<B: Backend> KvCache<B> {
         KvCache {
             layers: (0..layers)
                 .map(|_| LayerKv {
-                    keys: None,
-                    values: None,
-                    key_tokens: 0,
-                    value_tokens: 0,
+                    keys: Entries::empty(),
+                    values: Entries::empty(),
                 })
                 .collect(),
         }
@@ -71,7 +91,7 @@ impl<B: Backend> KvCache<B> {
     /// # Errors
     /// [`Error::InvalidInput`] if `layer` is out of range.
     pub fn key_tokens(&self, layer: usize) -> Result<usize> {
-        Ok(self.layer(layer)?.key_tokens)
+        Ok(self.layer(layer)?.keys.tokens)
     }
 
     /// Tokens whose values layer `layer` holds.
@@ -79,7 +99,7 @@ impl<B: Backend> KvCache<B> {
     /// # Errors
     /// [`Error::InvalidInput`] if `layer` is out of range.
     pub fn value_tokens(&self, layer: usize) -> Result<usize> {
-        Ok(self.layer(layer)?.value_tokens)
+        Ok(self.layer(layer)?.values.tokens)
     }
 
     /// The number of cached tokens, the same in every layer's keys and values.
@@ -88,13 +108,13 @@ impl<B: Backend> KvCache<B> {
     /// [`Error::InvalidInput`] if the layers disagree (a pass was interrupted, or attention of
     /// some layers ran elsewhere).
     pub fn tokens(&self) -> Result<usize> {
-        let first = self.layers.first().map_or(0, |l| l.key_tokens);
+        let first = self.layers.first().map_or(0, |l| l.keys.tokens);
         for (i, l) in self.layers.iter().enumerate() {
-            if l.key_tokens != first || l.value_tokens != first {
+            if l.keys.tokens != first || l.values.tokens != first {
                 return Err(Error::InvalidInput(format!(
                     "KV cache layer {i} holds {} keys and {} values, layer 0 holds {first}: \
                      the cache is not at a pass boundary",
-                    l.key_tokens, l.value_tokens
+                    l.keys.tokens, l.values.tokens
                 )));
             }
         }
@@ -108,11 +128,7 @@ impl<B: Backend> KvCache<B> {
         layer: usize,
         new: B::Tensor,
     ) -> Result<B::Tensor> {
-        let l = self.layer_mut(layer)?;
-        let (all, n) = append(backend, l.keys.as_ref(), new)?;
-        l.keys = Some(all.clone());
-        l.key_tokens += n;
-        Ok(all)
+        self.layer_mut(layer)?.keys.append(backend, new)
     }
 
     /// Appends `new [heads, n, head_dim]` to layer `layer`'s values and returns all of them.
@@ -122,11 +138,7 @@ impl<B: Backend> KvCache<B> {
         layer: usize,
         new: B::Tensor,
     ) -> Result<B::Tensor> {
-        let l = self.layer_mut(layer)?;
-        let (all, n) = append(backend, l.values.as_ref(), new)?;
-        l.values = Some(all.clone());
-        l.value_tokens += n;
-        Ok(all)
+        self.layer_mut(layer)?.values.append(backend, new)
     }
 }
 

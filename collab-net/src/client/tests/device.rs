@@ -8,10 +8,7 @@ use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
 use collab_core::cost::{CostModel, Workload};
 use collab_core::input::ImagePreprocess;
-use collab_core::model::weights::SeededRandom;
-use collab_core::model::{
-    EncoderConfig, Hidden, Input, ModelConfig, NormPlacement, Transformer, VitConfig,
-};
+use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::split::ActivationCodec;
 use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
 use collab_policies::svd::{Family, PlainCodec, Precision};
@@ -24,7 +21,7 @@ use super::super::head::run_head;
 use super::*;
 use crate::wire::validate::{Decoded, ModelFacts, check_request};
 
-const SIDE: usize = 32;
+const SIDE: usize = crate::testing::TINY_SIDE;
 const TOKENS: usize = 17;
 const FEATURES: usize = 32;
 const LAYERS: usize = 3;
@@ -32,22 +29,7 @@ const LAYERS: usize = 3;
 type Model = Arc<Transformer<CandleBackend>>;
 
 fn tiny_model() -> Model {
-    let cfg = ModelConfig::Vit(VitConfig {
-        encoder: EncoderConfig {
-            hidden: FEATURES,
-            layers: LAYERS,
-            heads: 2,
-            intermediate: 64,
-            layer_norm_eps: 1e-6,
-            norm: NormPlacement::Pre,
-        },
-        image_size: SIDE,
-        patch_size: 8,
-        channels: 3,
-        num_classes: 10,
-    });
-    let model = Transformer::new(CandleBackend::cpu(), cfg, &SeededRandom::new(5));
-    Arc::new(model.expect("tiny model"))
+    Arc::new(crate::testing::tiny_vit(5).expect("tiny model"))
 }
 
 /// Every stage takes the same time.

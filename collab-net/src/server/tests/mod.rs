@@ -12,10 +12,7 @@ use std::time::Duration;
 use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
-use collab_core::model::weights::SeededRandom;
-use collab_core::model::{
-    EncoderConfig, Input, ModelConfig, NormPlacement, Transformer, VitConfig,
-};
+use collab_core::model::{Input, Transformer};
 use collab_core::split::{Activation, ActivationCodec};
 use collab_policies::svd::{PlainCodec, Precision};
 use futures_util::{SinkExt, StreamExt};
@@ -30,7 +27,7 @@ use crate::wire::{
     RAW_RGB8, RemoteError, Welcome,
 };
 
-pub(super) const SIDE: usize = 32;
+pub(super) const SIDE: usize = crate::testing::TINY_SIDE;
 pub(super) const MODEL_ID: &str = "tiny-vit";
 pub(super) const TOKEN: &str = "s3cret";
 
@@ -38,22 +35,7 @@ pub(super) type Conn = Framed<BoxStream, FrameCodec>;
 
 /// A 3-block ViT on 32 x 32 images (17 tokens of 32 features, 10 classes), seeded weights.
 pub(super) fn tiny_model(seed: u64) -> Arc<Transformer<CandleBackend>> {
-    let cfg = ModelConfig::Vit(VitConfig {
-        encoder: EncoderConfig {
-            hidden: 32,
-            layers: 3,
-            heads: 2,
-            intermediate: 64,
-            layer_norm_eps: 1e-6,
-            norm: NormPlacement::Pre,
-        },
-        image_size: SIDE,
-        patch_size: 8,
-        channels: 3,
-        num_classes: 10,
-    });
-    let model = Transformer::new(CandleBackend::cpu(), cfg, &SeededRandom::new(seed));
-    Arc::new(model.expect("tiny model"))
+    Arc::new(crate::testing::tiny_vit(seed).expect("tiny model"))
 }
 
 pub(super) fn config() -> ServerConfig {
