@@ -35,9 +35,9 @@ pub(crate) struct DemoArgs {
     /// Images each device classifies (each device takes different sample images).
     #[arg(long, default_value_t = 60)]
     images: usize,
-    /// Requests per second each device sends (Poisson arrivals; 0: back to back). The devices
-    /// and the server share this machine's cores, so back to back they mostly measure contention.
-    #[arg(long, default_value_t = 1.5)]
+    /// Requests per second each device sends (Poisson arrivals); 0 (the default): back to
+    /// back, one request in flight per device.
+    #[arg(long, default_value_t = 0.0)]
     rate: f64,
     /// Bandwidth of every device's link, Mbit/s (default: each profile's own).
     #[arg(long)]
@@ -210,6 +210,8 @@ fn device_args(
         &s(&a.images),
         "--offset",
         &s(&(i * a.images)),
+        "--rate",
+        &s(&a.rate),
     ]
     .iter()
     .map(|x| x.to_string())
