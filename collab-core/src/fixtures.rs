@@ -165,34 +165,91 @@ pub struct SentencePair {
     pub score: f64,
 }
 
+/// One data line of a fixture TSV file: its tab-separated columns, and where it is.
+struct TsvRow {
+    cols: Vec<String>,
+    path: PathBuf,
+    line: usize,
+}
+
+impl TsvRow {
+    /// An error naming the file and line.
+    fn bad(&self, message: &str) -> Error {
+        Error::BadFile {
+            path: self.path.clone(),
+            message: format!("line {}: {message}", self.line),
+        }
+    }
+}
+
+/// The data lines of a fixture TSV file (the header skipped, blank lines dropped).
+fn tsv_rows(rel: &str) -> Result<Vec<TsvRow>> {
+    let path = fixture(rel)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    Ok(text
+        .lines()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, line)| TsvRow {
+            cols: line.split('\t').map(str::to_string).collect(),
+            path: path.clone(),
+            line: i + 1,
+        })
+        .collect())
+}
+
 /// The STS-B dev set (1500 pairs).
 ///
 /// # Errors
 /// [`Error::MissingFile`] / [`Error::BadFile`] naming the line that does not parse.
 pub fn stsb_dev() -> Result<Vec<SentencePair>> {
-    let path = fixture("text/stsb/dev.tsv")?;
-    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    text.lines()
-        .enumerate()
-        .skip(1)
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, line)| {
-            let cols: Vec<&str> = line.split('\t').collect();
-            let bad = |m: &str| Error::BadFile {
-                path: path.clone(),
-                message: format!("line {}: {m}", i + 1),
-            };
+    tsv_rows("text/stsb/dev.tsv")?
+        .into_iter()
+        .map(|row| {
+            let cols = &row.cols;
             if cols.len() < 10 {
-                return Err(bad("expected 10 tab-separated columns"));
+                return Err(row.bad("expected 10 tab-separated columns"));
             }
             let score = cols[9]
                 .trim()
                 .parse()
-                .map_err(|_| bad("score is not a number"))?;
+                .map_err(|_| row.bad("score is not a number"))?;
             Ok(SentencePair {
-                a: cols[7].to_string(),
-                b: cols[8].to_string(),
+                a: cols[7].clone(),
+                b: cols[8].clone(),
                 score,
+            })
+        })
+        .collect()
+}
+
+/// One SST-2 sentence with its sentiment label (0 negative, 1 positive).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelledSentence {
+    /// The sentence.
+    pub text: String,
+    /// The label.
+    pub label: usize,
+}
+
+/// The SST-2 dev set (872 sentences).
+///
+/// # Errors
+/// [`Error::MissingFile`] / [`Error::BadFile`] naming the line that does not parse.
+pub fn sst2_dev() -> Result<Vec<LabelledSentence>> {
+    tsv_rows("text/sst2/dev.tsv")?
+        .into_iter()
+        .map(|row| {
+            let cols = &row.cols;
+            let label = match cols.last().map(|l| l.trim()) {
+                Some("0") if cols.len() >= 2 => 0,
+                Some("1") if cols.len() >= 2 => 1,
+                _ => return Err(row.bad("expected `text<TAB>label` with label 0 or 1")),
+            };
+            Ok(LabelledSentence {
+                text: cols[..cols.len() - 1].join("\t").trim().to_string(),
+                label,
             })
         })
         .collect()

@@ -124,6 +124,7 @@ fn stage_key(w: &Workload) -> (u8, usize) {
         Workload::Block { layer, .. } => (1, layer),
         Workload::Head { .. } => (2, 0),
         Workload::Operator { .. } => (3, 0),
+        Workload::Shard { bits, .. } => (4, usize::from(bits)),
     }
 }
 

@@ -47,6 +47,15 @@ pub enum Workload {
         /// Tokens per input.
         tokens: usize,
     },
+    /// One shard of a layer (STI, SPEC §3: one attention head and its slice of FFN neurons)
+    /// stored at `bits` bits per weight (32 = f32), on one input of `tokens` tokens: its
+    /// dequantisation and its share of the layer's compute.
+    Shard {
+        /// Bits per stored weight (2..=8, or 32 for f32).
+        bits: u8,
+        /// Tokens of the input.
+        tokens: usize,
+    },
     /// One operator of an operator graph ([`crate::graph::Operator::workload`]), priced by its
     /// cost class, FLOPs and bytes moved. It has no batch or token count of its own.
     Operator {
@@ -66,7 +75,7 @@ impl Workload {
             Workload::Embed { batch, .. }
             | Workload::Block { batch, .. }
             | Workload::Head { batch, .. } => batch,
-            Workload::Operator { .. } => 1,
+            Workload::Shard { .. } | Workload::Operator { .. } => 1,
         }
     }
 
@@ -75,7 +84,8 @@ impl Workload {
         match *self {
             Workload::Embed { tokens, .. }
             | Workload::Block { tokens, .. }
-            | Workload::Head { tokens, .. } => tokens,
+            | Workload::Head { tokens, .. }
+            | Workload::Shard { tokens, .. } => tokens,
             Workload::Operator { .. } => 0,
         }
     }
@@ -91,6 +101,7 @@ impl fmt::Display for Workload {
                 tokens,
             } => write!(f, "block {layer}(batch={batch}, tokens={tokens})"),
             Workload::Head { batch, tokens } => write!(f, "head(batch={batch}, tokens={tokens})"),
+            Workload::Shard { bits, tokens } => write!(f, "{bits}-bit shard(tokens={tokens})"),
             Workload::Operator {
                 class,
                 flops,

@@ -29,6 +29,19 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
+    /// Attention over `heads` heads from a fused `qkv` `[3 heads hd, d]` (all query rows, then
+    /// all key rows, then all value rows) and an output projection `[d, heads hd]`; `scale`
+    /// multiplies the logits (usually `hd^-1/2`). A subset of a layer's heads is an attention
+    /// of its own whose outputs sum to the layer's (without the projection bias counted twice).
+    pub fn new(qkv: Linear<B>, proj: Linear<B>, heads: usize, scale: f32) -> Self {
+        Self {
+            qkv,
+            proj,
+            heads,
+            scale,
+        }
+    }
+
     /// Attention over `x [b, n, d]` with an additive key bias `[b, 1, 1, n]`.
     /// Returns the projected output `[b, n, d]` and the keys `[b, heads, n, head_dim]`.
     ///
@@ -41,9 +54,12 @@ impl<B: Backend> Attention<B> {
         bias: Option<&B::Tensor>,
     ) -> Result<(B::Tensor, B::Tensor)> {
         let dims = backend.dims(x);
-        let (b, n, d) = (dims[0], dims[1], dims[2]);
-        let (h, hd) = (self.heads, d / self.heads);
+        let (b, n) = (dims[0], dims[1]);
         let qkv = self.qkv.forward(backend, x)?;
+        // The heads' width comes from the projection, not from `x`: a subset of a layer's
+        // heads projects `d` features to `3 * heads * hd < 3 d`.
+        let inner = backend.dims(&qkv).last().copied().unwrap_or(0) / 3;
+        let (h, hd) = (self.heads, inner / self.heads.max(1));
         let qkv = backend.reshape(&qkv, &[b, n, 3, h, hd])?;
         let qkv = backend.permute(&qkv, &[2, 0, 3, 1, 4])?;
         let part = |i| -> Result<B::Tensor> {
@@ -53,7 +69,7 @@ impl<B: Backend> Attention<B> {
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
         let o = backend.attention(&q, &k, &v, self.scale, bias)?;
         let o = backend.permute(&o, &[0, 2, 1, 3])?;
-        let o = backend.reshape(&o, &[b, n, d])?;
+        let o = backend.reshape(&o, &[b, n, h * hd])?;
         Ok((self.proj.forward(backend, &o)?, k))
     }
 }

@@ -41,6 +41,23 @@ pub struct PatchEmbed<B: Backend> {
 }
 
 impl<B: Backend> PatchEmbed<B> {
+    /// A patch embedding from its parts (shapes as the fields state).
+    pub fn new(
+        proj_w: B::Tensor,
+        proj_b: B::Tensor,
+        cls: B::Tensor,
+        pos: B::Tensor,
+        cfg: VitConfig,
+    ) -> Self {
+        Self {
+            proj_w,
+            proj_b,
+            cls,
+            pos,
+            cfg,
+        }
+    }
+
     pub(crate) fn load(backend: &B, src: &dyn WeightSource, cfg: &VitConfig) -> Result<Self> {
         let (d, c, p) = (cfg.encoder.hidden, cfg.channels, cfg.patch_size);
         let w = src.tensor(
@@ -62,7 +79,10 @@ impl<B: Backend> PatchEmbed<B> {
     }
 
     /// Embeds images `[b, c, s, s]` into `[b, 1 + patches, d]` with the class token first.
-    pub(crate) fn forward(&self, backend: &B, images: &B::Tensor) -> Result<Hidden<B>> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for images of another shape; backend errors.
+    pub fn forward(&self, backend: &B, images: &B::Tensor) -> Result<Hidden<B>> {
         let (c, s, p) = (self.cfg.channels, self.cfg.image_size, self.cfg.patch_size);
         let dims = backend.dims(images);
         if dims.len() != 4 || dims[1..] != [c, s, s] {
@@ -97,6 +117,25 @@ pub struct TextEmbed<B: Backend> {
 }
 
 impl<B: Backend> TextEmbed<B> {
+    /// A text embedding from its parts. `cfg.vocab_size` must be the rows of `word`: a caller
+    /// that holds only some rows of the vocabulary (streaming them from a file) passes a config
+    /// with the vocabulary it holds and token ids remapped into it.
+    pub fn new(
+        word: B::Tensor,
+        position: B::Tensor,
+        token_type0: B::Tensor,
+        norm: LayerNorm<B>,
+        cfg: BertConfig,
+    ) -> Self {
+        Self {
+            word,
+            position,
+            token_type0,
+            norm,
+            cfg,
+        }
+    }
+
     pub(crate) fn load(backend: &B, src: &dyn WeightSource, cfg: &BertConfig) -> Result<Self> {
         let d = cfg.encoder.hidden;
         let p = "embeddings";
@@ -131,7 +170,11 @@ impl<B: Backend> TextEmbed<B> {
     }
 
     /// Embeds token sequences, padding to the longest with a mask.
-    pub(crate) fn forward(&self, backend: &B, seqs: &[Vec<u32>]) -> Result<Hidden<B>> {
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty batch, too long a sequence or a token id outside
+    /// the vocabulary; backend errors.
+    pub fn forward(&self, backend: &B, seqs: &[Vec<u32>]) -> Result<Hidden<B>> {
         let b = seqs.len();
         let n = seqs.iter().map(Vec::len).max().unwrap_or(0);
         if b == 0 || n == 0 {

@@ -14,7 +14,11 @@ pub struct ClassifierHead<B: Backend> {
 }
 
 impl<B: Backend> ClassifierHead<B> {
-    pub(crate) fn forward(&self, backend: &B, h: &Hidden<B>) -> Result<B::Tensor> {
+    /// Logits `[batch, classes]` from the class token of `h`.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn forward(&self, backend: &B, h: &Hidden<B>) -> Result<B::Tensor> {
         let (b, _, d) = h.dims3(backend)?;
         let cls = backend.narrow(&h.x, 1, 0, 1)?;
         let cls = backend.reshape(&cls, &[b, d])?;
@@ -32,7 +36,11 @@ pub struct MeanPoolHead {
 }
 
 impl MeanPoolHead {
-    pub(crate) fn forward<B: Backend>(&self, backend: &B, h: &Hidden<B>) -> Result<B::Tensor> {
+    /// The pooled (optionally normalised) embedding `[batch, d]`.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn forward<B: Backend>(&self, backend: &B, h: &Hidden<B>) -> Result<B::Tensor> {
         let (b, n, d) = h.dims3(backend)?;
         let pooled = match h.token_weights(backend)? {
             Some(w) => {

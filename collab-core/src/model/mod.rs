@@ -47,6 +47,26 @@ pub enum Embedding<B: Backend> {
     Text(TextEmbed<B>),
 }
 
+impl<B: Backend> Embedding<B> {
+    /// Embeds an input batch.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the input does not fit the embedding (images for a text
+    /// model, wrong image size, token ids outside the vocabulary, too long a sequence).
+    pub fn forward(&self, backend: &B, input: &Input<B>) -> Result<Hidden<B>> {
+        match (self, input) {
+            (Embedding::Patches(p), Input::Images(t)) => p.forward(backend, t),
+            (Embedding::Text(e), Input::Tokens(s)) => e.forward(backend, s),
+            (Embedding::Patches(_), Input::Tokens(_)) => Err(Error::InvalidInput(
+                "this vision model takes images, not token ids".into(),
+            )),
+            (Embedding::Text(_), Input::Images(_)) => Err(Error::InvalidInput(
+                "this text model takes token ids, not images".into(),
+            )),
+        }
+    }
+}
+
 /// The output stage of a model.
 #[derive(Clone, Debug)]
 pub enum Head<B: Backend> {
@@ -54,6 +74,19 @@ pub enum Head<B: Backend> {
     Classifier(ClassifierHead<B>),
     /// Pooled sentence embedding.
     MeanPool(MeanPoolHead),
+}
+
+impl<B: Backend> Head<B> {
+    /// Logits `[batch, classes]` or embeddings `[batch, d]`.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn forward(&self, backend: &B, hidden: &Hidden<B>) -> Result<B::Tensor> {
+        match self {
+            Head::Classifier(c) => c.forward(backend, hidden),
+            Head::MeanPool(m) => m.forward(backend, hidden),
+        }
+    }
 }
 
 /// A Transformer on backend `B`.
@@ -144,22 +177,23 @@ impl<B: Backend> Transformer<B> {
         &self.blocks
     }
 
+    /// The embedding stage.
+    pub fn embedding(&self) -> &Embedding<B> {
+        &self.embedding
+    }
+
+    /// The head stage.
+    pub fn head_stage(&self) -> &Head<B> {
+        &self.head
+    }
+
     /// Embeds an input batch.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if the input does not fit the model (images for a text model,
     /// wrong image size, token ids outside the vocabulary, too long a sequence).
     pub fn embed(&self, input: &Input<B>) -> Result<Hidden<B>> {
-        match (&self.embedding, input) {
-            (Embedding::Patches(p), Input::Images(t)) => p.forward(&self.backend, t),
-            (Embedding::Text(e), Input::Tokens(s)) => e.forward(&self.backend, s),
-            (Embedding::Patches(_), Input::Tokens(_)) => Err(Error::InvalidInput(
-                "this vision model takes images, not token ids".into(),
-            )),
-            (Embedding::Text(_), Input::Images(_)) => Err(Error::InvalidInput(
-                "this text model takes token ids, not images".into(),
-            )),
-        }
+        self.embedding.forward(&self.backend, input)
     }
 
     /// Runs blocks `range` (0-based, half-open) with no token adaptation.
@@ -198,10 +232,7 @@ impl<B: Backend> Transformer<B> {
     /// # Errors
     /// Backend errors.
     pub fn head(&self, hidden: &Hidden<B>) -> Result<B::Tensor> {
-        match &self.head {
-            Head::Classifier(c) => c.forward(&self.backend, hidden),
-            Head::MeanPool(m) => m.forward(&self.backend, hidden),
-        }
+        self.head.forward(&self.backend, hidden)
     }
 
     /// The whole model: `head(run_blocks(embed(input), 0..L))`.
