@@ -8,9 +8,12 @@
 //! - [`batch`]: batch scheduling for the shared-model server (SPEC §2) and its baselines,
 //!   with the synchronous server worker that runs them;
 //! - [`operator`]: operator-level placement of an LLM between device and cloud (SPEC §7):
-//!   device presets, roofline cost models, placement plans and planners.
+//!   device presets, roofline cost models, placement plans and planners;
+//! - [`shard`]: elastic on-device execution under a memory budget (SPEC §3, STI): shards at
+//!   several fidelities in one file, importance, the pipeline planner and the streaming executor.
 
 pub mod batch;
 pub mod operator;
+pub mod shard;
 pub mod split;
 pub mod svd;

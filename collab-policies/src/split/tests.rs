@@ -28,7 +28,9 @@ impl CostModel for PerStage {
             Workload::Embed { .. } => self.embed,
             Workload::Block { .. } => self.block,
             Workload::Head { .. } => self.head,
-            Workload::Operator { .. } => unreachable!("the selector prices no operators"),
+            Workload::Operator { .. } | Workload::Shard { .. } => {
+                unreachable!("the selector prices no operators or shards")
+            }
         })
     }
 }
