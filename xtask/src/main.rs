@@ -6,12 +6,15 @@
 //! - `cargo xtask exp forward-throughput`: forward speed against the machine's matmul peak;
 //! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model;
 //! - `cargo xtask exp calibrate-cost-model`: the calibrated roofline of this CPU and its
-//!   held-out error per operator (SPEC §7).
+//!   held-out error per operator (SPEC §7);
+//! - `cargo xtask shard --model minilm|deit-tiny`: the STI shard file of a real checkpoint
+//!   (SPEC §3).
 //!
 //! Experiments write their tables under `results/` and print one summary line last.
 
 mod exp;
 mod fetch;
+mod shard;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -41,6 +44,9 @@ enum Cmd {
         #[command(subcommand)]
         exp: exp::Exp,
     },
+    /// Write a real checkpoint's STI shard file (every shard at every fidelity) and report
+    /// its sizes and reconstruction errors.
+    Shard(shard::Args),
 }
 
 fn main() -> Result<()> {
@@ -52,6 +58,7 @@ fn main() -> Result<()> {
             run_tests(&args)
         }
         Cmd::Exp { exp } => exp::run(exp),
+        Cmd::Shard(args) => shard::run(args),
     }
 }
 

@@ -9,6 +9,7 @@ mod net_overhead;
 mod plot;
 mod profile;
 mod stats;
+mod sti;
 mod svd_accuracy;
 mod throughput;
 
@@ -34,6 +35,8 @@ pub(crate) enum Exp {
     LlmPlacement(llm_placement::Args),
     /// Server throughput over TCP against the in-process batch worker at the same load.
     NetOverhead(net_overhead::Args),
+    /// On-device elastic execution under a memory budget: STI against its baselines (SPEC §3).
+    Sti(sti::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -46,6 +49,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::CalibrateCostModel(a) => calibrate::run(a),
         Exp::LlmPlacement(a) => llm_placement::run(a),
         Exp::NetOverhead(a) => net_overhead::run(a),
+        Exp::Sti(a) => sti::run(a),
     }
 }
 

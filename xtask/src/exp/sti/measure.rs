@@ -1,0 +1,112 @@
+//! Measurements on this machine: the compute costs the planner reads, and streamed runs.
+
+use anyhow::Result;
+use collab_backends::candle::CandleBackend;
+use collab_core::cost::{median, time_median};
+use collab_core::model::Input;
+use collab_policies::shard::exec::{ExecConfig, Executor, ShardCache};
+use collab_policies::shard::meter::{peak_rss_bytes, reset_peak_rss};
+use collab_policies::shard::plan::ComputeCosts;
+use collab_policies::shard::{FIDELITIES, Fidelity, ShardKey};
+
+type Be = CandleBackend;
+
+/// Times the stages of `input` with the executor's own code: the embedding, a layer with no
+/// shard, a layer with every shard at each fidelity (per shard = the difference / shards),
+/// the head; and the weight bytes one layer's compute holds besides its shard bytes.
+pub(crate) fn compute_costs(
+    exec: &Executor<Be>,
+    cache: &ShardCache,
+    input: &Input<Be>,
+    reps: usize,
+) -> Result<ComputeCosts> {
+    let g = exec.file().geometry().clone();
+    let embed_s = time_median(reps, || exec.embed(input))?;
+    let h = exec.embed(input)?;
+    let per_layer_s = time_median(reps, || exec.layer_from_cache(0, &[], cache, h.clone()))?;
+    let mut per_shard_s = [0.0; 7];
+    for f in FIDELITIES {
+        let shards: Vec<_> = (0..g.heads).map(|s| (s, f)).collect();
+        let t = time_median(reps, || exec.layer_from_cache(0, &shards, cache, h.clone()))?;
+        per_shard_s[f.index()] = ((t - per_layer_s) / g.heads as f64).max(0.0);
+    }
+    let head_s = time_median(reps, || exec.head(&h))?;
+    // Working set: the peak of one layer's compute over what is held before it, plus the
+    // embedding's rows (held while it runs).
+    let meter = exec.meter();
+    let before = meter.current();
+    meter.reset_peak();
+    let shards: Vec<_> = (0..g.heads).map(|s| (s, Fidelity::F32)).collect();
+    exec.layer_from_cache(0, &shards, cache, h.clone())?;
+    let layer_work = meter.peak() - before;
+    meter.reset_peak();
+    exec.embed(input)?;
+    let embed_work = meter.peak() - before;
+    Ok(ComputeCosts {
+        embed_s,
+        head_s,
+        per_layer_s,
+        per_shard_s,
+        working_bytes: layer_work.max(embed_work),
+    })
+}
+
+/// What streaming one configuration measured over its requests.
+#[derive(Clone, Debug)]
+pub(crate) struct Streamed {
+    pub(crate) p50_ms: f64,
+    pub(crate) p95_ms: f64,
+    pub(crate) peak_weight_bytes: u64,
+    pub(crate) io_bytes: u64,
+    pub(crate) max_wait_ms: f64,
+    /// The most any layer started after the plan's promised start (0 without a plan).
+    pub(crate) max_late_ms: f64,
+    pub(crate) peak_rss_bytes: Option<u64>,
+}
+
+/// Streams `sub` for every request (after one warm-up) with `preload` resident and a loader
+/// buffer of `buffer_bytes`; `planned_starts` (a plan's promised layer starts) measures how
+/// late layers really started.
+pub(crate) fn stream(
+    exec: &mut Executor<Be>,
+    sub: &[Vec<(usize, Fidelity)>],
+    preload: &[(ShardKey, Fidelity)],
+    buffer_bytes: u64,
+    requests: &[Input<Be>],
+    planned_starts: Option<&[f64]>,
+) -> Result<Streamed> {
+    let cfg = exec.config();
+    exec.set_config(ExecConfig {
+        buffer_bytes,
+        ..cfg
+    });
+    exec.set_preload(preload)?;
+    if let Some(first) = requests.first() {
+        exec.run(sub, first)?;
+    }
+    let rss_reset = reset_peak_rss();
+    let mut lat = Vec::new();
+    let (mut peak, mut io, mut wait, mut late) = (0u64, 0u64, 0f64, 0f64);
+    for r in requests {
+        let (_, rep) = exec.run(sub, r)?;
+        if let Some(p) = planned_starts {
+            for (t, &planned) in rep.layers.iter().zip(p) {
+                late = late.max((t.start_s - planned) * 1e3);
+            }
+        }
+        lat.push(rep.latency_s * 1e3);
+        peak = peak.max(rep.peak_weight_bytes);
+        io = io.max(rep.io_bytes);
+        wait = wait.max(rep.wait_s * 1e3);
+    }
+    exec.set_preload(&[])?;
+    Ok(Streamed {
+        p50_ms: median(&lat),
+        p95_ms: super::report::p95(&lat),
+        peak_weight_bytes: peak,
+        io_bytes: io,
+        max_wait_ms: wait,
+        max_late_ms: late,
+        peak_rss_bytes: if rss_reset { peak_rss_bytes() } else { None },
+    })
+}
