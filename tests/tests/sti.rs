@@ -131,20 +131,8 @@ fn minilm_streams_from_its_shard_file_at_every_fidelity() {
     };
     let p = plan(&input_plan).unwrap();
     assert!(p.shard_count() > 0);
-    let preload: Vec<(ShardKey, Fidelity)> = p
-        .preload
-        .iter()
-        .map(|k| {
-            (
-                *k,
-                p.layers[k.layer]
-                    .iter()
-                    .find(|(s, _)| *s == k.shard)
-                    .unwrap()
-                    .1,
-            )
-        })
-        .collect();
+    let preload = p.preloaded();
+    assert_eq!(preload.len(), p.preload.len());
     exec.set_preload(&preload).unwrap();
     let preload_bytes = exec.preload_bytes();
     exec.set_config(ExecConfig {

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub use measured::{MeasuredProfile, ProfilePoint, ProfileSpec, profile_model};
 pub use scaled::Scaled;
-pub use timing::{median, time_median};
+pub use timing::{median, quantile, time_median};
 
 use crate::Result;
 use crate::graph::OpClass;

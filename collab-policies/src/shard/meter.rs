@@ -69,29 +69,6 @@ impl Drop for Held {
     }
 }
 
-/// A value whose weight bytes are counted while it lives.
-#[derive(Debug)]
-pub struct Metered<T> {
-    /// The value.
-    pub value: T,
-    held: Held,
-}
-
-impl<T> Metered<T> {
-    /// Wraps `value`, registering `bytes` with `meter`.
-    pub fn new(meter: &Arc<WeightMeter>, value: T, bytes: u64) -> Self {
-        Self {
-            value,
-            held: meter.hold(bytes),
-        }
-    }
-
-    /// The bytes counted for the value.
-    pub fn bytes(&self) -> u64 {
-        self.held.bytes()
-    }
-}
-
 /// A field of `/proc/self/status` in bytes (`VmHWM`, `VmRSS`), or `None` off Linux.
 fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -137,7 +114,7 @@ mod tests {
         assert_eq!((m.current(), m.peak()), (100, 150));
         m.reset_peak();
         assert_eq!(m.peak(), 100);
-        let v = Metered::new(&m, vec![0u8; 10], 10);
+        let v = m.hold(10);
         assert_eq!((m.current(), v.bytes()), (110, 10));
         drop((a, v));
         assert_eq!((m.current(), m.peak()), (0, 110));

@@ -1,8 +1,5 @@
 //! Quantisation: packing round trips, error bounds and monotonicity, exact outliers and f32,
 //! sizes known before encoding, and decoders that reject any damage without panicking.
-
-use std::time::Instant;
-
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -326,28 +323,4 @@ fn sections_decode_independently() {
     .expect("decode");
     assert_eq!(attention, exact);
     assert!(is_sti_codec(&decode_ffn(&blob, &g)));
-}
-
-/// Timing print only (no assertion): `cargo test --release -p collab-policies
-/// dequantization_speed -- --nocapture`.
-#[test]
-fn dequantization_speed() {
-    let n = 1 << 20;
-    let w = gaussian(11, n, 50);
-    let mut out = vec![0f32; n];
-    for &b in &QUANT_BITS {
-        let q = quantize_matrix(&w, b, &QuantOptions::default()).expect("quantize");
-        q.dequantize_into(&mut out).expect("warm-up");
-        let reps = 10;
-        let t = Instant::now();
-        for _ in 0..reps {
-            q.dequantize_into(&mut out).expect("dequantize");
-        }
-        let ns = t.elapsed().as_secs_f64() * 1e9 / (reps * n) as f64;
-        println!(
-            "dequantize {b}-bit: {ns:.3} ns/weight ({:.2} GB/s of f32 out)",
-            4.0 / ns
-        );
-        std::hint::black_box(&out);
-    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use collab_core::cost::quantile;
 use serde_json::Value;
 
 /// One device's (or the load generator's) tally.
@@ -128,17 +129,6 @@ impl Tally {
     }
 }
 
-/// Nearest-rank quantile of finite values; NaN for none.
-pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let rank = ((q.clamp(0.0, 1.0) * v.len() as f64).ceil() as usize).clamp(1, v.len());
-    v[rank - 1]
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -165,14 +155,5 @@ mod tests {
         assert_eq!(t.split_summary(), "k=4x2");
         assert_eq!(t.error_summary(), "deadline_missed:1 overloaded:1");
         assert_eq!(t.latency_quantile(0.5), 50.0);
-    }
-
-    #[test]
-    fn quantiles_are_nearest_rank() {
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        assert_eq!(quantile(&v, 0.5), 50.0);
-        assert_eq!(quantile(&v, 0.95), 95.0);
-        assert_eq!(quantile(&v, 0.99), 99.0);
-        assert!(quantile(&[], 0.5).is_nan());
     }
 }

@@ -168,11 +168,9 @@ pub(super) async fn run(args: DeviceArgs, setup: Setup) -> Result<()> {
     let elapsed = start.elapsed().as_secs_f64();
     let line = {
         let s = summary.lock().unwrap_or_else(|p| p.into_inner());
-        let mut sorted = s.total_ms.clone();
-        sorted.sort_by(f64::total_cmp);
         let quantile = |q: f64| {
-            let n = sorted.len();
-            (n > 0).then(|| sorted[((q * n as f64).ceil() as usize).clamp(1, n) - 1])
+            let v = collab_core::cost::quantile(&s.total_ms, q);
+            v.is_finite().then_some(v)
         };
         json!({
             "device": id, "done": true, "requests": args.images, "ok": s.ok,

@@ -68,17 +68,33 @@ impl<B: Backend> Resident<B> {
         let mut total = 0u64;
         let mut layers = Vec::with_capacity(file.geometry().layers);
         for l in 0..file.geometry().layers {
-            let mut bytes = 0;
-            let norm1 = norm(backend, file, &format!("layer.{l}.norm1"), eps, &mut bytes)?;
-            let norm2 = norm(backend, file, &format!("layer.{l}.norm2"), eps, &mut bytes)?;
-            let (proj_bias, a) = tensor(backend, file, &format!("layer.{l}.proj.bias"))?;
-            let (fc2_bias, b) = tensor(backend, file, &format!("layer.{l}.fc2.bias"))?;
-            bytes += a + b;
+            let r = file.read_layer_resident(l)?;
+            let bytes = 4 * [
+                &r.norm1_gamma,
+                &r.norm1_beta,
+                &r.norm2_gamma,
+                &r.norm2_beta,
+                &r.proj_bias,
+                &r.fc2_bias,
+            ]
+            .iter()
+            .map(|v| v.len() as u64)
+            .sum::<u64>();
+            let d = r.proj_bias.len();
+            let vec = |v: Vec<f32>| backend.from_vec(v, &[d]);
             layers.push(LayerTensors {
-                norm1,
-                norm2,
-                proj_bias,
-                fc2_bias,
+                norm1: LayerNorm {
+                    gamma: vec(r.norm1_gamma)?,
+                    beta: vec(r.norm1_beta)?,
+                    eps: r.eps,
+                },
+                norm2: LayerNorm {
+                    gamma: vec(r.norm2_gamma)?,
+                    beta: vec(r.norm2_beta)?,
+                    eps: r.eps,
+                },
+                proj_bias: vec(r.proj_bias)?,
+                fc2_bias: vec(r.fc2_bias)?,
                 held: meter.hold(bytes),
             });
         }

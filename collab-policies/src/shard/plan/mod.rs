@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::importance::ImportanceTable;
 use super::{FIDELITIES, Fidelity, ShardGeometry, ShardKey};
+use collab_core::cost::{CostModel, Workload};
 use collab_core::{Error, Result};
 
 pub use planner::plan;
@@ -56,6 +57,36 @@ pub struct ComputeCosts {
 }
 
 impl ComputeCosts {
+    /// The costs of one request of `tokens` tokens as `cost` predicts them: the embedding
+    /// ([`Workload::Embed`]), the head ([`Workload::Head`]) and one shard at each fidelity
+    /// ([`Workload::Shard`]), batch 1. A measured profile of this device, or one scaled to a
+    /// slower phone ([`collab_core::cost::Scaled`]), plans alike. `per_layer_s` and
+    /// `working_bytes` are not workloads of the cost model and are passed through.
+    ///
+    /// # Errors
+    /// [`collab_core::Error::NoPrediction`] for a stage the model has no data for.
+    pub fn from_cost_model(
+        cost: &dyn CostModel,
+        tokens: usize,
+        per_layer_s: f64,
+        working_bytes: u64,
+    ) -> Result<Self> {
+        let mut per_shard_s = [0.0; 7];
+        for f in FIDELITIES {
+            per_shard_s[f.index()] = cost.seconds(&Workload::Shard {
+                bits: f.bits(),
+                tokens,
+            })?;
+        }
+        Ok(Self {
+            embed_s: cost.seconds(&Workload::Embed { batch: 1, tokens })?,
+            head_s: cost.seconds(&Workload::Head { batch: 1, tokens })?,
+            per_layer_s,
+            per_shard_s,
+            working_bytes,
+        })
+    }
+
     /// Compute time of one layer running `shards` (`C_l = per_layer_s + Σ per_shard_s[f]`).
     pub fn layer_s(&self, shards: &[(usize, Fidelity)]) -> f64 {
         self.per_layer_s
@@ -199,6 +230,19 @@ impl Plan {
                 let p = t;
                 t += compute.layer_s(shards);
                 p
+            })
+            .collect()
+    }
+
+    /// The preloaded shards with the fidelity the plan runs them at (what
+    /// `Executor::set_preload` takes).
+    pub fn preloaded(&self) -> Vec<(ShardKey, Fidelity)> {
+        self.preload
+            .iter()
+            .filter_map(|k| {
+                let shards = self.layers.get(k.layer)?;
+                let &(_, f) = shards.iter().find(|(s, _)| *s == k.shard)?;
+                Some((*k, f))
             })
             .collect()
     }

@@ -318,3 +318,97 @@ fn invalid_inputs_are_typed_errors() {
         assert_eq!(got, *expected, "case {i}");
     }
 }
+
+#[test]
+fn compute_costs_come_from_a_cost_model_and_scale_with_it() {
+    use collab_core::cost::{MeasuredProfile, ProfilePoint, Scaled};
+    let mut points = vec![
+        ProfilePoint {
+            work: Workload::Embed {
+                batch: 1,
+                tokens: 20,
+            },
+            seconds: 0.001,
+        },
+        ProfilePoint {
+            work: Workload::Head {
+                batch: 1,
+                tokens: 20,
+            },
+            seconds: 0.0005,
+        },
+    ];
+    for f in FIDELITIES {
+        points.push(ProfilePoint {
+            work: Workload::Shard {
+                bits: f.bits(),
+                tokens: 20,
+            },
+            seconds: 1e-3 * f64::from(f.bits()),
+        });
+    }
+    let measured = MeasuredProfile {
+        backend: "test".into(),
+        model: "m".into(),
+        layers: 2,
+        points,
+    };
+    let c = ComputeCosts::from_cost_model(&measured, 20, 0.0002, 99).expect("measured");
+    assert_eq!(
+        (c.embed_s, c.head_s, c.per_layer_s, c.working_bytes),
+        (0.001, 0.0005, 0.0002, 99)
+    );
+    assert_eq!(c.per_shard_s[Fidelity::Bits(4).index()], 0.004);
+    assert_eq!(c.per_shard_s[Fidelity::F32.index()], 0.032);
+    let slow = Scaled {
+        inner: std::sync::Arc::new(measured),
+        factor: 2.0,
+        label: "x2".into(),
+    };
+    let s = ComputeCosts::from_cost_model(&slow, 20, 0.0002, 99).expect("scaled");
+    assert_eq!(s.per_shard_s[Fidelity::Bits(4).index()], 0.008);
+    assert!(ComputeCosts::from_cost_model(&RooflineLess, 20, 0.0, 0).is_err());
+}
+
+/// A cost model with no data at all.
+#[derive(Debug)]
+struct RooflineLess;
+
+impl collab_core::cost::CostModel for RooflineLess {
+    fn name(&self) -> String {
+        "none".into()
+    }
+
+    fn seconds(&self, work: &Workload) -> collab_core::Result<f64> {
+        Err(Error::NoPrediction {
+            model: self.name(),
+            workload: work.to_string(),
+            reason: "no data".into(),
+        })
+    }
+}
+
+#[test]
+fn preloaded_pairs_each_preloaded_shard_with_its_planned_fidelity() {
+    let p = Plan {
+        layers: vec![
+            vec![(0, Fidelity::Bits(4)), (2, Fidelity::F32)],
+            vec![(1, Fidelity::Bits(2))],
+        ],
+        preload: vec![
+            ShardKey { layer: 0, shard: 0 },
+            ShardKey { layer: 0, shard: 2 },
+        ],
+        start_s: 0.0,
+        predicted_latency_s: 0.0,
+        importance: 0.0,
+        peak_bytes: 0,
+    };
+    assert_eq!(
+        p.preloaded(),
+        vec![
+            (ShardKey { layer: 0, shard: 0 }, Fidelity::Bits(4)),
+            (ShardKey { layer: 0, shard: 2 }, Fidelity::F32)
+        ]
+    );
+}

@@ -2,7 +2,8 @@
 
 use anyhow::Result;
 use collab_backends::candle::CandleBackend;
-use collab_core::cost::{median, time_median};
+use collab_core::Backend;
+use collab_core::cost::{MeasuredProfile, ProfilePoint, Workload, median, quantile, time_median};
 use collab_core::model::Input;
 use collab_policies::shard::exec::{ExecConfig, Executor, ShardCache};
 use collab_policies::shard::meter::{peak_rss_bytes, reset_peak_rss};
@@ -11,26 +12,42 @@ use collab_policies::shard::{FIDELITIES, Fidelity, ShardKey};
 
 type Be = CandleBackend;
 
-/// Times the stages of `input` with the executor's own code: the embedding, a layer with no
-/// shard, a layer with every shard at each fidelity (per shard = the difference / shards),
-/// the head; and the weight bytes one layer's compute holds besides its shard bytes.
+/// Times the stages of `input` with the executor's own code, as a measured cost profile of
+/// this device: the embedding, the head, and one shard at each fidelity (a layer with every
+/// shard at that fidelity, less a layer with none, over the shard count). The planner's costs
+/// are read back through the `CostModel` trait, with the shard-less layer time and the weight
+/// bytes one layer's compute holds besides its shard bytes.
 pub(crate) fn compute_costs(
     exec: &Executor<Be>,
     cache: &ShardCache,
     input: &Input<Be>,
     reps: usize,
-) -> Result<ComputeCosts> {
+) -> Result<(MeasuredProfile, ComputeCosts)> {
+    let be = exec.backend();
     let g = exec.file().geometry().clone();
-    let embed_s = time_median(reps, || exec.embed(input))?;
     let h = exec.embed(input)?;
+    let tokens = h.dims3(be)?.1;
+    let point = |work, seconds| ProfilePoint { work, seconds };
+    let mut points = vec![
+        point(
+            Workload::Embed { batch: 1, tokens },
+            time_median(reps, || exec.embed(input))?,
+        ),
+        point(
+            Workload::Head { batch: 1, tokens },
+            time_median(reps, || exec.head(&h))?,
+        ),
+    ];
     let per_layer_s = time_median(reps, || exec.layer_from_cache(0, &[], cache, h.clone()))?;
-    let mut per_shard_s = [0.0; 7];
     for f in FIDELITIES {
         let shards: Vec<_> = (0..g.heads).map(|s| (s, f)).collect();
         let t = time_median(reps, || exec.layer_from_cache(0, &shards, cache, h.clone()))?;
-        per_shard_s[f.index()] = ((t - per_layer_s) / g.heads as f64).max(0.0);
+        let bits = f.bits();
+        points.push(point(
+            Workload::Shard { bits, tokens },
+            ((t - per_layer_s) / g.heads as f64).max(0.0),
+        ));
     }
-    let head_s = time_median(reps, || exec.head(&h))?;
     // Working set: the peak of one layer's compute over what is held before it, plus the
     // embedding's rows (held while it runs).
     let meter = exec.meter();
@@ -42,13 +59,15 @@ pub(crate) fn compute_costs(
     meter.reset_peak();
     exec.embed(input)?;
     let embed_work = meter.peak() - before;
-    Ok(ComputeCosts {
-        embed_s,
-        head_s,
-        per_layer_s,
-        per_shard_s,
-        working_bytes: layer_work.max(embed_work),
-    })
+    let profile = MeasuredProfile {
+        backend: be.name(),
+        model: exec.file().name().to_string(),
+        layers: g.layers,
+        points,
+    };
+    let costs =
+        ComputeCosts::from_cost_model(&profile, tokens, per_layer_s, layer_work.max(embed_work))?;
+    Ok((profile, costs))
 }
 
 /// What streaming one configuration measured over its requests.
@@ -62,6 +81,31 @@ pub(crate) struct Streamed {
     /// The most any layer started after the plan's promised start (0 without a plan).
     pub(crate) max_late_ms: f64,
     pub(crate) peak_rss_bytes: Option<u64>,
+}
+
+impl Streamed {
+    /// Nothing measured (a configuration that did not run).
+    pub(crate) fn none() -> Self {
+        Self {
+            p50_ms: f64::NAN,
+            p95_ms: f64::NAN,
+            peak_weight_bytes: 0,
+            io_bytes: 0,
+            max_wait_ms: 0.0,
+            max_late_ms: 0.0,
+            peak_rss_bytes: None,
+        }
+    }
+
+    /// A model held in memory: latencies `ms`, `weights` bytes resident, no IO.
+    pub(crate) fn resident(ms: &[f64], weights: u64) -> Self {
+        Self {
+            p50_ms: median(ms),
+            p95_ms: quantile(ms, 0.95),
+            peak_weight_bytes: weights,
+            ..Self::none()
+        }
+    }
 }
 
 /// Streams `sub` for every request (after one warm-up) with `preload` resident and a loader
@@ -102,7 +146,7 @@ pub(crate) fn stream(
     exec.set_preload(&[])?;
     Ok(Streamed {
         p50_ms: median(&lat),
-        p95_ms: super::report::p95(&lat),
+        p95_ms: quantile(&lat, 0.95),
         peak_weight_bytes: peak,
         io_bytes: io,
         max_wait_ms: wait,

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use collab_backends::candle::CandleBackend;
-use collab_core::cost::median;
 use collab_core::fixtures;
 use collab_core::model::Input;
 use collab_policies::shard::exec::{ExecConfig, Executor, ShardCache, uniform};
@@ -170,37 +169,35 @@ fn run_model(args: &Args, model: Model) -> Result<Vec<Row>> {
         hold_all as f64 / 1e6,
         args.io_mbps
     );
-    let mut tasks_list = Vec::new();
-    match model {
+    let (resident_model, tasks_list) = match model {
         Model::Minilm => {
-            let tok = fixtures::minilm(be.clone())
-                .context("run `cargo xtask fetch-models` first")?
-                .1;
-            tasks_list.push(tasks::stsb(
+            let (m, tok) =
+                fixtures::minilm(be.clone()).context("run `cargo xtask fetch-models` first")?;
+            let mut list = vec![tasks::stsb(
                 &be,
                 &tok,
                 args.stsb_profile,
                 args.stsb_test,
                 args.requests,
-            )?);
+            )?];
             if !args.no_sst2 {
                 let (t, train_acc) = tasks::sst2(&be, &tok, &scorer, &cache, args.requests)?;
                 println!(
                     "{name}: SST-2 probe trained on 400 sentences, train accuracy {train_acc:.3}"
                 );
-                tasks_list.push(t);
+                list.push(t);
             }
+            (m, list)
         }
-        Model::DeitTiny => tasks_list.push(tasks::imagenet(
-            &be,
-            args.images_profile,
-            args.images_test,
-            args.requests,
-        )?),
-    }
-    let resident_model = match model {
-        Model::Minilm => fixtures::minilm(be.clone())?.0,
-        Model::DeitTiny => fixtures::deit_tiny(be.clone())?,
+        Model::DeitTiny => (
+            fixtures::deit_tiny(be.clone())?,
+            vec![tasks::imagenet(
+                &be,
+                args.images_profile,
+                args.images_test,
+                args.requests,
+            )?],
+        ),
     };
     let mut rows = Vec::new();
     for task in &tasks_list {
@@ -262,7 +259,8 @@ fn run_task(
             Input::Images(_) => 0,
         })
         .context("no requests")?;
-    let costs = measure::compute_costs(exec, cache, longest, 9)?;
+    let (profile, costs) = measure::compute_costs(exec, cache, longest, 9)?;
+    profile.save(&dir.join(format!("profile-{}.json", task.name)))?;
     collab_core::json::save(&costs, &dir.join(format!("costs-{}.json", task.name)))?;
     let resident_bytes = exec.meter().current();
     println!(
@@ -276,26 +274,36 @@ fn run_task(
         costs.working_bytes as f64 / 1e3,
         resident_bytes as f64 / 1e3
     );
+    // Each distinct sub-model is scored once (the full model, the baselines and the plans
+    // repeat each other).
     let mut scores: HashMap<SubModelOwned, f64> = HashMap::new();
+    let mut score = |sub: &SubModelOwned| -> Result<f64> {
+        if let Some(&m) = scores.get(sub) {
+            return Ok(m);
+        }
+        let m = tasks::score(scorer, cache, sub, &task.test)?;
+        scores.insert(sub.clone(), m);
+        Ok(m)
+    };
     let full = uniform(g.layers, g.heads, Fidelity::F32);
-    let full_metric = tasks::score(scorer, cache, &full, &task.test)?;
+    let full_metric = score(&full)?;
     let mut rows = Vec::new();
     let base = Row::new(name, task.name, task.metric_name, full_metric);
-    // hold-everything: the f32 Transformer resident, no IO.
+    // hold-everything: the f32 Transformer resident, no IO (the first request warms up).
     let mut lat = Vec::new();
     for r in task.requests.iter().cycle().take(task.requests.len() + 1) {
         let t = std::time::Instant::now();
         resident_model.forward(r)?;
         lat.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    lat.remove(0);
-    rows.push(base.baseline(
+    let resident_run = measure::Streamed::resident(&lat[1..], hold_all);
+    rows.push(base.streamed(
         "hold-everything",
+        None,
+        None,
         full_metric,
-        median(&lat),
-        report::p95(&lat),
-        hold_all,
-        0,
+        &resident_run,
+        None,
     ));
     let layer_bytes = |f: Fidelity| g.heads as u64 * shard_bytes[f.index()];
     let mut baselines: Vec<(String, SubModelOwned, u64)> = vec![
@@ -319,7 +327,7 @@ fn run_task(
         ));
     }
     for (scheme, sub, buffer) in &baselines {
-        let metric = tasks::score(scorer, cache, sub, &task.test)?;
+        let metric = score(sub)?;
         let s = measure::stream(exec, sub, &[], *buffer, &task.requests, None)?;
         rows.push(base.streamed(scheme, None, None, metric, &s, None));
     }
@@ -349,27 +357,11 @@ fn run_task(
                     continue;
                 }
             };
-            let preload: Vec<(ShardKey, Fidelity)> = p
-                .preload
-                .iter()
-                .filter_map(|k| {
-                    p.layers[k.layer]
-                        .iter()
-                        .find(|(s, _)| *s == k.shard)
-                        .map(|&(_, f)| (*k, f))
-                })
-                .collect();
+            let preload = p.preloaded();
             let preload_bytes: u64 = preload.iter().map(|(_, f)| shard_bytes[f.index()]).sum();
             let buffer =
                 budget.saturating_sub(resident_bytes + preload_bytes + costs.working_bytes);
-            let metric = match scores.get(&p.layers) {
-                Some(&m) => m,
-                None => {
-                    let m = tasks::score(scorer, cache, &p.layers, &task.test)?;
-                    scores.insert(p.layers.clone(), m);
-                    m
-                }
-            };
+            let metric = score(&p.layers)?;
             let planned = p.planned_starts(&costs);
             let s = measure::stream(
                 exec,

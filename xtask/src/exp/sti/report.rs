@@ -20,26 +20,12 @@ pub(crate) struct Row {
     pub(crate) target_ms: Option<f64>,
     pub(crate) budget_mb: Option<f64>,
     pub(crate) metric: Option<f64>,
-    pub(crate) p50_ms: f64,
-    pub(crate) p95_ms: f64,
-    pub(crate) peak_weight_bytes: u64,
-    pub(crate) io_bytes: u64,
-    pub(crate) max_wait_ms: f64,
-    pub(crate) max_late_ms: f64,
-    pub(crate) peak_rss_bytes: Option<u64>,
+    /// What streaming (or running resident) measured.
+    pub(crate) run: Streamed,
     pub(crate) predicted_ms: Option<f64>,
     pub(crate) shards: Option<usize>,
     pub(crate) mean_bits: Option<f64>,
     pub(crate) note: String,
-}
-
-/// The 95th percentile (nearest rank) of `ms`.
-pub(crate) fn p95(ms: &[f64]) -> f64 {
-    let mut v = ms.to_vec();
-    v.sort_by(f64::total_cmp);
-    v.get(((v.len() as f64 * 0.95).ceil() as usize).saturating_sub(1))
-        .copied()
-        .unwrap_or(f64::NAN)
 }
 
 impl Row {
@@ -53,37 +39,11 @@ impl Row {
             target_ms: None,
             budget_mb: None,
             metric: None,
-            p50_ms: f64::NAN,
-            p95_ms: f64::NAN,
-            peak_weight_bytes: 0,
-            io_bytes: 0,
-            max_wait_ms: 0.0,
-            max_late_ms: 0.0,
-            peak_rss_bytes: None,
+            run: Streamed::none(),
             predicted_ms: None,
             shards: None,
             mean_bits: None,
             note: String::new(),
-        }
-    }
-
-    pub(crate) fn baseline(
-        &self,
-        scheme: &str,
-        metric: f64,
-        p50: f64,
-        p95: f64,
-        weights: u64,
-        io: u64,
-    ) -> Self {
-        Self {
-            scheme: scheme.into(),
-            metric: Some(metric),
-            p50_ms: p50,
-            p95_ms: p95,
-            peak_weight_bytes: weights,
-            io_bytes: io,
-            ..self.clone()
         }
     }
 
@@ -114,13 +74,7 @@ impl Row {
             target_ms,
             budget_mb,
             metric: Some(metric),
-            p50_ms: s.p50_ms,
-            p95_ms: s.p95_ms,
-            peak_weight_bytes: s.peak_weight_bytes,
-            io_bytes: s.io_bytes,
-            max_wait_ms: s.max_wait_ms,
-            max_late_ms: s.max_late_ms,
-            peak_rss_bytes: s.peak_rss_bytes,
+            run: s.clone(),
             predicted_ms: plan.map(|p| p.predicted_latency_s * 1e3),
             shards,
             mean_bits,
@@ -179,12 +133,12 @@ pub(crate) fn print(rows: &[Row]) {
             opt(r.budget_mb, 1),
             opt(r.metric, 4),
             opt(r.drop(), 4),
-            r.p50_ms,
-            r.p95_ms,
-            r.peak_weight_bytes as f64 / 1e6,
-            r.io_bytes as f64 / 1e6,
-            r.max_wait_ms,
-            r.max_late_ms,
+            r.run.p50_ms,
+            r.run.p95_ms,
+            r.run.peak_weight_bytes as f64 / 1e6,
+            r.run.io_bytes as f64 / 1e6,
+            r.run.max_wait_ms,
+            r.run.max_late_ms,
             r.shards.map_or("-".into(), |n| n.to_string()),
             opt(r.mean_bits, 1),
         );
@@ -209,13 +163,13 @@ pub(crate) fn write(dir: &Path, rows: &[Row]) -> Result<()> {
             opt(r.metric, 6),
             r.full_metric,
             opt(r.drop(), 6),
-            r.p50_ms,
-            r.p95_ms,
-            r.peak_weight_bytes,
-            r.io_bytes,
-            r.max_wait_ms,
-            r.max_late_ms,
-            r.peak_rss_bytes.map_or("-".into(), |b| b.to_string()),
+            r.run.p50_ms,
+            r.run.p95_ms,
+            r.run.peak_weight_bytes,
+            r.run.io_bytes,
+            r.run.max_wait_ms,
+            r.run.max_late_ms,
+            r.run.peak_rss_bytes.map_or("-".into(), |b| b.to_string()),
             opt(r.predicted_ms, 3),
             r.shards.map_or("-".into(), |n| n.to_string()),
             opt(r.mean_bits, 3),
@@ -236,7 +190,7 @@ pub(crate) fn write(dir: &Path, rows: &[Row]) -> Result<()> {
                 points: rows
                     .iter()
                     .filter(|r| r.task == task && r.target_ms == Some(t))
-                    .filter_map(|r| r.metric.map(|m| (r.peak_weight_bytes as f64 / 1e6, m)))
+                    .filter_map(|r| r.metric.map(|m| (r.run.peak_weight_bytes as f64 / 1e6, m)))
                     .collect(),
             })
             .collect();
@@ -245,7 +199,7 @@ pub(crate) fn write(dir: &Path, rows: &[Row]) -> Result<()> {
             points: rows
                 .iter()
                 .filter(|r| r.task == task && r.scheme.starts_with("pipeline"))
-                .filter_map(|r| r.metric.map(|m| (r.peak_weight_bytes as f64 / 1e6, m)))
+                .filter_map(|r| r.metric.map(|m| (r.run.peak_weight_bytes as f64 / 1e6, m)))
                 .collect(),
         });
         let model = rows.first().map_or("", |r| r.model.as_str());
@@ -273,12 +227,12 @@ fn chosen(rows: &[Row], model: &str, task: &str, target: f64) -> Option<Row> {
                 && r.metric.is_some()
         })
         .collect();
-    let in_time = |r: &&&Row| r.p95_ms <= target;
+    let in_time = |r: &&&Row| r.run.p95_ms <= target;
     let good = sti
         .iter()
         .filter(in_time)
         .filter(|r| r.drop().is_some_and(|d| d <= 0.01))
-        .min_by_key(|r| r.peak_weight_bytes);
+        .min_by_key(|r| r.run.peak_weight_bytes);
     let best = |v: &mut dyn Iterator<Item = &&Row>| {
         v.max_by(|a, b| a.metric.unwrap_or(0.0).total_cmp(&b.metric.unwrap_or(0.0)))
             .map(|r| (*r).clone())
@@ -309,15 +263,16 @@ pub(crate) fn summary(rows: &[Row], targets: &[f64], headline_ms: f64) {
         };
         for &t in targets {
             if let Some(r) = chosen(rows, model, task, t) {
-                let ratio = resident.peak_weight_bytes as f64 / r.peak_weight_bytes.max(1) as f64;
+                let ratio =
+                    resident.run.peak_weight_bytes as f64 / r.run.peak_weight_bytes.max(1) as f64;
                 println!(
                     "{model} {task} target={t:.0}ms budget={}MB metric={} drop={} p50={:.1}ms p95={:.1}ms weights={:.2}MB mem_ratio={ratio:.1}",
                     opt(r.budget_mb, 1),
                     opt(r.metric, 4),
                     opt(r.drop(), 4),
-                    r.p50_ms,
-                    r.p95_ms,
-                    r.peak_weight_bytes as f64 / 1e6
+                    r.run.p50_ms,
+                    r.run.p95_ms,
+                    r.run.peak_weight_bytes as f64 / 1e6
                 );
                 let is_head = (model == "minilm" && task == "stsb") || headline.is_none();
                 if (t - headline_ms).abs() < 1e-9 && is_head {
