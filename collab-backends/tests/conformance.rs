@@ -12,3 +12,9 @@ backend_conformance!(
 
 #[cfg(feature = "candle")]
 backend_conformance!(candle_cpu, collab_backends::candle::CandleBackend::cpu());
+
+#[cfg(feature = "candle")]
+backend_conformance!(
+    candle_autograd,
+    collab_backends::candle::CandleBackend::differentiable()
+);

@@ -281,3 +281,74 @@ pub fn minilm<B: crate::Backend>(
     let tokenizer = crate::input::SentenceTokenizer::from_file(&dir.join("tokenizer.json"), 512)?;
     Ok((model, tokenizer))
 }
+
+/// One 8 x 8 handwritten digit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Digit {
+    /// Grey levels `0..=16`, row-major, ink high.
+    pub pixels: [u8; 64],
+    /// The digit `0..=9`.
+    pub label: usize,
+}
+
+/// The 1797 digits of `digits/digits.csv.gz` (scikit-learn's copy of the UCI optical
+/// digits): 64 pixel columns `0..=16` then the label `0..=9`, one row per line, no header.
+///
+/// # Errors
+/// [`Error::MissingFile`]; [`Error::Io`] if the file does not decompress;
+/// [`Error::BadFile`] naming the row that does not parse or is out of range.
+pub fn digits() -> Result<Vec<Digit>> {
+    use std::io::Read;
+    let path = fixture("digits/digits.csv.gz")?;
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(file)
+        .read_to_string(&mut text)
+        .map_err(|e| Error::io(&path, e))?;
+    let bad = |row: usize, message: String| Error::BadFile {
+        path: path.clone(),
+        message: format!("row {row}: {message}"),
+    };
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let row = i + 1;
+        let values = line
+            .split(',')
+            .map(|v| {
+                let v = v.trim();
+                // Some copies write the integers as floats (`16.0`).
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.fract() == 0.0 && (0.0..=255.0).contains(x))
+                    .map(|x| x as u8)
+                    .ok_or_else(|| bad(row, format!("`{v}` is not a small whole number")))
+            })
+            .collect::<Result<Vec<u8>>>()?;
+        if values.len() != 65 {
+            return Err(bad(
+                row,
+                format!("{} columns, expected 64 pixels and a label", values.len()),
+            ));
+        }
+        let mut pixels = [0u8; 64];
+        pixels.copy_from_slice(&values[..64]);
+        if let Some(p) = pixels.iter().find(|&&p| p > 16) {
+            return Err(bad(row, format!("pixel value {p} outside 0..=16")));
+        }
+        let label = usize::from(values[64]);
+        if label > 9 {
+            return Err(bad(row, format!("label {label} outside 0..=9")));
+        }
+        out.push(Digit { pixels, label });
+    }
+    if out.is_empty() {
+        return Err(Error::BadFile {
+            path,
+            message: "no digits in the file".into(),
+        });
+    }
+    Ok(out)
+}

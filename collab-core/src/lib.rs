@@ -6,6 +6,8 @@
 //! - [`model`]: one generic Transformer (ViT/DeiT and BERT) written once against `Backend`,
 //!   with split execution (`embed`, `run_blocks`, `head`) and safetensors loading;
 //! - [`token`]: the `TokenAdapter` hook points inside each block;
+//! - [`adaptive`]: serving by token adaptation (SPEC §4): queries, batches, token profiles and
+//!   the `BatchFormer` and `TokenAllocator` traits;
 //! - [`split`]: the `ActivationCodec` and `SplitStrategy` traits of split inference;
 //! - [`graph`]: the two-level IR of a LLaMA-style decoder (layer graph lowered to an operator
 //!   graph with FLOPs, bytes and data movement) that operator placement plans over (SPEC §7);
@@ -17,6 +19,7 @@
 //!
 //! collab-core depends on no backend, no transport and no async runtime.
 
+pub mod adaptive;
 mod backend;
 pub mod batch;
 pub mod cost;

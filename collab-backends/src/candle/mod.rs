@@ -5,7 +5,13 @@
 //! (`permute`, `narrow`) are lazy views; [`Backend::matmul`] makes an operand contiguous only
 //! when gemm cannot read its strides, so transposed operands (`k^T` in attention, `w^T` in a
 //! linear layer) cost no copy.
+//!
+//! [`CandleBackend::differentiable`] is the same backend with every primitive composed of
+//! candle operations that support backpropagation (see [`autograd`]), for prompt learning
+//! (SPEC §4): the default CPU paths (fused attention on host buffers, candle-nn's softmax and
+//! norms) have no backward pass.
 
+mod autograd;
 mod cpu_attention;
 
 use candle_core::{D, DType, Device, Tensor};
@@ -15,19 +21,39 @@ use collab_core::{Backend, Error, Result, shape};
 #[derive(Clone, Debug)]
 pub struct CandleBackend {
     device: Device,
+    differentiable: bool,
 }
 
 impl CandleBackend {
     /// The CPU backend. Its thread count follows candle (`RAYON_NUM_THREADS`, else all cores).
     pub fn cpu() -> Self {
-        Self {
-            device: Device::Cpu,
-        }
+        Self::on(Device::Cpu)
     }
 
     /// A backend on an explicit candle device.
     pub fn on(device: Device) -> Self {
-        Self { device }
+        Self {
+            device,
+            differentiable: false,
+        }
+    }
+
+    /// The CPU backend whose every primitive supports candle's autograd (see `autograd.rs`):
+    /// layer norm and RMS norm are composed of differentiable candle operations, softmax has an
+    /// explicit backward pass, attention always takes the composed path (never the fused host
+    /// kernel, which would cut the graph), and a linear layer whose weights are plain tensors
+    /// (not `Var`s, nor computed from them) skips their gradient. Same values as
+    /// [`CandleBackend::cpu`] up to f32 rounding; slower. Used to train prompts (SPEC §4).
+    pub fn differentiable() -> Self {
+        Self {
+            device: Device::Cpu,
+            differentiable: true,
+        }
+    }
+
+    /// Whether gradients flow through every primitive (see [`CandleBackend::differentiable`]).
+    pub fn is_differentiable(&self) -> bool {
+        self.differentiable
     }
 }
 
@@ -95,6 +121,7 @@ impl Backend for CandleBackend {
 
     fn name(&self) -> String {
         match self.device {
+            Device::Cpu if self.differentiable => "candle-cpu-autograd".into(),
             Device::Cpu => "candle-cpu".into(),
             _ => format!("candle-{:?}", self.device.location()),
         }
@@ -321,6 +348,33 @@ impl Backend for CandleBackend {
         a.matmul(&b).map_err(err("matmul"))
     }
 
+    fn linear(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let frozen = !w.track_op() && !bias.is_some_and(Tensor::track_op);
+        if self.differentiable && frozen {
+            let (xd, wd) = (x.dims(), w.dims());
+            let fits = wd.len() == 2
+                && xd.len() >= 2
+                && xd[xd.len() - 1] == wd[1]
+                && bias.is_none_or(|b| b.dims() == [wd[0]]);
+            if !fits {
+                return Err(Error::shape(
+                    "linear",
+                    format!(
+                        "x {xd:?}, w {wd:?}, bias {:?} are not [.., k], [n, k], [n]",
+                        bias.map(Tensor::dims)
+                    ),
+                ));
+            }
+            return autograd::frozen_linear(x, w, bias).map_err(err("linear"));
+        }
+        // The trait's default: x w^T (+ b).
+        let y = self.matmul(x, &self.permute(w, &[1, 0])?)?;
+        match bias {
+            Some(b) => self.add(&y, b),
+            None => Ok(y),
+        }
+    }
+
     fn softmax_last(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let x = match bias {
             Some(b) => {
@@ -336,6 +390,9 @@ impl Backend for CandleBackend {
         };
         if x.rank() == 0 {
             return Err(Error::shape("softmax_last", "a scalar has no last dim"));
+        }
+        if self.differentiable {
+            return autograd::softmax_last_tracked(&x).map_err(err("softmax_last"));
         }
         candle_nn::ops::softmax_last_dim(&x.contiguous().map_err(err("softmax_last"))?)
             .map_err(err("softmax_last"))
@@ -357,6 +414,9 @@ impl Backend for CandleBackend {
                 ),
             ));
         }
+        if self.differentiable {
+            return autograd::layer_norm(x, gamma, beta, eps).map_err(err("layer_norm"));
+        }
         let x = x.contiguous().map_err(err("layer_norm"))?;
         candle_nn::ops::layer_norm(&x, gamma, beta, eps).map_err(err("layer_norm"))
     }
@@ -375,6 +435,9 @@ impl Backend for CandleBackend {
                     x.dims()
                 ),
             ));
+        }
+        if self.differentiable {
+            return autograd::rms_norm(x, gamma, eps).map_err(err("rms_norm"));
         }
         let x = x.contiguous().map_err(err("rms_norm"))?;
         candle_nn::ops::rms_norm(&x, gamma, eps).map_err(err("rms_norm"))
@@ -401,7 +464,7 @@ impl Backend for CandleBackend {
                 format!("q {qd:?}, k {kd:?}, v {vd:?} must be [b,h,n,d], [b,h,m,d], [b,h,m,e]"),
             ));
         }
-        if cpu_attention::applies(q, k, v) {
+        if !self.differentiable && cpu_attention::applies(q, k, v) {
             return cpu_attention::attention(q, k, v, scale, bias);
         }
         let kt = gemm_operand(k)?.t().map_err(err("attention"))?;
