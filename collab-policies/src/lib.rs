@@ -10,10 +10,13 @@
 //! - [`operator`]: operator-level placement of an LLM between device and cloud (SPEC §7):
 //!   device presets, roofline cost models, placement plans and planners;
 //! - [`shard`]: elastic on-device execution under a memory budget (SPEC §3, STI): shards at
-//!   several fidelities in one file, importance, the pipeline planner and the streaming executor.
+//!   several fidelities in one file, importance, the pipeline planner and the streaming executor;
+//! - [`token`]: elastic serving by token adaptation (SPEC §4, OTAS): ToMe merging, prompt
+//!   tokens and their training, adaptive batching and gamma allocation.
 
 pub mod batch;
 pub mod operator;
 pub mod shard;
 pub mod split;
 pub mod svd;
+pub mod token;

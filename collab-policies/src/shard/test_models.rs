@@ -46,6 +46,14 @@ fn encoder(layers: usize, heads: usize, norm: NormPlacement) -> EncoderConfig {
 
 /// A 3-layer, 2-head ViT (d = 32, FFN 64) on 32 x 32 images.
 pub(crate) fn tiny_vit(seed: u64) -> Result<Transformer<CandleBackend>> {
+    tiny_vit_on(CandleBackend::cpu(), seed)
+}
+
+/// [`tiny_vit`] on any backend (same seed, same weights).
+pub(crate) fn tiny_vit_on<B: collab_core::Backend>(
+    backend: B,
+    seed: u64,
+) -> Result<Transformer<B>> {
     let cfg = ModelConfig::Vit(VitConfig {
         encoder: encoder(3, 2, NormPlacement::Pre),
         image_size: 32,
@@ -53,11 +61,7 @@ pub(crate) fn tiny_vit(seed: u64) -> Result<Transformer<CandleBackend>> {
         channels: 3,
         num_classes: 10,
     });
-    Transformer::new(
-        CandleBackend::cpu(),
-        cfg,
-        &AllRandom(SeededRandom::new(seed)),
-    )
+    Transformer::new(backend, cfg, &AllRandom(SeededRandom::new(seed)))
 }
 
 /// A 2-layer, 4-head BERT (d = 32, FFN 64) with a 50-token vocabulary.
