@@ -6,6 +6,7 @@ mod calibrate;
 mod collabtrans;
 mod llm_placement;
 mod net_overhead;
+mod otas;
 mod plot;
 mod profile;
 mod stats;
@@ -37,6 +38,12 @@ pub(crate) enum Exp {
     NetOverhead(net_overhead::Args),
     /// On-device elastic execution under a memory budget: STI against its baselines (SPEC §3).
     Sti(sti::Args),
+    /// Iterative prompt learning on frozen DeiT-Tiny (SPEC §4): digits and animal-vs-not tasks.
+    TokenTrain(otas::train::Args),
+    /// Accuracy and latency per gamma and batch size, and the merge schedules (SPEC §4).
+    TokenProfile(otas::ProfileArgs),
+    /// Trace-driven serving: OTAS against fixed gamma, PetS-like and model switching (SPEC §4).
+    Otas(otas::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -50,6 +57,9 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::LlmPlacement(a) => llm_placement::run(a),
         Exp::NetOverhead(a) => net_overhead::run(a),
         Exp::Sti(a) => sti::run(a),
+        Exp::TokenTrain(a) => otas::train::run(a),
+        Exp::TokenProfile(a) => otas::run_profile(a),
+        Exp::Otas(a) => otas::run(a),
     }
 }
 
