@@ -235,17 +235,31 @@ fn imagenet_sample() -> Result<(Vec<Vec<f32>>, Vec<usize>)> {
 /// # Errors
 /// The fixtures' errors; [`Error::InvalidInput`] unless `0 < train < 1000`.
 pub fn imagenet_animal(train: usize, seed: u64) -> Result<TaskSplit> {
-    let (images, classes) = imagenet_sample()?;
-    let data = LabelledImages {
+    imagenet_animal_from(imagenet1k()?, train, seed)
+}
+
+/// Task C from already decoded ImageNet-1k samples (as [`imagenet1k`] returns them), so a
+/// caller holding both tasks decodes the 1000 JPEGs once; the same split as
+/// [`imagenet_animal`] for the same `train` and `seed`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] unless `0 < train < len`.
+pub fn imagenet_animal_from(
+    imagenet: LabelledImages,
+    train: usize,
+    seed: u64,
+) -> Result<TaskSplit> {
+    LabelledImages {
         name: "imagenet-animal".into(),
         classes: 2,
-        images,
-        labels: classes
+        labels: imagenet
+            .labels
             .iter()
             .map(|&c| usize::from(c < ANIMAL_CLASSES))
             .collect(),
-    };
-    data.split(train, seed)
+        images: imagenet.images,
+    }
+    .split(train, seed)
 }
 
 /// Task A: ImageNet-1k on the 1000 sample images (one per class), served with the checkpoint's

@@ -47,17 +47,7 @@ impl TaskData {
         let digits = tasks::digits(DIGITS_TRAIN, SPLIT_SEED)?;
         // The animal task relabels the same 1000 images: decode them once.
         let imagenet = tasks::imagenet1k()?;
-        let animal = LabelledImages {
-            name: "imagenet-animal".into(),
-            classes: 2,
-            images: imagenet.images.clone(),
-            labels: imagenet
-                .labels
-                .iter()
-                .map(|&c| usize::from(c < tasks::ANIMAL_CLASSES))
-                .collect(),
-        }
-        .split(ANIMAL_TRAIN, SPLIT_SEED)?;
+        let animal = tasks::imagenet_animal_from(imagenet.clone(), ANIMAL_TRAIN, SPLIT_SEED)?;
         Ok(Self {
             test: vec![imagenet, digits.test, animal.test],
             train: vec![None, Some(digits.train), Some(animal.train)],

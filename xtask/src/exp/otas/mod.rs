@@ -29,7 +29,7 @@ use collab_policies::token::batching::{AdaptiveBatcher, BatchingParams};
 use collab_policies::token::fixed::FixedGamma;
 use collab_policies::token::load_rule::{LoadRule, RateTable};
 use collab_policies::token::repo::PromptRepository;
-use collab_policies::token::serve::{ServeConfig, serve};
+use collab_policies::token::serve::{BatchExecutor, ServeConfig, serve};
 
 use backbone::{Backbone, TaskData, repo_dir};
 use profile::SavedProfile;
@@ -202,30 +202,22 @@ pub(crate) fn run(args: Args) -> Result<()> {
             };
             let config = ServeConfig::default();
             let started = std::time::Instant::now();
-            let (log, load_seconds) = if *scheme == Scheme::Switching {
+            let (mut switching, mut plain) = (None, None);
+            let ex: &mut dyn BatchExecutor = if *scheme == Scheme::Switching {
                 switcher.reset(args.seed);
-                let mut ex = SwitchingExecutor::new(exec, &mut switcher);
-                let log = serve(
-                    &work.queries,
-                    &mut former,
-                    allocator.as_mut(),
-                    profile,
-                    &mut ex,
-                    &config,
-                )?;
-                (log, ex.load_seconds)
+                switching.insert(SwitchingExecutor::new(exec, &mut switcher))
             } else {
-                let mut ex = exec;
-                let log = serve(
-                    &work.queries,
-                    &mut former,
-                    allocator.as_mut(),
-                    profile,
-                    &mut ex,
-                    &config,
-                )?;
-                (log, 0.0)
+                plain.insert(exec)
             };
+            let log = serve(
+                &work.queries,
+                &mut former,
+                allocator.as_mut(),
+                profile,
+                ex,
+                &config,
+            )?;
+            let load_seconds = switching.map_or(0.0, |s| s.load_seconds);
             // Every query ends in exactly one outcome.
             let mut ids: Vec<u64> = log.outcomes.iter().map(|(q, _)| q.id).collect();
             ids.sort_unstable();
