@@ -137,6 +137,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         }
     }
 
+    /// The weight `[out, in]` of a linear layer, built from row-major `data`, in the form this
+    /// backend's [`Backend::linear`] wants it. Models build every linear layer's weight with
+    /// this (never with `from_vec`), so a backend may pack it: quantise it to 8 or 4 bits,
+    /// pre-transpose it. The result must still behave as a tensor of (approximately) these
+    /// values in every other primitive, and its precision is the backend's to state. The
+    /// default is [`Backend::from_vec`].
+    ///
+    /// # Errors
+    /// As `from_vec`: `data.len()` must equal the shape's product, and `shape` must be 2-D.
+    fn linear_weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<Self::Tensor> {
+        self.from_vec(data, shape)
+    }
+
     // ----- neural-network primitives -----
 
     /// Softmax over the last dimension of `x + bias`, with `bias` broadcast to `x` (attention
@@ -230,6 +243,57 @@ pub mod shape {
             };
         }
         Ok(out)
+    }
+
+    /// Checks that `[.., m, k] x [.., k, n]` is a valid `matmul`: ranks at least 2, inner sizes
+    /// equal, leading dimensions equal unless the right operand is 2-D.
+    pub fn matmul(a: &[usize], b: &[usize]) -> Result<()> {
+        let ok = a.len() >= 2
+            && b.len() >= 2
+            && a[a.len() - 1] == b[b.len() - 2]
+            && (b.len() == 2 || a[..a.len() - 2] == b[..b.len() - 2]);
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                "matmul",
+                format!("cannot multiply {a:?} by {b:?}"),
+            ))
+        }
+    }
+
+    /// Checks that `q`, `k`, `v` are `[b, h, n, d]`, `[b, h, m, d]`, `[b, h, m, e]`.
+    pub fn attention(q: &[usize], k: &[usize], v: &[usize]) -> Result<()> {
+        let ok = q.len() == 4
+            && k.len() == 4
+            && v.len() == 4
+            && q[..2] == k[..2]
+            && k[..3] == v[..3]
+            && q[3] == k[3];
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                "attention",
+                format!("q {q:?}, k {k:?}, v {v:?} must be [b,h,n,d], [b,h,m,d], [b,h,m,e]"),
+            ))
+        }
+    }
+
+    /// Checks the shape of a gather/scatter index `idx` against the indexed tensor's `dims`
+    /// along `dim`: a valid `dim`, the same rank, and no larger outside `dim`. (The index
+    /// values are the backend's to check.)
+    pub fn gather_index(op: &'static str, dims: &[usize], dim: usize, idx: &[usize]) -> Result<()> {
+        check_dim(op, dims, dim)?;
+        let fits = idx.len() == dims.len() && (0..idx.len()).all(|d| d == dim || idx[d] <= dims[d]);
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                op,
+                format!("indices {idx:?} do not fit tensor {dims:?} along dim {dim}"),
+            ))
+        }
     }
 
     /// Checks that `dim` is a valid dimension of a tensor of rank `rank`.

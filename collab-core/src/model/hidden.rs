@@ -97,3 +97,72 @@ impl<B: Backend> Hidden<B> {
         Ok(b * n * d * 4)
     }
 }
+
+/// Hidden states in host memory, between two backends: what one side of a split hands to the
+/// other (the device's backend and the cloud's need not be the same kind).
+///
+/// Invariant (checked by [`Hidden::to_host`] and [`HostHidden::to_backend`]): `x` holds
+/// `batch * tokens * hidden` values, and `mask` and `sizes`, when present, `batch * tokens`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostHidden {
+    /// `[batch, tokens, hidden]`.
+    pub dims: [usize; 3],
+    /// The values, row-major.
+    pub x: Vec<f32>,
+    /// Padding mask `[batch, tokens]`.
+    pub mask: Option<Vec<f32>>,
+    /// Token sizes `[batch, tokens]`.
+    pub sizes: Option<Vec<f32>>,
+    /// Leading tokens that adapters must not remove or merge.
+    pub protected: usize,
+}
+
+impl<B: Backend> Hidden<B> {
+    /// Copies the hidden states to host memory.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if `x` is not 3-D or a mask or size tensor does not have `batch *
+    /// tokens` values; backend errors.
+    pub fn to_host(&self, backend: &B) -> Result<HostHidden> {
+        let (b, n, d) = self.dims3(backend)?;
+        let per_token = |t: &Option<B::Tensor>, what: &str| -> Result<Option<Vec<f32>>> {
+            let Some(t) = t else { return Ok(None) };
+            let v = backend.to_vec(t)?;
+            if v.len() != b * n {
+                return Err(Error::shape(
+                    "hidden",
+                    format!("{what} has {} values for {b} x {n} tokens", v.len()),
+                ));
+            }
+            Ok(Some(v))
+        };
+        Ok(HostHidden {
+            dims: [b, n, d],
+            x: backend.to_vec(&self.x)?,
+            mask: per_token(&self.mask, "mask")?,
+            sizes: per_token(&self.sizes, "sizes")?,
+            protected: self.protected,
+        })
+    }
+}
+
+impl HostHidden {
+    /// The hidden states on `backend`.
+    ///
+    /// # Errors
+    /// [`Error::Shape`] if a buffer's length does not match `dims`; backend errors.
+    pub fn to_backend<B: Backend>(&self, backend: &B) -> Result<Hidden<B>> {
+        let [b, n, _] = self.dims;
+        let per_token = |v: &Option<Vec<f32>>| -> Result<Option<B::Tensor>> {
+            v.as_ref()
+                .map(|v| backend.from_vec(v.clone(), &[b, n]))
+                .transpose()
+        };
+        Ok(Hidden {
+            x: backend.from_vec(self.x.clone(), &self.dims)?,
+            mask: per_token(&self.mask)?,
+            sizes: per_token(&self.sizes)?,
+            protected: self.protected,
+        })
+    }
+}

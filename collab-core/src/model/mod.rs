@@ -29,7 +29,7 @@ pub use config::{BertConfig, EncoderConfig, ModelConfig, NormPlacement, PRESETS,
 pub use decoder::{Decoder, KvCache};
 pub use embed::{Input, PatchEmbed, TextEmbed};
 pub use head::{ClassifierHead, MeanPoolHead};
-pub use hidden::Hidden;
+pub use hidden::{Hidden, HostHidden};
 pub use params::{LayerNorm, Linear};
 
 use block::BlockNames;

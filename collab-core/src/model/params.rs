@@ -31,7 +31,7 @@ impl<B: Backend> Linear<B> {
         )?;
         let b = src.tensor(&format!("{prefix}.bias"), &[out], Init::Zeros)?;
         Ok(Self {
-            w: backend.from_vec(w, &[out, inp])?,
+            w: backend.linear_weight(w, &[out, inp])?,
             b: Some(backend.from_vec(b, &[out])?),
         })
     }
