@@ -1,5 +1,6 @@
 //! The real checkpoints against independent float64 numpy forward passes
-//! (`../shared/fixtures/reference/*.json`).
+//! (`../shared/fixtures/reference/*.json`), on candle and, with the `tch` feature, on libtorch
+//! (same checks, same bounds).
 
 use collab_backends::candle::CandleBackend;
 use collab_backends::reference::ReferenceBackend;
@@ -17,7 +18,16 @@ fn f32s(v: &serde_json::Value) -> Vec<f32> {
 
 #[test]
 fn deit_tiny_logits_match_the_reference_on_8_images() {
-    let be = CandleBackend::cpu();
+    deit_tiny_logits_match_the_reference(CandleBackend::cpu());
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn deit_tiny_logits_match_the_reference_on_8_images_on_tch() {
+    deit_tiny_logits_match_the_reference(collab_backends::tch::TchBackend::cpu());
+}
+
+fn deit_tiny_logits_match_the_reference<B: Backend>(be: B) {
     let model = deit_tiny(be.clone()).expect("DeiT-Tiny loads");
     let (input, labels) = first_images(&be, 8).expect("images");
     let logits = be
@@ -61,6 +71,10 @@ fn deit_tiny_logits_match_the_reference_on_8_images() {
             img["file"]
         );
     }
+    println!(
+        "{}: largest logit difference {worst}, mean {mean_diff}",
+        be.name()
+    );
     // The reference decodes and resizes with PIL, we with the `image` crate: fed PIL's
     // preprocessed pixels, this model reproduces the reference logits to 2e-5 (checked while
     // writing the loader); from our own pixels the largest difference measured is 0.18 and
@@ -71,7 +85,16 @@ fn deit_tiny_logits_match_the_reference_on_8_images() {
 
 #[test]
 fn deit_tiny_on_candle_matches_the_f64_reference_backend() {
-    let cpu = CandleBackend::cpu();
+    deit_tiny_matches_the_f64_reference_backend(CandleBackend::cpu());
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn deit_tiny_on_tch_matches_the_f64_reference_backend() {
+    deit_tiny_matches_the_f64_reference_backend(collab_backends::tch::TchBackend::cpu());
+}
+
+fn deit_tiny_matches_the_f64_reference_backend<B: Backend>(cpu: B) {
     let oracle = ReferenceBackend::new();
     let (input, _) = first_images(&cpu, 2).expect("images");
     let Input::Images(x) = &input else {
@@ -96,15 +119,29 @@ fn deit_tiny_on_candle_matches_the_f64_reference_backend() {
         .zip(&want)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f32::max);
+    println!(
+        "{}: largest logit difference to the f64 backend {diff}",
+        cpu.name()
+    );
     assert!(
         diff < 2e-3,
-        "candle f32 vs reference f64: largest logit difference {diff}"
+        "{} f32 vs reference f64: largest logit difference {diff}",
+        cpu.name()
     );
 }
 
 #[test]
 fn minilm_ids_and_embeddings_match_the_reference_on_8_sentences() {
-    let be = CandleBackend::cpu();
+    minilm_ids_and_embeddings_match_the_reference(CandleBackend::cpu());
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn minilm_ids_and_embeddings_match_the_reference_on_8_sentences_on_tch() {
+    minilm_ids_and_embeddings_match_the_reference(collab_backends::tch::TchBackend::cpu());
+}
+
+fn minilm_ids_and_embeddings_match_the_reference<B: Backend>(be: B) {
     let (model, tok) = minilm(be.clone()).expect("MiniLM (run `cargo xtask fetch-models`)");
     let reference = reference_json("minilm_stsb_first8.json").expect("reference");
     let sentences = reference["sentences"].as_array().expect("sentences");

@@ -1,5 +1,6 @@
 //! Split execution: running blocks `0..k` then `k..L` equals running `0..L`, bit for bit, for
-//! every split point `k`, on batches of several requests.
+//! every split point `k`, on batches of several requests; on candle and, with the `tch`
+//! feature, on libtorch.
 
 use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
@@ -23,7 +24,16 @@ fn check_every_split<B: Backend>(model: &Transformer<B>, input: &Input<B>) {
 
 #[test]
 fn deit_tiny_split_at_every_block_is_bit_identical() {
-    let be = CandleBackend::cpu();
+    deit_tiny_split_at_every_block(CandleBackend::cpu());
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn deit_tiny_split_at_every_block_is_bit_identical_on_tch() {
+    deit_tiny_split_at_every_block(collab_backends::tch::TchBackend::cpu());
+}
+
+fn deit_tiny_split_at_every_block<B: Backend>(be: B) {
     let model = deit_tiny(be.clone()).expect("load");
     let (input, _) = first_images(&be, 3).expect("images");
     check_every_split(&model, &input);
@@ -31,7 +41,16 @@ fn deit_tiny_split_at_every_block_is_bit_identical() {
 
 #[test]
 fn minilm_split_at_every_block_is_bit_identical_with_padding() {
-    let be = CandleBackend::cpu();
+    minilm_split_at_every_block_with_padding(CandleBackend::cpu());
+}
+
+#[cfg(feature = "tch")]
+#[test]
+fn minilm_split_at_every_block_is_bit_identical_with_padding_on_tch() {
+    minilm_split_at_every_block_with_padding(collab_backends::tch::TchBackend::cpu());
+}
+
+fn minilm_split_at_every_block_with_padding<B: Backend>(be: B) {
     let (model, tok) = minilm(be).expect("MiniLM (run `cargo xtask fetch-models`)");
     let seqs = [
         "A man is playing a flute.",

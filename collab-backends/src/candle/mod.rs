@@ -7,12 +7,14 @@
 //! linear layer) cost no copy.
 //!
 //! [`CandleBackend::differentiable`] is the same backend with every primitive composed of
-//! candle operations that support backpropagation (see [`autograd`]), for prompt learning
+//! candle operations that support backpropagation (see `autograd.rs`), for prompt learning
 //! (SPEC §4): the default CPU paths (fused attention on host buffers, candle-nn's softmax and
 //! norms) have no backward pass.
 
 mod autograd;
 mod cpu_attention;
+#[cfg(feature = "arm")]
+pub mod quantized;
 
 use candle_core::{D, DType, Device, Tensor};
 use collab_core::{Backend, Error, Result, shape};
@@ -314,17 +316,8 @@ impl Backend for CandleBackend {
     }
 
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        shape::matmul(a.dims(), b.dims())?;
         let (ad, bd) = (a.dims(), b.dims());
-        let ok = ad.len() >= 2
-            && bd.len() >= 2
-            && ad[ad.len() - 1] == bd[bd.len() - 2]
-            && (bd.len() == 2 || ad[..ad.len() - 2] == bd[..bd.len() - 2]);
-        if !ok {
-            return Err(Error::shape(
-                "matmul",
-                format!("cannot multiply {ad:?} by {bd:?}"),
-            ));
-        }
         let a = gemm_operand(a)?;
         let b = gemm_operand(b)?;
         if bd.len() == 2 && ad.len() > 2 {
@@ -451,19 +444,7 @@ impl Backend for CandleBackend {
         scale: f32,
         bias: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (qd, kd, vd) = (q.dims(), k.dims(), v.dims());
-        let ok = qd.len() == 4
-            && kd.len() == 4
-            && vd.len() == 4
-            && qd[..2] == kd[..2]
-            && kd[..3] == vd[..3]
-            && qd[3] == kd[3];
-        if !ok {
-            return Err(Error::shape(
-                "attention",
-                format!("q {qd:?}, k {kd:?}, v {vd:?} must be [b,h,n,d], [b,h,m,d], [b,h,m,e]"),
-            ));
-        }
+        shape::attention(q.dims(), k.dims(), v.dims())?;
         if !self.differentiable && cpu_attention::applies(q, k, v) {
             return cpu_attention::attention(q, k, v, scale, bias);
         }
@@ -578,14 +559,6 @@ fn check_indices(op: &'static str, idx: &Tensor, bound: usize) -> Result<()> {
 
 /// Validates a gather/scatter index tensor against the indexed tensor's dims.
 fn check_gather(op: &'static str, dims: &[usize], dim: usize, idx: &Tensor) -> Result<()> {
-    shape::check_dim(op, dims, dim)?;
-    let id = idx.dims();
-    let fits = id.len() == dims.len() && (0..id.len()).all(|d| d == dim || id[d] <= dims[d]);
-    if !fits {
-        return Err(Error::shape(
-            op,
-            format!("indices {id:?} do not fit tensor {dims:?} along dim {dim}"),
-        ));
-    }
+    shape::gather_index(op, dims, dim, idx.dims())?;
     check_indices(op, idx, dims[dim])
 }

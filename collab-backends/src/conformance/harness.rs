@@ -62,6 +62,9 @@ pub(super) struct Suite<'a, B: Backend> {
     pub(super) b: &'a B,
     pub(super) r: ReferenceBackend,
     pub(super) tol: Tolerance,
+    /// The tolerance of results that go through a weight built with
+    /// [`Backend::linear_weight`] (which a backend may quantise).
+    pub(super) weight_tol: Tolerance,
     pub(super) rng: StdRng,
     pub(super) checks: usize,
     pub(super) failures: Vec<(&'static str, String)>,
@@ -70,11 +73,12 @@ pub(super) struct Suite<'a, B: Backend> {
 pub(super) type RefResult<T> = collab_core::Result<T>;
 
 impl<'a, B: Backend> Suite<'a, B> {
-    pub(super) fn new(b: &'a B, tol: Tolerance, seed: u64) -> Self {
+    pub(super) fn new(b: &'a B, tol: Tolerance, weight_tol: Tolerance, seed: u64) -> Self {
         Self {
             b,
             r: ReferenceBackend::new(),
             tol,
+            weight_tol,
             rng: StdRng::seed_from_u64(seed),
             checks: 0,
             failures: Vec::new(),

@@ -13,7 +13,7 @@
 //! | `layout`      | `reshape`, `permute`, `narrow`, `cat`, `index_narrow` |
 //! | `elementwise` | `add`, `sub`, `mul`, `div` (broadcasting), `affine`, `exp`, `log`, `sqrt`, `tanh`, `gelu_erf`, `silu` |
 //! | `reductions`  | `sum_keepdim`, `mean_keepdim`, `max_keepdim` |
-//! | `matmul`      | batched and shared-right-operand `matmul`, `linear` |
+//! | `matmul`      | batched and shared-right-operand `matmul`, `linear`, `linear` with a `linear_weight` weight |
 //! | `nn`          | `softmax_last` (no bias, broadcast bias, `-inf` masks, large logits), `layer_norm`, `rms_norm`, `attention` |
 //! | `indexing`    | `index_select`, `gather`, `index_gather`, `scatter_add` (repeated indices), `argsort_last`, `argmax_last` |
 //! | `errors`      | every primitive that takes shapes rejects invalid ones with `Err`, never a panic |
@@ -29,6 +29,20 @@
 //! arithmetic and are compared exactly, as are all indices (`argsort_last` and `argmax_last`
 //! run on inputs without near-ties: distinct values from a shuffled grid, or exact ties whose
 //! stable order is unique). NaN matches NaN and an infinity matches the same infinity.
+//!
+//! # Packed weights
+//!
+//! [`Backend::linear_weight`] may pack a weight (quantise it), so the `matmul` family also
+//! builds a weight `[n, k]` with it (`k` a multiple of 32 from 32 to 256, `n` from 1 to 48,
+//! values in `[-1, 1)`, like every input) and checks three results against the reference
+//! computed from the unrounded values, at the *weight tolerance*: `linear` with it (with and
+//! without bias; scale `sqrt(k)`), the weight read back with `to_vec` (scale 1), and `matmul`
+//! of an input with its transpose (scale `sqrt(k)`), a packed weight used outside `linear`.
+//! The weight tolerance is the macro's fourth argument, by default the value tolerance; the
+//! tolerances of the quantised backends are [`Tolerance::Q8_WEIGHTS`] and
+//! [`Tolerance::Q4_WEIGHTS`].
+//!
+//! [`Backend::linear_weight`]: collab_core::Backend::linear_weight
 //!
 //! # Errors
 //!
@@ -76,14 +90,19 @@ mod tests;
 pub use runner::{
     DEFAULT_ROUNDS, Family, ROUNDS_ENV, Report, SEED_ENV, check_all, check_creation,
     check_elementwise, check_errors, check_family, check_indexing, check_layout, check_matmul,
-    check_nn, check_reductions, check_rounds, rounds_from_env, run_test, seed_from_env_or_time,
+    check_nn, check_reductions, check_rounds, check_rounds_with, rounds_from_env, run_test,
+    run_test_with, seed_from_env_or_time,
 };
 pub use tolerance::Tolerance;
 
 /// Holds a backend to the conformance suite: `backend_conformance!(name, constructor)` (or
-/// `backend_conformance!(name, constructor, tolerance)`) expands to a module `name` with one
-/// `#[test]` per [`Family`], each running [`DEFAULT_ROUNDS`] rounds of fresh random cases
-/// against the f64 reference. The constructor is evaluated once per test.
+/// `backend_conformance!(name, constructor, tolerance)`, or
+/// `backend_conformance!(name, constructor, tolerance, weight_tolerance)`) expands to a module
+/// `name` with one `#[test]` per [`Family`], each running [`DEFAULT_ROUNDS`] rounds of fresh
+/// random cases against the f64 reference. The constructor is evaluated once per test.
+/// `weight_tolerance` (default: `tolerance`) applies to results that go through a weight
+/// built with `linear_weight`, which a backend may quantise (see "Packed weights" in the
+/// [module documentation](crate::conformance)).
 ///
 /// ```
 /// use collab_backends::backend_conformance;
@@ -99,13 +118,16 @@ macro_rules! backend_conformance {
         $crate::backend_conformance!($modname, $ctor, $crate::conformance::Tolerance::F32);
     };
     ($modname:ident, $ctor:expr, $tol:expr $(,)?) => {
+        $crate::backend_conformance!($modname, $ctor, $tol, $tol);
+    };
+    ($modname:ident, $ctor:expr, $tol:expr, $weight_tol:expr $(,)?) => {
         mod $modname {
             #[allow(unused_imports)]
             use super::*;
 
             fn run(family: $crate::conformance::Family) {
                 let backend = $ctor;
-                $crate::conformance::run_test(&backend, $tol, family);
+                $crate::conformance::run_test_with(&backend, $tol, $weight_tol, family);
             }
 
             #[test]

@@ -17,6 +17,20 @@ impl Tolerance {
         abs: 1e-4,
         rel: 1e-4,
     };
+    /// The weight tolerance of a backend with Q8_0 linear weights (and Q8_0 activations in
+    /// `linear`, as candle's CPU quantised matmul does), for inputs in `[-1, 1)`: see the
+    /// measured errors in `collab-backends/README.md`.
+    pub const Q8_WEIGHTS: Self = Self {
+        abs: 1.5e-2,
+        rel: 0.0,
+    };
+    /// The weight tolerance of a backend with Q4_0 linear weights (Q8_0 activations in
+    /// `linear`), for inputs in `[-1, 1)`: see the measured errors in
+    /// `collab-backends/README.md`.
+    pub const Q4_WEIGHTS: Self = Self {
+        abs: 2e-1,
+        rel: 0.0,
+    };
     /// Exact equality (used for layout, indexing and index results).
     pub const EXACT: Self = Self { abs: 0.0, rel: 0.0 };
 
