@@ -40,38 +40,18 @@ mod device {
     use collab_core::model::Input;
     use collab_core::{Backend, Error, Result, fixtures};
 
+    /// Split classification on the quantised device backend.
+    #[derive(clap::Parser, Debug)]
     struct Opts {
+        /// Images to classify (the first sample images).
+        #[arg(long, default_value_t = 4)]
         images: usize,
+        /// Split point: embed and blocks `0..split` on the device.
+        #[arg(long, default_value_t = 6)]
         split: usize,
+        /// Device weight precision: f32, q8 or q4.
+        #[arg(long, default_value = "q8", value_parser = |s: &str| WeightBits::parse(s).map_err(|e| e.to_string()))]
         bits: WeightBits,
-    }
-
-    fn opts() -> Result<Opts> {
-        let mut o = Opts {
-            images: 4,
-            split: 6,
-            bits: WeightBits::Q8,
-        };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        for pair in args.chunks(2) {
-            let value = pair.get(1).map(String::as_str).unwrap_or_default();
-            let count = || {
-                value
-                    .parse::<usize>()
-                    .map_err(|_| Error::Config(format!("{} wants a count, got `{value}`", pair[0])))
-            };
-            match pair[0].as_str() {
-                "--images" => o.images = count()?,
-                "--split" => o.split = count()?,
-                "--bits" => o.bits = WeightBits::parse(value)?,
-                other => {
-                    return Err(Error::Config(format!(
-                        "unknown argument `{other}` (--images N, --split K, --bits f32|q8|q4)"
-                    )));
-                }
-            }
-        }
-        Ok(o)
     }
 
     fn argmax(
@@ -82,7 +62,7 @@ mod device {
     }
 
     pub(super) fn run() -> Result<()> {
-        let o = opts()?;
+        let o = <Opts as clap::Parser>::parse();
         let dev = QuantizedCandleBackend::new(o.bits);
         let srv = QuantizedCandleBackend::new(WeightBits::F32);
         let dev_model = fixtures::deit_tiny(dev.clone())?;
@@ -107,7 +87,7 @@ mod device {
             &srv_model.forward(&Input::Images(srv.from_vec(data.clone(), &shape)?))?,
         )?;
         // Device: embed + blocks 0..k; hand over host f32 values; server: blocks k..L + head.
-        let h = dev_model.embed(&Input::Images(dev.from_vec(data, &shape)?))?;
+        let h = dev_model.embed(&Input::Images(dev.from_vec(data.clone(), &shape)?))?;
         let h = dev_model.run_blocks(h, 0..o.split)?;
         let wire = h.to_host(&dev)?;
         let h = srv_model.run_blocks(wire.to_backend(&srv)?, o.split..blocks)?;
@@ -148,10 +128,7 @@ mod device {
         } else {
             format!("native {}", std::env::consts::ARCH)
         };
-        let one = dev.from_vec(
-            load_image_batch(&ImagePreprocess::imagenet(224), &paths[..1])?,
-            &[1, 3, 224, 224],
-        )?;
+        let one = dev.from_vec(data[..3 * 224 * 224].to_vec(), &[1, 3, 224, 224])?;
         let t = Instant::now();
         let mut h = dev_model.embed(&Input::Images(one))?;
         let mut line = format!("embed {:.1}", t.elapsed().as_secs_f64() * 1e3);

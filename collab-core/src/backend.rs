@@ -245,6 +245,136 @@ pub mod shape {
         Ok(out)
     }
 
+    /// Checks that `len` host values (`what`: `values`, `indices`) fill `shape`.
+    pub fn elements(op: &'static str, len: usize, shape: &[usize], what: &str) -> Result<()> {
+        let n: usize = shape.iter().product();
+        if n == len {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                op,
+                format!("{len} {what} for shape {shape:?} ({n} elements)"),
+            ))
+        }
+    }
+
+    /// Checks that `from` and `to` hold the same number of elements.
+    pub fn reshape(from: &[usize], to: &[usize]) -> Result<()> {
+        if from.iter().product::<usize>() == to.iter().product::<usize>() {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                "reshape",
+                format!("cannot reshape {from:?} into {to:?}"),
+            ))
+        }
+    }
+
+    /// Checks that `perm` is a permutation of `0..dims.len()`.
+    pub fn permute(dims: &[usize], perm: &[usize]) -> Result<()> {
+        let rank = dims.len();
+        let mut seen = vec![false; rank];
+        let valid = perm.len() == rank
+            && perm
+                .iter()
+                .all(|&p| p < rank && !std::mem::replace(&mut seen[p], true));
+        if valid {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                "permute",
+                format!("{perm:?} is not a permutation of the dims of {dims:?}"),
+            ))
+        }
+    }
+
+    /// Checks that `start..start + len` lies within dimension `dim` of `dims` (without
+    /// overflowing).
+    pub fn narrow(
+        op: &'static str,
+        dims: &[usize],
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<()> {
+        check_dim(op, dims, dim)?;
+        if start.checked_add(len).is_none_or(|end| end > dims[dim]) {
+            return Err(Error::shape(
+                op,
+                format!(
+                    "{start}..{} out of range for dim {dim} of {dims:?}",
+                    start.saturating_add(len)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks that tensors of the shapes `parts` can be joined along `dim`: at least one, and
+    /// all equal outside `dim`.
+    pub fn cat<'a>(parts: impl IntoIterator<Item = &'a [usize]>, dim: usize) -> Result<()> {
+        let mut parts = parts.into_iter();
+        let first = parts
+            .next()
+            .ok_or_else(|| Error::shape("cat", "no tensors to join"))?;
+        check_dim("cat", first, dim)?;
+        for other in parts {
+            let same_rest = other.len() == first.len()
+                && (0..other.len()).all(|d| d == dim || other[d] == first[d]);
+            if !same_rest {
+                return Err(Error::shape(
+                    "cat",
+                    format!("{first:?} and {other:?} differ outside dim {dim}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The size of the last dimension of `dims`, or a shape error for a scalar.
+    pub fn last_dim(op: &'static str, dims: &[usize]) -> Result<usize> {
+        dims.last()
+            .copied()
+            .ok_or_else(|| Error::shape(op, "a scalar has no last dim"))
+    }
+
+    /// Checks `softmax_last`'s `bias` against `x`: it must broadcast to `x`'s shape exactly.
+    pub fn softmax_bias(x: &[usize], bias: &[usize]) -> Result<()> {
+        if broadcast("softmax_last", x, bias)? == x {
+            Ok(())
+        } else {
+            Err(Error::shape(
+                "softmax_last",
+                format!("bias {bias:?} does not broadcast to x {x:?}"),
+            ))
+        }
+    }
+
+    /// Checks `layer_norm`'s `gamma` and `beta` against `x` (both `[d]`, `d` its last
+    /// dimension) and returns `d`.
+    pub fn layer_norm(x: &[usize], gamma: &[usize], beta: &[usize]) -> Result<usize> {
+        let d = last_dim("layer_norm", x)?;
+        if gamma != [d] || beta != [d] {
+            return Err(Error::shape(
+                "layer_norm",
+                format!("gamma {gamma:?} / beta {beta:?} must be [{d}] for input {x:?}"),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Checks `rms_norm`'s `gamma` against `x` (`[d]`, `d` its last dimension) and returns `d`.
+    pub fn rms_norm(x: &[usize], gamma: &[usize]) -> Result<usize> {
+        let d = last_dim("rms_norm", x)?;
+        if gamma != [d] {
+            return Err(Error::shape(
+                "rms_norm",
+                format!("gamma {gamma:?} must be [{d}] for input {x:?}"),
+            ));
+        }
+        Ok(d)
+    }
+
     /// Checks that `[.., m, k] x [.., k, n]` is a valid `matmul`: ranks at least 2, inner sizes
     /// equal, leading dimensions equal unless the right operand is 2-D.
     pub fn matmul(a: &[usize], b: &[usize]) -> Result<()> {

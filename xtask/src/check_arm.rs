@@ -92,18 +92,9 @@ fn steps(args: &Args) -> Result<(Counts, String)> {
         "== check-arm: cross-building collab-backends (feature arm) for {TARGET} into {}",
         args.target_dir.display()
     );
-    let mut cmd = debian_cargo(&args.target_dir);
-    cmd.args([
-        "test",
-        "--target",
-        TARGET,
-        "-p",
-        "collab-backends",
-        "--features",
-        "arm",
-    ])
-    .args(["--lib", "--test", "conformance", "--", "quantized", "arm_"])
-    .env("COLLAB_CONFORMANCE_ROUNDS", args.rounds.to_string());
+    let mut cmd = debian_cargo(&args.target_dir, "test");
+    cmd.args(["--lib", "--test", "conformance", "--", "quantized", "arm_"])
+        .env("COLLAB_CONFORMANCE_ROUNDS", args.rounds.to_string());
     let (counts, ok) = stream(cmd, "the aarch64 tests")?;
     if !ok || counts.failed > 0 {
         bail!("aarch64 tests under qemu failed ({} failed)", counts.failed);
@@ -113,20 +104,11 @@ fn steps(args: &Args) -> Result<(Counts, String)> {
     }
 
     println!("== check-arm: split_classify under qemu");
-    let mut cmd = debian_cargo(&args.target_dir);
-    cmd.args([
-        "run",
-        "--target",
-        TARGET,
-        "-p",
-        "collab-backends",
-        "--features",
-        "arm",
-    ])
-    .args(["--example", "split_classify", "--"])
-    .args(["--images", &args.images.to_string()])
-    .args(["--split", &args.split.to_string(), "--bits", "q8"])
-    .env("COLLAB_EMULATED", "qemu");
+    let mut cmd = debian_cargo(&args.target_dir, "run");
+    cmd.args(["--example", "split_classify", "--"])
+        .args(["--images", &args.images.to_string()])
+        .args(["--split", &args.split.to_string(), "--bits", "q8"])
+        .env("COLLAB_EMULATED", "qemu");
     let mut last = String::new();
     let child = cmd
         .stdout(std::process::Stdio::piped())
@@ -145,11 +127,15 @@ fn steps(args: &Args) -> Result<(Counts, String)> {
     Ok((counts, last))
 }
 
-/// Debian's cargo with the aarch64 linker and the qemu runner, nothing of rustup's.
-fn debian_cargo(target_dir: &Path) -> Command {
+/// Debian's `cargo <subcommand>` for collab-backends with the `arm` feature, cross-compiling
+/// for aarch64 into `target_dir` with the aarch64 linker and running results under qemu;
+/// nothing of rustup's.
+fn debian_cargo(target_dir: &Path, subcommand: &str) -> Command {
     let path = std::env::var("PATH").unwrap_or_default();
     let mut cmd = Command::new("/usr/bin/cargo");
-    cmd.env("PATH", format!("/usr/bin:{path}"))
+    cmd.args([subcommand, "--target", TARGET])
+        .args(["-p", "collab-backends", "--features", "arm"])
+        .env("PATH", format!("/usr/bin:{path}"))
         .env("RUSTC", "/usr/bin/rustc")
         .env(
             "CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER",

@@ -134,13 +134,7 @@ impl Backend for CandleBackend {
     }
 
     fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::shape(
-                "from_vec",
-                format!("{} values for shape {shape:?} ({n} elements)", data.len()),
-            ));
-        }
+        shape::elements("from_vec", data.len(), shape, "values")?;
         Tensor::from_vec(data, shape, &self.device).map_err(err("from_vec"))
     }
 
@@ -162,13 +156,7 @@ impl Backend for CandleBackend {
     }
 
     fn index_from_vec(&self, data: Vec<u32>, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != data.len() {
-            return Err(Error::shape(
-                "index_from_vec",
-                format!("{} indices for shape {shape:?} ({n} elements)", data.len()),
-            ));
-        }
+        shape::elements("index_from_vec", data.len(), shape, "indices")?;
         Tensor::from_vec(data, shape, &self.device).map_err(err("index_from_vec"))
     }
 
@@ -186,68 +174,22 @@ impl Backend for CandleBackend {
     }
 
     fn reshape(&self, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        if n != t.elem_count() {
-            return Err(Error::shape(
-                "reshape",
-                format!("cannot reshape {:?} into {shape:?}", t.dims()),
-            ));
-        }
+        shape::reshape(t.dims(), shape)?;
         t.reshape(shape).map_err(err("reshape"))
     }
 
     fn permute(&self, t: &Tensor, perm: &[usize]) -> Result<Tensor> {
-        let mut seen = vec![false; t.rank()];
-        let valid = perm.len() == t.rank()
-            && perm
-                .iter()
-                .all(|&p| p < seen.len() && !std::mem::replace(&mut seen[p], true));
-        if !valid {
-            return Err(Error::shape(
-                "permute",
-                format!(
-                    "{perm:?} is not a permutation of the dims of {:?}",
-                    t.dims()
-                ),
-            ));
-        }
+        shape::permute(t.dims(), perm)?;
         t.permute(perm).map_err(err("permute"))
     }
 
     fn narrow(&self, t: &Tensor, dim: usize, start: usize, len: usize) -> Result<Tensor> {
-        self.dim_ok("narrow", t, dim)?;
-        if start + len > t.dims()[dim] {
-            return Err(Error::shape(
-                "narrow",
-                format!(
-                    "{start}..{} out of range for dim {dim} of {:?}",
-                    start + len,
-                    t.dims()
-                ),
-            ));
-        }
+        shape::narrow("narrow", t.dims(), dim, start, len)?;
         t.narrow(dim, start, len).map_err(err("narrow"))
     }
 
     fn cat(&self, ts: &[&Tensor], dim: usize) -> Result<Tensor> {
-        let first = ts
-            .first()
-            .ok_or_else(|| Error::shape("cat", "no tensors to join"))?;
-        self.dim_ok("cat", first, dim)?;
-        for t in ts {
-            let same_rest = t.rank() == first.rank()
-                && (0..t.rank()).all(|d| d == dim || t.dims()[d] == first.dims()[d]);
-            if !same_rest {
-                return Err(Error::shape(
-                    "cat",
-                    format!(
-                        "{:?} and {:?} differ outside dim {dim}",
-                        first.dims(),
-                        t.dims()
-                    ),
-                ));
-            }
-        }
+        shape::cat(ts.iter().map(|t| t.dims()), dim)?;
         Tensor::cat(ts, dim).map_err(err("cat"))
     }
 
@@ -371,12 +313,7 @@ impl Backend for CandleBackend {
     fn softmax_last(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let x = match bias {
             Some(b) => {
-                if shape::broadcast("softmax_last", x.dims(), b.dims())? != x.dims() {
-                    return Err(Error::shape(
-                        "softmax_last",
-                        format!("bias {:?} does not broadcast to x {:?}", b.dims(), x.dims()),
-                    ));
-                }
+                shape::softmax_bias(x.dims(), b.dims())?;
                 self.add(x, b)?
             }
             None => x.clone(),
@@ -392,21 +329,7 @@ impl Backend for CandleBackend {
     }
 
     fn layer_norm(&self, x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f32) -> Result<Tensor> {
-        let d = *x
-            .dims()
-            .last()
-            .ok_or_else(|| Error::shape("layer_norm", "a scalar has no last dim"))?;
-        if gamma.dims() != [d] || beta.dims() != [d] {
-            return Err(Error::shape(
-                "layer_norm",
-                format!(
-                    "gamma {:?} / beta {:?} must be [{d}] for input {:?}",
-                    gamma.dims(),
-                    beta.dims(),
-                    x.dims()
-                ),
-            ));
-        }
+        shape::layer_norm(x.dims(), gamma.dims(), beta.dims())?;
         if self.differentiable {
             return autograd::layer_norm(x, gamma, beta, eps).map_err(err("layer_norm"));
         }
@@ -415,20 +338,7 @@ impl Backend for CandleBackend {
     }
 
     fn rms_norm(&self, x: &Tensor, gamma: &Tensor, eps: f32) -> Result<Tensor> {
-        let d = *x
-            .dims()
-            .last()
-            .ok_or_else(|| Error::shape("rms_norm", "a scalar has no last dim"))?;
-        if gamma.dims() != [d] {
-            return Err(Error::shape(
-                "rms_norm",
-                format!(
-                    "gamma {:?} must be [{d}] for input {:?}",
-                    gamma.dims(),
-                    x.dims()
-                ),
-            ));
-        }
+        shape::rms_norm(x.dims(), gamma.dims())?;
         if self.differentiable {
             return autograd::rms_norm(x, gamma, eps).map_err(err("rms_norm"));
         }

@@ -10,23 +10,10 @@ use tch::{Kind, Tensor};
 use super::TchBackend;
 use super::tensor::{TchIndex, TchTensor, err, i64_dims};
 
-/// Checks that `data_len` values fill `shape`.
-fn check_len(op: &'static str, data_len: usize, shape: &[usize], what: &str) -> Result<()> {
-    let n: usize = shape.iter().product();
-    if n == data_len {
-        Ok(())
-    } else {
-        Err(Error::shape(
-            op,
-            format!("{data_len} {what} for shape {shape:?} ({n} elements)"),
-        ))
-    }
-}
-
 impl TchBackend {
     /// A tensor of `shape` from row-major host values, on this backend's device.
     pub(super) fn tensor_from_vec(&self, data: &[f32], shape: &[usize]) -> Result<TchTensor> {
-        check_len("from_vec", data.len(), shape, "values")?;
+        shape::elements("from_vec", data.len(), shape, "values")?;
         let t = Tensor::f_from_slice(data)
             .and_then(|t| t.f_reshape(i64_dims(shape)))
             .and_then(|t| self.to_device(t))
@@ -59,7 +46,7 @@ impl TchBackend {
     }
 
     pub(super) fn index_from_vec_impl(&self, data: &[u32], shape: &[usize]) -> Result<TchIndex> {
-        check_len("index_from_vec", data.len(), shape, "indices")?;
+        shape::elements("index_from_vec", data.len(), shape, "indices")?;
         let limit = data.iter().max().map_or(0, |&m| u64::from(m) + 1);
         let wide: Vec<i64> = data.iter().map(|&i| i64::from(i)).collect();
         let t = Tensor::f_from_slice(&wide)
@@ -91,33 +78,13 @@ impl TchBackend {
     }
 
     pub(super) fn reshape_impl(&self, t: &TchTensor, shape: &[usize]) -> Result<TchTensor> {
-        let n: usize = shape.iter().product();
-        if n != t.dims().iter().product::<usize>() {
-            return Err(Error::shape(
-                "reshape",
-                format!("cannot reshape {:?} into {shape:?}", t.dims()),
-            ));
-        }
+        shape::reshape(t.dims(), shape)?;
         let r = t.get().f_reshape(i64_dims(shape)).map_err(err("reshape"))?;
         Ok(TchTensor::new(r))
     }
 
     pub(super) fn permute_impl(&self, t: &TchTensor, perm: &[usize]) -> Result<TchTensor> {
-        let rank = t.dims().len();
-        let mut seen = vec![false; rank];
-        let valid = perm.len() == rank
-            && perm
-                .iter()
-                .all(|&p| p < rank && !std::mem::replace(&mut seen[p], true));
-        if !valid {
-            return Err(Error::shape(
-                "permute",
-                format!(
-                    "{perm:?} is not a permutation of the dims of {:?}",
-                    t.dims()
-                ),
-            ));
-        }
+        shape::permute(t.dims(), perm)?;
         let r = t.get().f_permute(i64_dims(perm)).map_err(err("permute"))?;
         Ok(TchTensor::new(r))
     }
@@ -129,7 +96,7 @@ impl TchBackend {
         start: usize,
         len: usize,
     ) -> Result<TchTensor> {
-        check_narrow("narrow", t.dims(), dim, start, len)?;
+        shape::narrow("narrow", t.dims(), dim, start, len)?;
         let r = t
             .get()
             .f_narrow(dim as i64, start as i64, len as i64)
@@ -144,7 +111,7 @@ impl TchBackend {
         start: usize,
         len: usize,
     ) -> Result<TchIndex> {
-        check_narrow("index_narrow", i.dims(), dim, start, len)?;
+        shape::narrow("index_narrow", i.dims(), dim, start, len)?;
         let r = i
             .get()
             .f_narrow(dim as i64, start as i64, len as i64)
@@ -153,45 +120,9 @@ impl TchBackend {
     }
 
     pub(super) fn cat_impl(&self, ts: &[&TchTensor], dim: usize) -> Result<TchTensor> {
-        let first = ts
-            .first()
-            .ok_or_else(|| Error::shape("cat", "no tensors to join"))?;
-        let fd = first.dims();
-        shape::check_dim("cat", fd, dim)?;
-        for t in ts {
-            let td = t.dims();
-            let same_rest =
-                td.len() == fd.len() && (0..td.len()).all(|d| d == dim || td[d] == fd[d]);
-            if !same_rest {
-                return Err(Error::shape(
-                    "cat",
-                    format!("{fd:?} and {td:?} differ outside dim {dim}"),
-                ));
-            }
-        }
+        shape::cat(ts.iter().map(|t| t.dims()), dim)?;
         let parts: Vec<Tensor> = ts.iter().map(|t| t.get()).collect();
         let r = Tensor::f_cat(&parts, dim as i64).map_err(err("cat"))?;
         Ok(TchTensor::new(r))
     }
-}
-
-/// Checks that `start..start + len` lies within dimension `dim` of `dims`.
-fn check_narrow(
-    op: &'static str,
-    dims: &[usize],
-    dim: usize,
-    start: usize,
-    len: usize,
-) -> Result<()> {
-    shape::check_dim(op, dims, dim)?;
-    if start.checked_add(len).is_none_or(|end| end > dims[dim]) {
-        return Err(Error::shape(
-            op,
-            format!(
-                "{start}..{} out of range for dim {dim} of {dims:?}",
-                start.saturating_add(len)
-            ),
-        ));
-    }
-    Ok(())
 }

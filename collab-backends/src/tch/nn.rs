@@ -7,28 +7,16 @@ use tch::{Kind, Tensor};
 use super::TchBackend;
 use super::tensor::{TchTensor, err, i64_dims};
 
-/// The length of the last dimension, or a shape error for a scalar.
-fn last_dim(op: &'static str, dims: &[usize]) -> Result<usize> {
-    dims.last()
-        .copied()
-        .ok_or_else(|| Error::shape(op, "a scalar has no last dim"))
-}
-
 impl TchBackend {
     pub(super) fn softmax_last_impl(
         &self,
         x: &TchTensor,
         bias: Option<&TchTensor>,
     ) -> Result<TchTensor> {
-        if let Some(b) = bias
-            && shape::broadcast("softmax_last", x.dims(), b.dims())? != x.dims()
-        {
-            return Err(Error::shape(
-                "softmax_last",
-                format!("bias {:?} does not broadcast to x {:?}", b.dims(), x.dims()),
-            ));
+        if let Some(b) = bias {
+            shape::softmax_bias(x.dims(), b.dims())?;
         }
-        last_dim("softmax_last", x.dims())?;
+        shape::last_dim("softmax_last", x.dims())?;
         let xt = x.get();
         let r = match bias {
             Some(b) => xt.f_add(&b.get()),
@@ -46,18 +34,7 @@ impl TchBackend {
         beta: &TchTensor,
         eps: f32,
     ) -> Result<TchTensor> {
-        let d = last_dim("layer_norm", x.dims())?;
-        if gamma.dims() != [d] || beta.dims() != [d] {
-            return Err(Error::shape(
-                "layer_norm",
-                format!(
-                    "gamma {:?} / beta {:?} must be [{d}] for input {:?}",
-                    gamma.dims(),
-                    beta.dims(),
-                    x.dims()
-                ),
-            ));
-        }
+        let d = shape::layer_norm(x.dims(), gamma.dims(), beta.dims())?;
         let r = x
             .get()
             .f_layer_norm(
@@ -77,17 +54,7 @@ impl TchBackend {
         gamma: &TchTensor,
         eps: f32,
     ) -> Result<TchTensor> {
-        let d = last_dim("rms_norm", x.dims())?;
-        if gamma.dims() != [d] {
-            return Err(Error::shape(
-                "rms_norm",
-                format!(
-                    "gamma {:?} must be [{d}] for input {:?}",
-                    gamma.dims(),
-                    x.dims()
-                ),
-            ));
-        }
+        let d = shape::rms_norm(x.dims(), gamma.dims())?;
         let r = x
             .get()
             .f_rms_norm([d as i64].as_slice(), Some(gamma.get()), f64::from(eps))

@@ -10,12 +10,12 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Result;
 use collab_backends::candle::quantized::{
     QuantizedCandleBackend, WeightBits, WeightMemory, megabytes,
 };
+use collab_core::cost::time_median;
 use collab_core::input::{ImagePreprocess, load_image_batch};
 use collab_core::model::{Input, Transformer};
 use collab_core::{Backend, fixtures};
@@ -56,10 +56,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     anyhow::ensure!(!images.is_empty(), "no sample images");
     let labels: Vec<usize> = images.iter().map(|i| i.label).collect();
     let paths: Vec<&Path> = images.iter().map(|i| i.path.as_path()).collect();
-    let mut runs = Vec::new();
-    for bits in WeightBits::ALL {
-        runs.push(one(bits, &paths, &args)?);
-    }
+    let runs = run_all(&paths, &args)?;
     let n = labels.len();
     let hits = |p: &[usize], q: &[usize]| p.iter().zip(q).filter(|(a, b)| a == b).count();
     let f32_top1 = runs[0].top1.clone();
@@ -143,72 +140,73 @@ pub(crate) fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn one(bits: WeightBits, paths: &[&Path], args: &Args) -> Result<Run> {
-    let be = QuantizedCandleBackend::new(bits);
-    let model = fixtures::deit_tiny(be.clone())?;
-    let memory = be.memory();
+/// Every precision on every image: each batch of images is decoded once and classified by
+/// the three models in turn; then each model's latency on the first image.
+fn run_all(paths: &[&Path], args: &Args) -> Result<Vec<Run>> {
+    let mut models = Vec::new();
+    for bits in WeightBits::ALL {
+        let be = QuantizedCandleBackend::new(bits);
+        let model = fixtures::deit_tiny(be.clone())?;
+        // Right after loading: the model's weights only.
+        let memory = be.memory();
+        models.push((be, model, memory));
+    }
     let pre = ImagePreprocess::imagenet(224);
-    let pb = bar(paths.len(), &format!("deit-tiny {}", bits.label()));
-    let mut top1 = Vec::with_capacity(paths.len());
+    let pb = bar(paths.len(), "deit-tiny f32/q8/q4");
+    let mut top1 = vec![Vec::with_capacity(paths.len()); models.len()];
+    let mut first_image = None;
     for chunk in paths.chunks(args.batch.max(1)) {
-        let x = be.from_vec(load_image_batch(&pre, chunk)?, &[chunk.len(), 3, 224, 224])?;
-        let logits = model.forward(&Input::Images(x))?;
-        top1.extend(
-            be.index_to_vec(&be.argmax_last(&logits)?)?
-                .into_iter()
-                .map(|c| c as usize),
-        );
+        let data = load_image_batch(&pre, chunk)?;
+        if first_image.is_none() {
+            first_image = Some(data[..3 * 224 * 224].to_vec());
+        }
+        for ((be, model, _), top1) in models.iter().zip(&mut top1) {
+            let x = be.from_vec(data.clone(), &[chunk.len(), 3, 224, 224])?;
+            let logits = model.forward(&Input::Images(x))?;
+            top1.extend(
+                be.index_to_vec(&be.argmax_last(&logits)?)?
+                    .into_iter()
+                    .map(|c| c as usize),
+            );
+        }
         pb.inc(chunk.len() as u64);
     }
     pb.finish_and_clear();
-    let (embed_ms, block_ms, head_ms) = latency(&be, &model, paths[0], args.reps.max(1))?;
-    Ok(Run {
-        bits,
-        memory,
-        top1,
-        embed_ms,
-        block_ms,
-        head_ms,
-    })
+    let first_image = first_image.ok_or_else(|| anyhow::anyhow!("no sample images"))?;
+    let mut runs = Vec::new();
+    for ((be, model, memory), top1) in models.into_iter().zip(top1) {
+        let (embed_ms, block_ms, head_ms) =
+            latency(&be, &model, first_image.clone(), args.reps.max(1))?;
+        runs.push(Run {
+            bits: be.bits(),
+            memory,
+            top1,
+            embed_ms,
+            block_ms,
+            head_ms,
+        });
+    }
+    Ok(runs)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// Median ms of embed, every block and the head, for one image.
+/// Median ms of embed, every block and the head, for one image (`pixels`, preprocessed).
 fn latency(
     be: &QuantizedCandleBackend,
     model: &Transformer<QuantizedCandleBackend>,
-    path: &Path,
+    pixels: Vec<f32>,
     reps: usize,
 ) -> Result<(f64, Vec<f64>, f64)> {
-    let x = be.from_vec(
-        load_image_batch(&ImagePreprocess::imagenet(224), &[path])?,
-        &[1, 3, 224, 224],
-    )?;
-    let input = Input::Images(x);
-    let time = |f: &mut dyn FnMut() -> collab_core::Result<()>| -> Result<f64> {
-        f()?; // warm-up
-        let mut v = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            let t = Instant::now();
-            f()?;
-            v.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-        Ok(median(v))
-    };
-    let embed_ms = time(&mut || model.embed(&input).map(drop))?;
-    let h0 = model.embed(&input)?;
+    let input = Input::Images(be.from_vec(pixels, &[1, 3, 224, 224])?);
+    let ms = |seconds: f64| seconds * 1e3;
+    let embed_ms = ms(time_median(reps, || model.embed(&input))?);
+    let mut h = model.embed(&input)?;
     let mut block_ms = Vec::new();
-    let mut h = h0;
     for i in 0..model.num_blocks() {
-        block_ms.push(time(&mut || {
-            model.run_blocks(h.clone(), i..i + 1).map(drop)
-        })?);
+        block_ms.push(ms(time_median(reps, || {
+            model.run_blocks(h.clone(), i..i + 1)
+        })?));
         h = model.run_blocks(h, i..i + 1)?;
     }
-    let head_ms = time(&mut || model.head(&h).map(drop))?;
+    let head_ms = ms(time_median(reps, || model.head(&h))?);
     Ok((embed_ms, block_ms, head_ms))
 }
