@@ -12,7 +12,9 @@ use collab_core::split::{ActivationCodec, truncation_ratio};
 use collab_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use super::adaptive::AdaptiveSvdCodec;
 use super::basis::Basis;
+use super::centre::{CentredSvdCodec, PositionMean};
 use super::plain::PlainCodec;
 use super::projected::ProjectedCodec;
 use super::quant::Precision;
@@ -26,8 +28,14 @@ pub enum Family {
     Plain(Precision),
     /// Per-request truncated SVD.
     Svd(Precision),
+    /// Per-request truncated SVD around a calibrated per-position mean ([`CentredSvdCodec`]).
+    CentredSvd(Precision),
     /// Calibrated PCA basis.
     Pca(Precision),
+    /// Calibrated PCA basis of activations centred on the per-position mean, used around it.
+    CentredPca(Precision),
+    /// Per request, the better of `csvd` and `cpca` at `csvd`'s bytes ([`AdaptiveSvdCodec`]).
+    AdaptiveSvd(Precision),
     /// Basis of the next linear layer's weight SVD.
     WeightSvd(Precision),
 }
@@ -41,20 +49,44 @@ pub enum BasisNeed {
     Calibrated,
     /// The SVD basis of the next linear layer's weight.
     Weight,
+    /// The mean activation per token position at the split ([`PositionMean`]).
+    PositionMean,
+    /// The per-position mean and a PCA basis fitted on calibration activations centred on it.
+    CentredCalibrated,
+}
+
+/// What both sides of a split hold for a family that needs it (see [`Family::basis_need`]).
+#[derive(Clone, Debug, Default)]
+pub enum Shared {
+    /// Nothing.
+    #[default]
+    None,
+    /// A basis (PCA or weight SVD).
+    Basis(Arc<Basis>),
+    /// A per-position mean.
+    PositionMean(Arc<PositionMean>),
+    /// A per-position mean and the PCA basis of activations centred on it.
+    CentredBasis(Arc<Basis>, Arc<PositionMean>),
 }
 
 impl Family {
     /// The families the accuracy sweep measures, baselines first.
-    pub const SWEEP: [Family; 10] = [
+    pub const SWEEP: [Family; 16] = [
         Family::Plain(Precision::F16),
         Family::Plain(Precision::Bf16),
         Family::Plain(Precision::Int8),
         Family::Svd(Precision::F32),
         Family::Svd(Precision::F16),
         Family::Svd(Precision::Int8),
+        Family::CentredSvd(Precision::F32),
+        Family::CentredSvd(Precision::Int8),
         Family::Pca(Precision::F32),
         Family::Pca(Precision::F16),
         Family::Pca(Precision::Int8),
+        Family::CentredPca(Precision::F32),
+        Family::CentredPca(Precision::Int8),
+        Family::AdaptiveSvd(Precision::F32),
+        Family::AdaptiveSvd(Precision::Int8),
         Family::WeightSvd(Precision::F32),
     ];
 
@@ -63,7 +95,10 @@ impl Family {
         matches!(
             self,
             Family::Svd(Precision::F32)
+                | Family::CentredSvd(Precision::F32)
                 | Family::Pca(Precision::F32)
+                | Family::CentredPca(Precision::F32)
+                | Family::AdaptiveSvd(Precision::F32)
                 | Family::WeightSvd(Precision::F32)
         )
     }
@@ -73,15 +108,31 @@ impl Family {
         match self {
             Family::Plain(_) | Family::Svd(_) => BasisNeed::None,
             Family::Pca(_) => BasisNeed::Calibrated,
+            Family::CentredSvd(_) => BasisNeed::PositionMean,
+            Family::CentredPca(_) | Family::AdaptiveSvd(_) => BasisNeed::CentredCalibrated,
             Family::WeightSvd(_) => BasisNeed::Weight,
         }
     }
 
-    /// The codec of this family at `rank` (ignored by plain codecs).
+    /// The codec of this family at `rank` (ignored by plain codecs), for the families that need
+    /// no [`PositionMean`].
     ///
     /// # Errors
     /// [`Error::Config`] if the family needs a basis and none is given, or `rank` is 0.
     pub fn build(self, rank: usize, basis: Option<Arc<Basis>>) -> Result<Box<dyn ActivationCodec>> {
+        self.build_with(rank, basis.map_or(Shared::None, Shared::Basis))
+    }
+
+    /// The codec of this family at `rank` with what both sides share.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the family needs a basis or a position mean and `shared` is not
+    /// one, or `rank` is 0.
+    pub fn build_with(self, rank: usize, shared: Shared) -> Result<Box<dyn ActivationCodec>> {
+        let basis = match &shared {
+            Shared::Basis(b) => Some(b.clone()),
+            _ => None,
+        };
         if rank == 0 && !matches!(self, Family::Plain(_)) {
             return Err(Error::Config(format!("{self}: rank must be at least 1")));
         }
@@ -93,6 +144,18 @@ impl Family {
         Ok(match self {
             Family::Plain(precision) => Box::new(PlainCodec { precision }),
             Family::Svd(precision) => Box::new(SvdCodec { rank, precision }),
+            Family::CentredSvd(precision) => match shared {
+                Shared::PositionMean(centre) => Box::new(CentredSvdCodec {
+                    centre,
+                    rank,
+                    precision,
+                }),
+                _ => {
+                    return Err(Error::Config(format!(
+                        "{self} needs the position mean of the split point"
+                    )));
+                }
+            },
             Family::Pca(precision) | Family::WeightSvd(precision) => {
                 let (label, basis) = need_basis(if matches!(self, Family::Pca(_)) {
                     "pca"
@@ -104,7 +167,31 @@ impl Family {
                     basis,
                     rank,
                     precision,
+                    centre: None,
                 })
+            }
+            Family::CentredPca(precision) | Family::AdaptiveSvd(precision) => {
+                let Shared::CentredBasis(basis, centre) = shared else {
+                    return Err(Error::Config(format!(
+                        "{self} needs the position mean of the split point and the PCA basis                          of activations centred on it"
+                    )));
+                };
+                if matches!(self, Family::CentredPca(_)) {
+                    Box::new(ProjectedCodec {
+                        label: "cpca",
+                        basis,
+                        rank,
+                        precision,
+                        centre: Some(centre),
+                    })
+                } else {
+                    Box::new(AdaptiveSvdCodec {
+                        centre,
+                        basis,
+                        rank,
+                        precision,
+                    })
+                }
             }
         })
     }
@@ -113,8 +200,15 @@ impl Family {
     pub fn encoded_len(self, rank: usize, tokens: usize, features: usize) -> usize {
         match self {
             Family::Plain(precision) => PlainCodec { precision }.encoded_len(tokens, features),
-            Family::Svd(precision) => SvdCodec { rank, precision }.encoded_len(tokens, features),
-            Family::Pca(p) | Family::WeightSvd(p) => ProjectedCodec::len_for(p, rank, tokens),
+            Family::Svd(precision) | Family::CentredSvd(precision) => {
+                SvdCodec { rank, precision }.encoded_len(tokens, features)
+            }
+            Family::AdaptiveSvd(precision) => {
+                1 + SvdCodec { rank, precision }.encoded_len(tokens, features)
+            }
+            Family::Pca(p) | Family::CentredPca(p) | Family::WeightSvd(p) => {
+                ProjectedCodec::len_for(p, rank, tokens)
+            }
         }
     }
 
@@ -141,7 +235,10 @@ impl fmt::Display for Family {
         let (base, p) = match *self {
             Family::Plain(p) => return f.write_str(p.name()),
             Family::Svd(p) => ("svd", p),
+            Family::CentredSvd(p) => ("csvd", p),
             Family::Pca(p) => ("pca", p),
+            Family::CentredPca(p) => ("cpca", p),
+            Family::AdaptiveSvd(p) => ("asvd", p),
             Family::WeightSvd(p) => ("wsvd", p),
         };
         match p {
@@ -170,11 +267,14 @@ impl FromStr for Family {
             })?;
         match base {
             "svd" => Ok(Family::Svd(p)),
+            "csvd" => Ok(Family::CentredSvd(p)),
             "pca" => Ok(Family::Pca(p)),
+            "cpca" => Ok(Family::CentredPca(p)),
+            "asvd" => Ok(Family::AdaptiveSvd(p)),
             "wsvd" => Ok(Family::WeightSvd(p)),
             _ => Err(Error::Config(format!(
-                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/pca/wsvd with an \
-                 optional -f16/-bf16/-int8"
+                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/csvd/pca/cpca/asvd/wsvd \
+                 with an optional -f16/-bf16/-int8"
             ))),
         }
     }

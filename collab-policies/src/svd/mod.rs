@@ -5,7 +5,10 @@
 //! | --- | --- | --- |
 //! | [`PlainCodec`] `f32`/`f16`/`bf16`/`int8` | the activation | `4nd`, `2nd`, `n(d+4)` |
 //! | [`SvdCodec`] `svd[-p]` | `U_r S_r` and `V_r^T`, per request | `r(n+d)` values |
+//! | [`CentredSvdCodec`] `csvd[-p]` | the same for `X - M`, `M` a calibrated per-position mean | `r(n+d)` values |
 //! | [`ProjectedCodec`] `pca[-p]` | `(X - mean) P_r`, calibrated PCA basis | `nr` values |
+//! | [`ProjectedCodec`] `cpca[-p]` | `(X - M - mean) P_r`, PCA of centred calibration activations | `nr` values |
+//! | [`AdaptiveSvdCodec`] `asvd[-p]` | per request the better of `csvd` and `cpca` at `csvd`'s bytes | `csvd`'s bytes + 1 |
 //! | [`ProjectedCodec`] `wsvd[-p]` | `X V_r`, next layer's weight SVD basis | `nr` values |
 //!
 //! Every payload starts with a 25-byte header (shape, rank, precision, basis fingerprint);
@@ -17,7 +20,9 @@
 //! no system BLAS/LAPACK (so CI and the aarch64 cross build need nothing installed), and gives
 //! singular values sorted, which truncation relies on.
 
+mod adaptive;
 mod basis;
+mod centre;
 mod family;
 mod plain;
 mod projected;
@@ -25,8 +30,10 @@ mod quant;
 mod request;
 mod wire;
 
+pub use adaptive::AdaptiveSvdCodec;
 pub use basis::Basis;
-pub use family::{BasisNeed, Family};
+pub use centre::{CentredSvdCodec, PositionMean};
+pub use family::{BasisNeed, Family, Shared};
 pub use plain::PlainCodec;
 pub use projected::ProjectedCodec;
 pub use quant::Precision;

@@ -8,6 +8,7 @@ use collab_core::{Error, Result};
 use faer::{Mat, MatRef};
 
 use super::basis::Basis;
+use super::centre::PositionMean;
 use super::quant::Precision;
 use super::request::row_major;
 use super::wire::{HEADER_LEN, Header, Kind, check_finite, expect_end};
@@ -23,9 +24,20 @@ pub struct ProjectedCodec {
     pub rank: usize,
     /// Precision of the coefficients.
     pub precision: Precision,
+    /// A per-position mean subtracted before projecting and added back after (`cpca`), whose
+    /// basis was fitted on calibration activations centred the same way.
+    pub centre: Option<Arc<PositionMean>>,
 }
 
 impl ProjectedCodec {
+    /// The fingerprint of everything shared that the payload depends on.
+    fn fingerprint(&self) -> u64 {
+        match &self.centre {
+            Some(c) => (self.basis.fingerprint ^ c.fingerprint.rotate_left(17)).max(1),
+            None => self.basis.fingerprint,
+        }
+    }
+
     /// Exact bytes of `tokens` rows of `rank` coefficients at `precision`.
     pub fn len_for(precision: Precision, rank: usize, tokens: usize) -> usize {
         HEADER_LEN + precision.block_len(tokens, rank)
@@ -67,6 +79,16 @@ impl ActivationCodec for ProjectedCodec {
         check_finite(&x.values, &name)?;
         self.check_features(x.features, &name)?;
         let (n, d, r) = (x.tokens, x.features, self.rank());
+        let shifted;
+        let x = match &self.centre {
+            Some(c) => {
+                let mut y = x.clone();
+                c.shift(&mut y, -1.0, &name)?;
+                shifted = y;
+                &shifted
+            }
+            None => x,
+        };
         let xm = MatRef::from_row_major_slice(&x.values, n, d);
         let centred;
         let xm = match &self.basis.mean {
@@ -83,7 +105,7 @@ impl ActivationCodec for ProjectedCodec {
             tokens: n,
             features: d,
             rank: r,
-            basis: self.basis.fingerprint,
+            basis: self.fingerprint(),
         };
         let mut out = header.start(&name, self.precision.block_len(n, r))?;
         self.precision
@@ -94,12 +116,19 @@ impl ActivationCodec for ProjectedCodec {
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let name = self.name();
         let (h, rest) = Header::read(bytes, &name, Kind::Projected, self.precision)?;
-        if h.basis != self.basis.fingerprint {
+        if h.basis != self.fingerprint() {
             return Err(Error::codec(
                 &name,
                 format!(
-                    "payload was projected on basis {:#x}, this server holds {:#x} ({})",
-                    h.basis, self.basis.fingerprint, self.basis.origin
+                    "payload was projected on basis {:#x}, this server holds {:#x} ({}{})",
+                    h.basis,
+                    self.fingerprint(),
+                    self.basis.origin,
+                    if self.centre.is_some() {
+                        ", centred"
+                    } else {
+                        ""
+                    }
                 ),
             ));
         }
@@ -124,6 +153,10 @@ impl ActivationCodec for ProjectedCodec {
                 row.iter_mut().zip(mean).for_each(|(v, m)| *v += m);
             }
         }
-        Activation::new(h.tokens, h.features, values)
+        let mut x = Activation::new(h.tokens, h.features, values)?;
+        if let Some(c) = &self.centre {
+            c.shift(&mut x, 1.0, &name)?;
+        }
+        Ok(x)
     }
 }

@@ -38,14 +38,25 @@ impl ActivationCodec for SvdCodec {
     }
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
-        let name = self.name();
-        check_finite(&x.values, &name)?;
+        self.encode_tagged(x, 0, &self.name())
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Activation> {
+        self.decode_tagged(bytes, 0, &self.name())
+    }
+}
+
+impl SvdCodec {
+    /// Encodes `x` with `centre` (the fingerprint of what was subtracted first, 0 for nothing)
+    /// in the header's basis field.
+    pub(super) fn encode_tagged(&self, x: &Activation, centre: u64, name: &str) -> Result<Vec<u8>> {
+        check_finite(&x.values, name)?;
         let (n, d) = (x.tokens, x.features);
         let r = self.effective_rank(n, d);
         let m = MatRef::from_row_major_slice(&x.values, n, d);
         let svd = m
             .thin_svd()
-            .map_err(|e| Error::codec(&name, format!("SVD did not converge: {e:?}")))?;
+            .map_err(|e| Error::codec(name, format!("SVD did not converge: {e:?}")))?;
         let (u, s, v) = (svd.U(), svd.S().column_vector(), svd.V());
         let mut us = Vec::with_capacity(n * r);
         for i in 0..n {
@@ -61,26 +72,41 @@ impl ActivationCodec for SvdCodec {
             tokens: n,
             features: d,
             rank: r,
-            basis: 0,
+            basis: centre,
         };
-        let mut out = header.start(&name, self.encoded_len(n, d) - HEADER_LEN)?;
+        let mut out = header.start(name, self.encoded_len(n, d) - HEADER_LEN)?;
         self.precision.write_block(&us, n, r, &mut out);
         self.precision.write_block(&vt, r, d, &mut out);
         Ok(out)
     }
 
-    fn decode(&self, bytes: &[u8]) -> Result<Activation> {
-        let name = self.name();
-        let (h, rest) = Header::read(bytes, &name, Kind::RequestSvd, self.precision)?;
+    /// Decodes factors written with centre fingerprint `centre` (anything else is refused: a
+    /// centred payload read without its centre, or the reverse, would be silently wrong).
+    pub(super) fn decode_tagged(
+        &self,
+        bytes: &[u8],
+        centre: u64,
+        name: &str,
+    ) -> Result<Activation> {
+        let (h, rest) = Header::read(bytes, name, Kind::RequestSvd, self.precision)?;
+        if h.basis != centre {
+            return Err(Error::codec(
+                name,
+                format!(
+                    "payload was centred on {:#x}, this codec expects {centre:#x} (0: none)",
+                    h.basis
+                ),
+            ));
+        }
         if h.rank > h.tokens.min(h.features) {
             return Err(Error::codec(
-                &name,
+                name,
                 format!("rank {} exceeds min({}, {})", h.rank, h.tokens, h.features),
             ));
         }
-        let (us, rest) = self.precision.read_block(rest, h.tokens, h.rank, &name)?;
-        let (vt, rest) = self.precision.read_block(rest, h.rank, h.features, &name)?;
-        expect_end(rest, &name)?;
+        let (us, rest) = self.precision.read_block(rest, h.tokens, h.rank, name)?;
+        let (vt, rest) = self.precision.read_block(rest, h.rank, h.features, name)?;
+        expect_end(rest, name)?;
         let a = MatRef::from_row_major_slice(&us, h.tokens, h.rank);
         let b = MatRef::from_row_major_slice(&vt, h.rank, h.features);
         let x: Mat<f32> = a * b;

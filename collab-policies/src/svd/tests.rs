@@ -43,35 +43,52 @@ fn error(x: &Activation, codec: &dyn ActivationCodec) -> f64 {
         .sqrt()
 }
 
-fn bases(n: usize, d: usize, seed: u64) -> (Arc<Basis>, Arc<Basis>) {
-    let mut calib = vec![];
-    for s in 0..3 {
-        calib.extend(activation(seed + 100 + s, n, d).values);
-    }
+/// What the families that need shared state hold, fitted on seeded calibration items.
+struct Bases {
+    pca: Arc<Basis>,
+    weight: Arc<Basis>,
+    centre: Arc<PositionMean>,
+    /// PCA of the calibration items centred on `centre`.
+    centred_pca: Arc<Basis>,
+}
+
+fn bases(n: usize, d: usize, seed: u64) -> Bases {
+    let items: Vec<Activation> = (0..3).map(|s| activation(seed + 100 + s, n, d)).collect();
+    let calib: Vec<f32> = items.iter().flat_map(|a| a.values.clone()).collect();
     let pca = Basis::fit_pca(&calib, d, "test").expect("pca");
+    let centre = PositionMean::fit(&items, "test").expect("position mean");
+    let centred: Vec<f32> = items
+        .iter()
+        .flat_map(|a| a.values.iter().zip(&centre.values).map(|(v, m)| v - m))
+        .collect();
+    let centred_pca = Basis::fit_pca(&centred, d, "test centred").expect("centred pca");
     let mut rng = StdRng::seed_from_u64(seed);
     let w: Vec<f32> = (0..3 * d * d)
         .map(|_| rng.random_range(-1.0..1.0))
         .collect();
     let weight = Basis::from_weight(&w, 3 * d, d, "test").expect("weight svd");
-    (Arc::new(pca), Arc::new(weight))
+    Bases {
+        pca: Arc::new(pca),
+        weight: Arc::new(weight),
+        centre: Arc::new(centre),
+        centred_pca: Arc::new(centred_pca),
+    }
 }
 
-fn codec(
-    family: Family,
-    rank: usize,
-    pca: &Arc<Basis>,
-    w: &Arc<Basis>,
-) -> Box<dyn ActivationCodec> {
-    let basis = match family.basis_need() {
-        BasisNeed::None => None,
-        BasisNeed::Calibrated => Some(pca.clone()),
-        BasisNeed::Weight => Some(w.clone()),
+fn codec(family: Family, rank: usize, b: &Bases) -> Box<dyn ActivationCodec> {
+    let shared = match family.basis_need() {
+        BasisNeed::None => Shared::None,
+        BasisNeed::Calibrated => Shared::Basis(b.pca.clone()),
+        BasisNeed::Weight => Shared::Basis(b.weight.clone()),
+        BasisNeed::PositionMean => Shared::PositionMean(b.centre.clone()),
+        BasisNeed::CentredCalibrated => {
+            Shared::CentredBasis(b.centred_pca.clone(), b.centre.clone())
+        }
     };
-    family.build(rank, basis).expect("build")
+    family.build_with(rank, shared).expect("build")
 }
 
-const ALL: [Family; 13] = [
+const ALL: [Family; 19] = [
     Family::Plain(Precision::F32),
     Family::Plain(Precision::F16),
     Family::Plain(Precision::Bf16),
@@ -79,9 +96,15 @@ const ALL: [Family; 13] = [
     Family::Svd(Precision::F32),
     Family::Svd(Precision::Bf16),
     Family::Svd(Precision::Int8),
+    Family::CentredSvd(Precision::F32),
+    Family::CentredSvd(Precision::Bf16),
     Family::Pca(Precision::F32),
     Family::Pca(Precision::F16),
     Family::Pca(Precision::Int8),
+    Family::CentredPca(Precision::F32),
+    Family::CentredPca(Precision::Int8),
+    Family::AdaptiveSvd(Precision::F32),
+    Family::AdaptiveSvd(Precision::Int8),
     Family::WeightSvd(Precision::F32),
     Family::WeightSvd(Precision::F16),
     Family::WeightSvd(Precision::Int8),
@@ -93,15 +116,15 @@ proptest! {
     #[test]
     fn rho_is_the_bytes_actually_produced(seed in 0u64..1000, n in 1usize..40, d in 2usize..40, rank in 1usize..40) {
         let x = activation(seed, n, d);
-        let (pca, w) = bases(n.max(2), d, seed);
+        let b = bases(n.max(2), d, seed);
         for family in ALL {
-            let c = codec(family, rank, &pca, &w);
+            let c = codec(family, rank, &b);
             let bytes = c.encode(&x).expect("encode");
             prop_assert_eq!(bytes.len(), c.encoded_len(n, d), "{}", c.name());
             prop_assert_eq!(bytes.len(), family.encoded_len(rank.min(d), n, d), "{}", c.name());
             let rho = truncation_ratio(bytes.len(), n, d);
             if let Some(r) = family.rank_for_ratio(rho, n, d, d) {
-                let best = family.build(r, Some(pca.clone())).is_ok();
+                let best = family.build(r, Some(b.pca.clone())).is_ok();
                 prop_assert!(best || family.basis_need() != BasisNeed::None);
                 prop_assert!(truncation_ratio(family.encoded_len(r, n, d), n, d) >= rho - 1e-12);
             }
@@ -111,9 +134,9 @@ proptest! {
     #[test]
     fn error_is_monotone_in_rank(seed in 0u64..1000, n in 8usize..40, d in 8usize..40) {
         let x = activation(seed, n, d);
-        let (pca, w) = bases(n, d, seed);
-        for family in [Family::Svd(Precision::F32), Family::Pca(Precision::F32), Family::WeightSvd(Precision::F32)] {
-            let errs: Vec<f64> = (1..=d.min(n)).map(|r| error(&x, codec(family, r, &pca, &w).as_ref())).collect();
+        let b = bases(n, d, seed);
+        for family in [Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
+            let errs: Vec<f64> = (1..=d.min(n)).map(|r| error(&x, codec(family, r, &b).as_ref())).collect();
             let scale = x.values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
             for pair in errs.windows(2) {
                 prop_assert!(pair[1] <= pair[0] + 1e-4 * scale, "{family}: {errs:?}");
@@ -124,10 +147,10 @@ proptest! {
     #[test]
     fn full_rank_reconstructs(seed in 0u64..1000, n in 1usize..30, d in 1usize..30) {
         let x = activation(seed, n, d);
-        let (pca, w) = bases(n.max(2), d, seed);
+        let b = bases(n.max(2), d, seed);
         let scale = x.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::Pca(Precision::F32), Family::WeightSvd(Precision::F32)] {
-            let c = codec(family, d, &pca, &w);
+        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
+            let c = codec(family, d, &b);
             let y = c.decode(&c.encode(&x).expect("encode")).expect("decode");
             for (a, b) in x.values.iter().zip(&y.values) {
                 prop_assert!((a - b).abs() <= 1e-4 * scale.max(1.0), "{}: {a} vs {b}", c.name());
@@ -167,8 +190,8 @@ fn rank_for_ratio_is_the_largest_within_budget() {
 #[test]
 fn foreign_or_damaged_payloads_are_typed_errors() {
     let x = activation(7, 20, 16);
-    let (pca, w) = bases(20, 16, 7);
-    let svd = codec(Family::Svd(Precision::F32), 4, &pca, &w);
+    let b = bases(20, 16, 7);
+    let svd = codec(Family::Svd(Precision::F32), 4, &b);
     let bytes = svd.encode(&x).expect("encode");
     let is_codec_err =
         |r: collab_core::Result<Activation>| matches!(r, Err(collab_core::Error::Codec { .. }));
@@ -178,29 +201,69 @@ fn foreign_or_damaged_payloads_are_typed_errors() {
     longer.push(0);
     assert!(is_codec_err(svd.decode(&longer)));
     assert!(is_codec_err(
-        codec(Family::Svd(Precision::Int8), 4, &pca, &w).decode(&bytes)
+        codec(Family::Svd(Precision::Int8), 4, &b).decode(&bytes)
     ));
     assert!(is_codec_err(
-        codec(Family::Plain(Precision::F32), 4, &pca, &w).decode(&bytes)
+        codec(Family::Plain(Precision::F32), 4, &b).decode(&bytes)
     ));
     // A payload projected on one basis is refused by a server holding another.
-    let on_pca = codec(Family::Pca(Precision::F32), 4, &pca, &w)
+    let on_pca = codec(Family::Pca(Precision::F32), 4, &b)
         .encode(&x)
         .expect("encode");
-    let (other, _) = bases(20, 16, 8);
+    let other = bases(20, 16, 8);
     assert!(is_codec_err(
-        codec(Family::Pca(Precision::F32), 4, &other, &w).decode(&on_pca)
+        codec(Family::Pca(Precision::F32), 4, &other).decode(&on_pca)
     ));
+    // A centred payload needs its own position mean: plain svd, another mean and the
+    // reverse are all refused.
+    let centred = codec(Family::CentredSvd(Precision::F32), 4, &b);
+    let on_centre = centred.encode(&x).expect("encode");
+    assert!(is_codec_err(svd.decode(&on_centre)));
+    assert!(is_codec_err(
+        codec(Family::CentredSvd(Precision::F32), 4, &other).decode(&on_centre)
+    ));
+    assert!(is_codec_err(centred.decode(&bytes)));
+    // More tokens than the mean covers, and building without a mean, are errors.
+    assert!(centred.encode(&activation(3, 21, 16)).is_err());
+    assert!(
+        Family::CentredSvd(Precision::F32)
+            .build(4, Some(b.pca.clone()))
+            .is_err()
+    );
     // Non-finite values are refused before encoding; a wrong feature count too.
     let mut bad = x.clone();
     bad.values[5] = f32::NAN;
     assert!(svd.encode(&bad).is_err());
     let narrow = activation(1, 20, 8);
     assert!(
-        codec(Family::Pca(Precision::F32), 4, &pca, &w)
+        codec(Family::Pca(Precision::F32), 4, &b)
             .encode(&narrow)
             .is_err()
     );
+}
+
+#[test]
+fn adaptive_keeps_the_better_reduction_and_checks_its_layout() {
+    let b = bases(20, 16, 11);
+    let x = activation(12, 20, 16);
+    for rank in 1..=6 {
+        let asvd = codec(Family::AdaptiveSvd(Precision::F32), rank, &b);
+        let csvd = codec(Family::CentredSvd(Precision::F32), rank, &b);
+        let bytes = asvd.encode(&x).expect("encode");
+        assert_eq!(bytes.len(), 1 + csvd.encoded_len(20, 16));
+        let chosen = error(&x, asvd.as_ref());
+        // Never worse than the SVD alone; when it picks the projection, the projection won.
+        assert!(chosen <= error(&x, csvd.as_ref()) + 1e-6, "rank {rank}");
+        let mut damaged = bytes.clone();
+        damaged[0] = 7;
+        assert!(asvd.decode(&damaged).is_err());
+        if bytes[0] == 1 {
+            let mut padded = bytes.clone();
+            *padded.last_mut().expect("padding") = 1;
+            assert!(asvd.decode(&padded).is_err(), "non-zero padding");
+        }
+        assert!(asvd.decode(&bytes[..bytes.len() - 1]).is_err());
+    }
 }
 
 #[test]
@@ -233,9 +296,9 @@ proptest! {
         }
         bytes.extend(0u64.to_le_bytes());
         bytes.extend(&tail);
-        let (pca, w) = bases(8, 16, 1);
+        let b = bases(8, 16, 1);
         for family in ALL {
-            let c = codec(family, 4, &pca, &w);
+            let c = codec(family, 4, &b);
             if let Ok(a) = c.decode(&bytes) {
                 prop_assert_eq!(a.values.len(), a.tokens * a.features);
             }

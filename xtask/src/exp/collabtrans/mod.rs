@@ -6,7 +6,15 @@
 //! picks its split with the SPEC §1 selector (deadline = factor x its own on-device latency,
 //! device-only excluded). Device compute and transfer times come from the profiles; the server
 //! computes real batches of the real model. For each scheme, the highest rate at which at
-//! least 90% of requests meet their deadline is found by bisection over the rate.
+//! least 90% of requests meet their deadline is found by bisection over the rate; the three
+//! searches advance in lockstep (one trial of each scheme per round) so that this shared
+//! machine's slow spells fall on all of them alike. Each trial reports the server's compute
+//! per answered request and its utilisation, the measurements that say where a gain comes
+//! from.
+//!
+//! The device slowdowns (`--slowdowns`, default 10x to 40x this machine) stand for Jetson
+//! power modes against a GPU server. Session 2 used 2x to 8x: a server barely faster than the
+//! devices, whose deadlines then leave no room to queue or batch.
 
 mod sim;
 
@@ -28,13 +36,14 @@ use sim::{DevicePlan, device_seconds, remaining, trial};
 
 type B = CandleBackend;
 
-/// A device profile: (label, slowdown vs this machine, uplink bytes/s, RTT s, arrival share).
-const DEVICES: [(&str, f64, f64, f64, f64); 5] = [
-    ("agx-maxn", 2.0, 40e6, 0.005, 0.30),
-    ("agx-30w", 3.0, 20e6, 0.010, 0.25),
-    ("nx-15w", 4.0, 10e6, 0.010, 0.20),
-    ("nano-10w", 6.0, 5e6, 0.020, 0.15),
-    ("nano-5w", 8.0, 2.5e6, 0.020, 0.10),
+/// A device profile: (label, uplink bytes/s, RTT s, arrival share). Its slowdown against this
+/// machine comes from `--slowdowns`, in the same order.
+const DEVICES: [(&str, f64, f64, f64); 5] = [
+    ("agx-maxn", 40e6, 0.005, 0.30),
+    ("agx-30w", 20e6, 0.010, 0.25),
+    ("nx-15w", 10e6, 0.010, 0.20),
+    ("nano-10w", 5e6, 0.020, 0.15),
+    ("nano-5w", 2.5e6, 0.020, 0.10),
 ];
 
 /// Arguments.
@@ -49,6 +58,11 @@ pub(crate) struct Args {
     /// Deadline factors for vit-b16 (its trials are 15x costlier).
     #[arg(long, value_delimiter = ',', default_values_t = [0.9])]
     vitb_factors: Vec<f64>,
+    /// Per device profile (in `DEVICES` order), how many times slower than this machine (the
+    /// server) it computes a block. The default spans 10x to 40x: a GPU server against Jetson
+    /// power modes from AGX MAXN down to a 5 W Nano. Session 2 ran 2,3,4,6,8.
+    #[arg(long, value_delimiter = ',', default_values_t = [10.0, 15.0, 20.0, 30.0, 40.0])]
+    slowdowns: Vec<f64>,
     /// Budget batch size B of every policy.
     #[arg(long, default_value_t = 8)]
     budget: usize,
@@ -94,6 +108,8 @@ struct Row {
     rate: f64,
     met: f64,
     mean_batch: f64,
+    busy_ms: f64,
+    utilisation: f64,
     splits: Vec<usize>,
 }
 
@@ -107,18 +123,20 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let mut csv = std::fs::File::create(dir.join("throughput.csv"))?;
     writeln!(
         csv,
-        "model,deadline_factor,scheme,max_rate_rps,met_at_rate,mean_batch,splits"
+        "model,deadline_factor,scheme,max_rate_rps,met_at_rate,mean_batch,server_ms_per_request,utilisation,splits"
     )?;
     for r in &rows {
         writeln!(
             csv,
-            "{},{},{},{:.2},{:.3},{:.2},{}",
+            "{},{},{},{:.2},{:.3},{:.2},{:.2},{:.3},{}",
             r.model,
             r.factor,
             r.scheme.name(),
             r.rate,
             r.met,
             r.mean_batch,
+            r.busy_ms,
+            r.utilisation,
             r.splits
                 .iter()
                 .map(|k| k.to_string())
@@ -181,13 +199,26 @@ fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>>
     let spec = ProfileSpec {
         batches: vec![1, 2, 4, 8, 16],
         tokens: vec![tokens],
-        repeats: 3,
+        repeats: 7,
         per_layer: false,
     };
     let make = |b: usize| -> collab_core::Result<Input<B>> {
         Ok(Input::Images(be.zeros(&[b, 3, 224, 224])?))
     };
     let profile = Arc::new(profile_model(&model, name, &spec, &make)?);
+    // What batching buys on this server: a block's time per request at each profiled batch.
+    let per_request: Vec<String> = spec
+        .batches
+        .iter()
+        .map(|&b| {
+            let t = profile.blocks_seconds(0..1, b, tokens).unwrap_or(f64::NAN);
+            format!("b={b} {:.2}", t * 1e3 / b as f64)
+        })
+        .collect();
+    println!(
+        "{name}: one block, ms per request: {}",
+        per_request.join(", ")
+    );
     let table = match (name, &args.table) {
         (_, Some(path)) => AccuracyTable::load(path)?,
         ("deit-tiny", None) => find_table(),
@@ -223,26 +254,64 @@ fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>>
         let raw_plans = device_plans(
             args, false, factor, &profile, &table, &model, &image, pass, tokens,
         )?;
-        for scheme in Scheme::ALL {
-            let devices = if scheme == Scheme::ServerOnly {
+        let devices = |scheme| {
+            if scheme == Scheme::ServerOnly {
                 &raw_plans
             } else {
                 &split_plans
-            };
-            let (rate, met, mean_batch) =
-                search(args, scheme, &model, &profile, devices, requests, tokens)?;
-            let splits = devices.iter().map(|p| p.split).collect::<Vec<_>>();
+            }
+        };
+        // The three searches advance in lockstep, one trial of each scheme per round, so
+        // that this shared machine's slow and fast spells fall on all of them alike.
+        let mut searches: Vec<(Scheme, RateSearch)> = Scheme::ALL
+            .iter()
+            .map(|&scheme| {
+                let guess = capacity_guess(args, &profile, devices(scheme), tokens);
+                (scheme, RateSearch::new(guess, args.steps))
+            })
+            .collect();
+        loop {
+            let mut ran = false;
+            for (scheme, search) in &mut searches {
+                if let Some(rate) = search.next_rate() {
+                    let t = run_trial(
+                        args,
+                        *scheme,
+                        &model,
+                        &profile,
+                        devices(*scheme),
+                        rate,
+                        requests,
+                        tokens,
+                    )?;
+                    search.record(rate, t);
+                    ran = true;
+                }
+            }
+            if !ran {
+                break;
+            }
+        }
+        for (scheme, search) in searches {
+            let (rate, t) = search.result();
+            let splits = devices(scheme).iter().map(|p| p.split).collect::<Vec<_>>();
             println!(
-                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s met={met:.3} mean_batch={mean_batch:.2} splits={splits:?}",
-                scheme.name()
+                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s met={:.3} mean_batch={:.2} server_ms_per_request={:.1} utilisation={:.2} splits={splits:?}",
+                scheme.name(),
+                t.met,
+                t.mean_batch,
+                t.busy_per_done * 1e3,
+                t.utilisation
             );
             rows.push(Row {
                 model: name.to_string(),
                 factor,
                 scheme,
                 rate,
-                met,
-                mean_batch,
+                met: t.met,
+                mean_batch: t.mean_batch,
+                busy_ms: t.busy_per_done * 1e3,
+                utilisation: t.utilisation,
                 splits,
             });
         }
@@ -268,7 +337,7 @@ fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>>
 }
 
 fn find_table() -> AccuracyTable {
-    for tag in ["deit-tiny", "deit-tiny-headline"] {
+    for tag in ["deit-tiny-headline", "deit-tiny"] {
         let path = std::path::Path::new("results/svd-accuracy")
             .join(tag)
             .join("table.json");
@@ -311,7 +380,16 @@ fn device_plans(
     let response_bytes = 4 * model.config().encoder().hidden.max(1000);
     let raw = 3 * 224 * 224;
     let mut plans = vec![];
-    for (label, slow, bandwidth, rtt, weight) in DEVICES {
+    if args.slowdowns.len() != DEVICES.len()
+        || args.slowdowns.iter().any(|&s| s.is_nan() || s <= 0.0)
+    {
+        anyhow::bail!(
+            "--slowdowns needs {} positive factors (one per device profile), got {:?}",
+            DEVICES.len(),
+            args.slowdowns
+        );
+    }
+    for ((label, bandwidth, rtt, weight), &slow) in DEVICES.into_iter().zip(&args.slowdowns) {
         let device: Arc<dyn CostModel> = Arc::new(Scaled {
             inner: profile.clone(),
             factor: slow,
@@ -355,6 +433,12 @@ fn device_plans(
                 Err(e) => return Err(e.into()),
             }
         };
+        println!(
+            "  {label:<9} x{slow:<4} on-device {:>7.1} ms  deadline {:>7.1} ms  split {split:>2}  at server after {:>7.1} ms",
+            on_device * 1e3,
+            budget * 1e3,
+            to_server * 1e3
+        );
         let payload = if split == 0 {
             Payload::Input(Input::Images(image.clone()))
         } else {
@@ -373,51 +457,140 @@ fn device_plans(
     Ok(plans)
 }
 
-/// Bisection (in log space) for the highest rate with >= 90% of requests on time.
-fn search(
+/// A first guess of the sustainable rate: the inverse of the mean server time per request at
+/// the budget batch, from the profile.
+fn capacity_guess(
     args: &Args,
-    scheme: Scheme,
-    model: &Arc<Transformer<B>>,
     profile: &Arc<MeasuredProfile>,
     devices: &[DevicePlan],
-    requests: usize,
     tokens: usize,
-) -> Result<(f64, f64, f64)> {
+) -> f64 {
     let per_request: f64 = devices
         .iter()
         .map(|p| p.weight * remaining(profile, tokens)(p.split, args.budget) / args.budget as f64)
         .sum::<f64>()
         / devices.iter().map(|p| p.weight).sum::<f64>();
-    let guess = 1.0 / per_request.max(1e-6);
-    let run = |rate: f64| -> Result<sim::Trial> {
-        let exec = ModelExecutor::new(model.clone());
-        let rem = remaining(profile, tokens);
-        let b = args.budget;
-        match scheme {
-            Scheme::Shared => trial(SharedModel::new(b)?, exec, rem, devices, rate, requests, 7),
-            Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, devices, rate, requests, 7),
-            Scheme::ServerOnly => trial(ServerOnly::new(b)?, exec, rem, devices, rate, requests, 7),
+    1.0 / per_request.max(1e-6)
+}
+
+/// Bisection (in log space) for the highest rate with >= 90% of requests on time, between
+/// a sixteenth and twice the capacity guess (the top raised x4 up to three times while it is
+/// sustained), driven one trial at a time.
+struct RateSearch {
+    lo: f64,
+    hi: f64,
+    steps_left: usize,
+    /// The highest rate seen to meet the target, with its trial.
+    best: Option<(f64, sim::Trial)>,
+    /// Set when the search has its answer.
+    done: Option<(f64, sim::Trial)>,
+    tried_lo: bool,
+    tried_hi: bool,
+    /// How many more times a sustained top may be raised (x4 each).
+    raises_left: usize,
+}
+
+impl RateSearch {
+    fn new(guess: f64, steps: usize) -> Self {
+        Self {
+            lo: guess / 16.0,
+            hi: guess * 2.0,
+            steps_left: steps,
+            best: None,
+            done: None,
+            tried_lo: false,
+            tried_hi: false,
+            raises_left: 3,
         }
-    };
-    let (mut lo, mut hi) = (guess / 16.0, guess * 2.0);
-    let first = run(lo)?;
-    if first.met < 0.9 {
-        return Ok((0.0, first.met, first.mean_batch));
     }
-    let mut best = (lo, first.met, first.mean_batch);
-    let top = run(hi)?;
-    if top.met >= 0.9 {
-        return Ok((hi, top.met, top.mean_batch));
-    }
-    for _ in 0..args.steps {
-        let mid = (lo * hi).sqrt();
-        let t = run(mid)?;
-        if t.met >= 0.9 {
-            lo = mid;
-            best = (mid, t.met, t.mean_batch);
+
+    /// The next rate to try, or `None` when the search is over.
+    fn next_rate(&self) -> Option<f64> {
+        if self.done.is_some() {
+            None
+        } else if !self.tried_lo {
+            Some(self.lo)
+        } else if !self.tried_hi {
+            Some(self.hi)
         } else {
-            hi = mid;
+            Some((self.lo * self.hi).sqrt())
         }
     }
-    Ok(best)
+
+    fn record(&mut self, rate: f64, t: sim::Trial) {
+        let ok = t.met >= 0.9;
+        if !self.tried_lo {
+            self.tried_lo = true;
+            if ok {
+                self.best = Some((rate, t));
+            } else {
+                self.done = Some((0.0, t)); // even a sixteenth of the guess misses
+            }
+        } else if !self.tried_hi {
+            if ok && self.raises_left > 0 {
+                // The top was sustained: it becomes the floor and the top moves up.
+                self.raises_left -= 1;
+                self.lo = rate;
+                self.best = Some((rate, t));
+                self.hi = rate * 4.0;
+                return;
+            }
+            self.tried_hi = true;
+            if ok {
+                // Still sustained after every raise: the answer is a lower bound.
+                println!("    (rate {rate:.2} is the top of the search and was sustained)");
+                self.done = Some((rate, t));
+            }
+        } else {
+            if ok {
+                self.lo = rate;
+                self.best = Some((rate, t));
+            } else {
+                self.hi = rate;
+            }
+            self.steps_left = self.steps_left.saturating_sub(1);
+        }
+        if self.done.is_none() && self.tried_hi && self.steps_left == 0 {
+            self.done = self.best;
+        }
+    }
+
+    /// The highest rate that met the target and its trial (rate 0 and the trial at the lowest
+    /// rate if none did).
+    fn result(&self) -> (f64, sim::Trial) {
+        self.done
+            .or(self.best)
+            .unwrap_or((0.0, sim::Trial::default()))
+    }
+}
+
+/// One trial of `scheme` at `rate`, printed.
+#[allow(clippy::too_many_arguments)]
+fn run_trial(
+    args: &Args,
+    scheme: Scheme,
+    model: &Arc<Transformer<B>>,
+    profile: &Arc<MeasuredProfile>,
+    devices: &[DevicePlan],
+    rate: f64,
+    requests: usize,
+    tokens: usize,
+) -> Result<sim::Trial> {
+    let exec = ModelExecutor::new(model.clone());
+    let rem = remaining(profile, tokens);
+    let b = args.budget;
+    let t = match scheme {
+        Scheme::Shared => trial(SharedModel::new(b)?, exec, rem, devices, rate, requests, 7),
+        Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, devices, rate, requests, 7),
+        Scheme::ServerOnly => trial(ServerOnly::new(b)?, exec, rem, devices, rate, requests, 7),
+    }?;
+    println!(
+        "    {:<11} rate {rate:>7.2} met {:.3} mean_batch {:.2} server_ms/request {:.1} utilisation {:.2}",
+        scheme.name(),
+        t.met,
+        t.mean_batch,
+        t.busy_per_done * 1e3,
+        t.utilisation
+    );
+    Ok(t)
 }

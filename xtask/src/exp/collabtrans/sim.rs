@@ -34,8 +34,16 @@ pub(super) struct DevicePlan {
 /// What a trial measured.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Trial {
+    /// Fraction of the measured window's requests answered within their deadline.
     pub(super) met: f64,
+    /// Mean batch size over the positions computed.
     pub(super) mean_batch: f64,
+    /// Server compute seconds (measured wall time of the steps that ran) per request answered
+    /// with a result: the server's cost of a request under this scheme at this load.
+    pub(super) busy_per_done: f64,
+    /// Server compute seconds over the simulated span from the first arrival to the last
+    /// response: how loaded the server was.
+    pub(super) utilisation: f64,
 }
 
 /// Estimated seconds to finish from position `p` at batch `b`, from the server profile.
@@ -64,7 +72,15 @@ pub(super) fn remaining(
     }
 }
 
-/// Runs `requests` requests at total rate `rate` (per second) through a worker with `policy`.
+/// Runs a trial at total rate `rate` (per second) through a worker with `policy`, measured in
+/// steady state.
+///
+/// The devices reach the server after different delays (up to `D`, the slowest device's
+/// compute and uplink), so a burst of arrivals reaches the server spread over `D`, a load far
+/// below `rate` when `D` is long. Arrivals therefore run for `D + W + D`: the first `D` until
+/// every device's stream reaches the server, a measured window `W` (at least `requests`
+/// arrivals and `2D`), and `D` more so that the window's requests share the server with every
+/// stream to the end. Only requests that arrive inside the window are counted.
 pub(super) fn trial<P: BatchPolicy>(
     policy: P,
     executor: ModelExecutor<B>,
@@ -76,30 +92,38 @@ pub(super) fn trial<P: BatchPolicy>(
 ) -> Result<Trial> {
     let mut rng = StdRng::seed_from_u64(seed);
     let total: f64 = devices.iter().map(|d| d.weight).sum();
-    // Arrivals: one Poisson stream of `rate`, each request assigned to a device by weight.
+    let delay = devices.iter().map(|d| d.to_server).fold(0.0f64, f64::max);
+    let window = (requests as f64 / rate).max(2.0 * delay);
+    let (from, to, end) = (delay, delay + window, 2.0 * delay + window);
+    // Arrivals: one Poisson stream of `rate`, each request assigned to a device by weight:
+    // (received by the server, arrival, device, counted).
     let mut t = 0.0;
-    let mut arrivals: Vec<(f64, f64, usize)> = (0..requests)
-        .map(|_| {
-            t += -(1.0 - rng.random::<f64>()).ln() / rate;
-            let mut pick = rng.random::<f64>() * total;
-            let dev = devices
-                .iter()
-                .position(|d| {
-                    pick -= d.weight;
-                    pick <= 0.0
-                })
-                .unwrap_or(devices.len() - 1);
-            let d = &devices[dev];
-            (t + d.to_server, t, dev)
-        })
-        .collect();
+    let mut arrivals: Vec<(f64, f64, usize, bool)> = vec![];
+    loop {
+        t += -(1.0 - rng.random::<f64>()).ln() / rate;
+        if t > end {
+            break;
+        }
+        let mut pick = rng.random::<f64>() * total;
+        let dev = devices
+            .iter()
+            .position(|d| {
+                pick -= d.weight;
+                pick <= 0.0
+            })
+            .unwrap_or(devices.len() - 1);
+        let d = &devices[dev];
+        arrivals.push((t + d.to_server, t, dev, (from..=to).contains(&t)));
+    }
     arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut worker = Worker::new(policy, executor, remaining);
     let (mut now, mut next, mut met, mut steps, mut batch_sum) =
         (0.0f64, 0usize, 0usize, 0usize, 0usize);
+    let (mut busy, mut done) = (0.0f64, 0usize);
+    let first = arrivals.first().map_or(0.0, |a| a.1);
     loop {
         while next < arrivals.len() && arrivals[next].0 <= now {
-            let (recv, arrival, dev) = arrivals[next];
+            let (recv, arrival, dev, _) = arrivals[next];
             let d = &devices[dev];
             // The server's own deadline leaves time for the response to travel back.
             let deadline = arrival + d.budget - d.back;
@@ -120,9 +144,12 @@ pub(super) fn trial<P: BatchPolicy>(
         }
         let t0 = Instant::now();
         let mut step = worker.step(now);
-        now += t0.elapsed().as_secs_f64();
+        let spent = t0.elapsed().as_secs_f64();
+        now += spent;
         step.set_finished(now);
+        done += step.responses.iter().filter(|r| r.is_done()).count();
         if let Work::Ran { batch, .. } = step.work {
+            busy += spent;
             steps += 1;
             batch_sum += batch;
         } else if let Some(a) = arrivals.get(next) {
@@ -134,11 +161,15 @@ pub(super) fn trial<P: BatchPolicy>(
             .responses
             .iter()
             .filter(|r| r.is_done() && r.met_deadline())
+            .filter(|r| usize::try_from(r.id).is_ok_and(|i| arrivals.get(i).is_some_and(|a| a.3)))
             .count();
     }
+    let counted = arrivals.iter().filter(|a| a.3).count();
     Ok(Trial {
-        met: met as f64 / requests as f64,
+        met: met as f64 / counted.max(1) as f64,
         mean_batch: batch_sum as f64 / steps.max(1) as f64,
+        busy_per_done: busy / done.max(1) as f64,
+        utilisation: busy / (now - first).max(1e-9),
     })
 }
 

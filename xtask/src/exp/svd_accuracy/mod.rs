@@ -23,7 +23,7 @@ use collab_core::Backend;
 use collab_core::model::Hidden;
 use collab_core::split::Activation;
 use collab_policies::split::{AccuracyEntry, AccuracyTable};
-use collab_policies::svd::{Basis, BasisNeed, Family};
+use collab_policies::svd::{Basis, BasisNeed, Family, PositionMean, Shared};
 
 use data::{B, Batch, SweepData};
 
@@ -52,7 +52,9 @@ pub(crate) struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])]
     rhos: Vec<f64>,
     /// Codec families (default: f16, bf16, int8, svd, svd-f16, svd-int8, pca, pca-f16,
-    /// pca-int8, wsvd).
+    /// pca-int8, wsvd, and around a calibrated per-position mean: csvd, csvd-int8 (per-request
+    /// SVD), cpca, cpca-int8 (PCA of centred activations), asvd, asvd-int8 (per request the
+    /// better of csvd and cpca)).
     #[arg(long, value_delimiter = ',')]
     codecs: Vec<String>,
     /// Results go to `results/svd-accuracy/<model>[-<tag>]/`.
@@ -115,8 +117,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let items: usize = data.eval.iter().map(|b| b.lens.len()).sum();
     let calib_items: usize = data.calib.iter().map(|b| b.lens.len()).sum();
     println!(
-        "{}: {items} evaluation items, {calib_items} calibration items (disjoint), blocks {blocks:?}, rhos {:?}",
-        data.name, args.rhos
+        "{}: {items} evaluation items, {calib_items} calibration items (disjoint), blocks {blocks:?}, rhos {:?}, backend {}",
+        data.name,
+        args.rhos,
+        data.model.backend().name()
     );
 
     let reference = tail(&data, 0, None)?;
@@ -137,25 +141,46 @@ pub(crate) fn run(args: Args) -> Result<()> {
         if !blocks.contains(&k) {
             continue;
         }
+        let calibration = calibration_items(&data)?;
+        let rows: Vec<f32> = calibration
+            .iter()
+            .flat_map(|a| a.values.iter().copied())
+            .collect();
         let pca = Arc::new(Basis::fit_pca(
-            &calibration_rows(&data)?,
+            &rows,
             data.features(),
             &format!("block {k}"),
+        )?);
+        let centre = Arc::new(PositionMean::fit(&calibration, &format!("block {k}"))?);
+        let centred: Vec<f32> = calibration
+            .iter()
+            .flat_map(|a| a.values.iter().zip(&centre.values).map(|(v, m)| v - m))
+            .collect();
+        let centred_pca = Arc::new(Basis::fit_pca(
+            &centred,
+            data.features(),
+            &format!("block {k} centred"),
         )?);
         let weight = weight_basis(&data, k)?;
         let mut cache: HashMap<(Family, Vec<usize>), Measured> = HashMap::new();
         for &family in &families {
-            let basis = match family.basis_need() {
-                BasisNeed::None => None,
-                BasisNeed::Calibrated => Some(pca.clone()),
-                BasisNeed::Weight => weight.clone(),
+            let shared = match family.basis_need() {
+                BasisNeed::None => Some(Shared::None),
+                BasisNeed::Calibrated => Some(Shared::Basis(pca.clone())),
+                BasisNeed::Weight => weight.clone().map(Shared::Basis),
+                BasisNeed::PositionMean => Some(Shared::PositionMean(centre.clone())),
+                BasisNeed::CentredCalibrated => {
+                    Some(Shared::CentredBasis(centred_pca.clone(), centre.clone()))
+                }
             };
             for &rho in &args.rhos {
                 pb.set_message(format!("{} k={k} {family} rho={rho}", data.name));
-                let result = if family.basis_need() == BasisNeed::Weight && basis.is_none() {
-                    None
-                } else {
-                    let ranks = ranks_for(&data, family, rho, basis.as_deref());
+                let result = if let Some(shared) = &shared {
+                    let basis = match shared {
+                        Shared::Basis(b) | Shared::CentredBasis(b, _) => Some(b.as_ref()),
+                        _ => None,
+                    };
+                    let ranks = ranks_for(&data, family, rho, basis);
                     match ranks {
                         None => None,
                         Some(ranks) => {
@@ -168,7 +193,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
                                         k,
                                         family,
                                         &ranks,
-                                        basis.clone(),
+                                        shared.clone(),
                                         &reference,
                                         baseline.metric,
                                     )?;
@@ -178,6 +203,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
                             }
                         }
                     }
+                } else {
+                    None // wsvd after the last block: no linear layer reads it
                 };
                 match &result {
                     Some(m) => writeln!(
@@ -259,19 +286,23 @@ fn tail(data: &SweepData, k: usize, replace: Option<Vec<Hidden<B>>>) -> Result<V
         .collect()
 }
 
-/// Every real token row of the calibration activations at the current block.
-fn calibration_rows(data: &SweepData) -> Result<Vec<f32>> {
+/// Every calibration item's activation at the current block (its real tokens).
+fn calibration_items(data: &SweepData) -> Result<Vec<Activation>> {
     let be = data.model.backend();
     let d = data.features();
-    let mut rows = vec![];
+    let mut items = vec![];
     for b in &data.calib {
         let x = be.to_vec(&b.hidden.x)?;
         let n = b.hidden.dims3(be)?.1;
         for (i, &len) in b.lens.iter().enumerate() {
-            rows.extend_from_slice(&x[i * n * d..(i * n + len) * d]);
+            items.push(Activation::new(
+                len,
+                d,
+                x[i * n * d..(i * n + len) * d].to_vec(),
+            )?);
         }
     }
-    Ok(rows)
+    Ok(items)
 }
 
 /// The basis of the linear layer that reads the activation after block `k` (1-based): the
@@ -305,7 +336,7 @@ fn ranks_for(
         .flat_map(|b| b.lens.iter())
         .map(|&n| {
             let max_rank = match family {
-                Family::Svd(_) => n.min(d),
+                Family::Svd(_) | Family::CentredSvd(_) | Family::AdaptiveSvd(_) => n.min(d),
                 Family::Plain(_) => d,
                 _ => basis.map_or(d, Basis::rank),
             };
@@ -320,7 +351,7 @@ fn evaluate(
     k: usize,
     family: Family,
     ranks: &[usize],
-    basis: Option<Arc<Basis>>,
+    shared: Shared,
     reference: &[Vec<f32>],
     baseline: f64,
 ) -> Result<Measured> {
@@ -340,7 +371,7 @@ fn evaluate(
             let codec = match codecs.entry(rank) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(family.build(rank, basis.clone())?)
+                    e.insert(family.build_with(rank, shared.clone())?)
                 }
             };
             let act = Activation::new(len, d, x[i * n * d..(i * n + len) * d].to_vec())?;

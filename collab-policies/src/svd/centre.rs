@@ -1,0 +1,144 @@
+//! Per-request SVD around a calibrated per-position mean (`csvd`; our addition to SPEC §1's
+//! codecs, measured beside them in `cargo xtask exp svd-accuracy`).
+//!
+//! Early in a ViT the residual stream of every image carries the same position embedding (and
+//! the same class token), a full-rank `n x d` term that a per-request truncated SVD spends its
+//! rank on and a per-feature PCA mean cannot remove. Both sides hold the mean activation *per
+//! token position* at the split, fitted on calibration activations ([`PositionMean::fit`]);
+//! the device sends the truncated SVD factors of `X - M` and the server adds `M` back. The
+//! payload is exactly [`SvdCodec`]'s, with the mean's fingerprint in the header's basis field,
+//! so a server holding another mean, or none, refuses it with a typed error.
+
+use std::sync::Arc;
+
+use collab_core::split::{Activation, ActivationCodec};
+use collab_core::{Error, Result};
+
+use super::basis::Fnv;
+use super::quant::Precision;
+use super::request::SvdCodec;
+
+/// The mean activation at each token position of a split point, known to both sides.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PositionMean {
+    /// Where it came from (`block 4 (position mean of 100 items)`).
+    pub origin: String,
+    /// Positions covered: activations may have at most this many tokens.
+    pub tokens: usize,
+    /// Feature dimension `d`.
+    pub features: usize,
+    /// Row-major `tokens x features` means.
+    pub values: Vec<f32>,
+    /// A hash of the means, sent with every payload.
+    pub fingerprint: u64,
+}
+
+impl PositionMean {
+    /// The per-position mean of `items` (activations of one split point; items may differ in
+    /// tokens, each position averaging the items that reach it).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for no items or items of different feature counts.
+    pub fn fit(items: &[Activation], origin: &str) -> Result<Self> {
+        let features = items.first().map_or(0, |a| a.features);
+        if features == 0 || items.iter().any(|a| a.features != features) {
+            return Err(Error::InvalidInput(format!(
+                "a position mean needs activations of one feature count; got {:?}",
+                items.iter().map(|a| a.features).collect::<Vec<_>>()
+            )));
+        }
+        let tokens = items.iter().map(|a| a.tokens).max().unwrap_or(0);
+        let mut sum = vec![0f64; tokens * features];
+        let mut count = vec![0usize; tokens];
+        for a in items {
+            sum.iter_mut()
+                .zip(&a.values)
+                .for_each(|(s, &v)| *s += f64::from(v));
+            count.iter_mut().take(a.tokens).for_each(|c| *c += 1);
+        }
+        let values: Vec<f32> = sum
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s / count[i / features].max(1) as f64) as f32)
+            .collect();
+        let mut hash = Fnv::default();
+        hash.write(b"position-mean");
+        hash.write(&(features as u64).to_le_bytes());
+        values.iter().for_each(|v| hash.write(&v.to_le_bytes()));
+        Ok(Self {
+            origin: format!("{origin} (position mean of {} items)", items.len()),
+            tokens,
+            features,
+            values,
+            fingerprint: hash.0.max(1),
+        })
+    }
+
+    /// Adds `sign` times the means of the first `x.tokens` positions to `x`.
+    pub(super) fn shift(&self, x: &mut Activation, sign: f32, codec: &str) -> Result<()> {
+        if x.features != self.features || x.tokens > self.tokens {
+            return Err(Error::codec(
+                codec,
+                format!(
+                    "activation {} x {} does not fit the position mean {} x {} ({})",
+                    x.tokens, x.features, self.tokens, self.features, self.origin
+                ),
+            ));
+        }
+        x.values
+            .iter_mut()
+            .zip(&self.values)
+            .for_each(|(v, m)| *v += sign * m);
+        Ok(())
+    }
+}
+
+/// Per-request truncated SVD of `X - M` (module docs), `r (n + d)` values like [`SvdCodec`].
+#[derive(Clone, Debug)]
+pub struct CentredSvdCodec {
+    /// The shared per-position mean `M`.
+    pub centre: Arc<PositionMean>,
+    /// Rank kept (clamped to `min(tokens, features)` per request).
+    pub rank: usize,
+    /// Precision of both factors.
+    pub precision: Precision,
+}
+
+impl CentredSvdCodec {
+    fn svd(&self) -> SvdCodec {
+        SvdCodec {
+            rank: self.rank,
+            precision: self.precision,
+        }
+    }
+}
+
+impl ActivationCodec for CentredSvdCodec {
+    fn name(&self) -> String {
+        match self.precision {
+            Precision::F32 => format!("csvd-r{}", self.rank),
+            p => format!("csvd-{}-r{}", p.name(), self.rank),
+        }
+    }
+
+    fn encoded_len(&self, tokens: usize, features: usize) -> usize {
+        self.svd().encoded_len(tokens, features)
+    }
+
+    fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
+        let name = self.name();
+        let mut centred = x.clone();
+        self.centre.shift(&mut centred, -1.0, &name)?;
+        self.svd()
+            .encode_tagged(&centred, self.centre.fingerprint, &name)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Activation> {
+        let name = self.name();
+        let mut x = self
+            .svd()
+            .decode_tagged(bytes, self.centre.fingerprint, &name)?;
+        self.centre.shift(&mut x, 1.0, &name)?;
+        Ok(x)
+    }
+}
