@@ -14,7 +14,7 @@ use std::sync::Arc;
 use collab_core::split::{Activation, ActivationCodec};
 use collab_core::{Error, Result};
 
-use super::basis::Fnv;
+use super::basis::{Basis, Fnv};
 use super::quant::Precision;
 use super::request::SvdCodec;
 
@@ -72,6 +72,21 @@ impl PositionMean {
             values,
             fingerprint: hash.0.max(1),
         })
+    }
+
+    /// The PCA basis ([`Basis::fit_pca`]) of `items` centred on this mean: the basis of the
+    /// `cpca` and `asvd` codecs.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] if an item does not fit the mean; [`Basis::fit_pca`]'s errors.
+    pub fn fit_centred_pca(&self, items: &[Activation], origin: &str) -> Result<Basis> {
+        let mut rows = Vec::with_capacity(items.iter().map(|a| a.values.len()).sum());
+        for a in items {
+            let mut x = a.clone();
+            self.shift(&mut x, -1.0, "position mean")?;
+            rows.extend(x.values);
+        }
+        Basis::fit_pca(&rows, self.features, origin)
     }
 
     /// Adds `sign` times the means of the first `x.tokens` positions to `x`.

@@ -57,11 +57,9 @@ fn bases(n: usize, d: usize, seed: u64) -> Bases {
     let calib: Vec<f32> = items.iter().flat_map(|a| a.values.clone()).collect();
     let pca = Basis::fit_pca(&calib, d, "test").expect("pca");
     let centre = PositionMean::fit(&items, "test").expect("position mean");
-    let centred: Vec<f32> = items
-        .iter()
-        .flat_map(|a| a.values.iter().zip(&centre.values).map(|(v, m)| v - m))
-        .collect();
-    let centred_pca = Basis::fit_pca(&centred, d, "test centred").expect("centred pca");
+    let centred_pca = centre
+        .fit_centred_pca(&items, "test centred")
+        .expect("centred pca");
     let mut rng = StdRng::seed_from_u64(seed);
     let w: Vec<f32> = (0..3 * d * d)
         .map(|_| rng.random_range(-1.0..1.0))

@@ -152,15 +152,8 @@ pub(crate) fn run(args: Args) -> Result<()> {
             &format!("block {k}"),
         )?);
         let centre = Arc::new(PositionMean::fit(&calibration, &format!("block {k}"))?);
-        let centred: Vec<f32> = calibration
-            .iter()
-            .flat_map(|a| a.values.iter().zip(&centre.values).map(|(v, m)| v - m))
-            .collect();
-        let centred_pca = Arc::new(Basis::fit_pca(
-            &centred,
-            data.features(),
-            &format!("block {k} centred"),
-        )?);
+        let centred_pca =
+            Arc::new(centre.fit_centred_pca(&calibration, &format!("block {k} centred"))?);
         let weight = weight_basis(&data, k)?;
         let mut cache: HashMap<(Family, Vec<usize>), Measured> = HashMap::new();
         for &family in &families {
