@@ -6,8 +6,9 @@
 //! picks its split with the SPEC §1 selector (deadline = factor x its own on-device latency,
 //! device-only excluded). Device compute and transfer times come from the profiles; the server
 //! computes real batches of the real model. For each scheme, the highest rate at which at
-//! least 90% of requests meet their deadline is found by bisection over the rate; the three
-//! searches advance in lockstep (one trial of each scheme per round) so that this shared
+//! least 90% of requests meet their deadline is found by bisection over the rate, each rate
+//! judged on several seeded arrival traces pooled (`--seeds`); the three searches advance in
+//! lockstep (each round runs every seed of every scheme, seeds outermost) so that this shared
 //! machine's slow spells fall on all of them alike. Each trial reports the server's compute
 //! per answered request and its utilisation, the measurements that say where a gain comes
 //! from.
@@ -16,6 +17,7 @@
 //! power modes against a GPU server. Session 2 used 2x to 8x: a server barely faster than the
 //! devices, whose deadlines then leave no room to queue or batch.
 
+mod search;
 mod sim;
 
 use std::io::Write;
@@ -32,6 +34,7 @@ use collab_policies::batch::{ModelExecutor, Payload, PerSplit, ServerOnly, Share
 use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
 
 use super::plot::{Series, line_chart};
+use search::RateSearch;
 use sim::{DevicePlan, device_seconds, remaining, trial};
 
 type B = CandleBackend;
@@ -72,6 +75,11 @@ pub(crate) struct Args {
     /// Bisection steps of the rate search.
     #[arg(long, default_value_t = 7)]
     steps: usize,
+    /// Seeded arrival traces per tried rate; the rate's fraction on time pools them (total met
+    /// over total counted). One trace cannot separate schemes whose rates differ by less than
+    /// this machine's trial-to-trial noise.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
     /// Queueing the devices' selectors assume, in passes of the server at the budget batch.
     #[arg(long, default_value_t = 0.5)]
     queue_passes: f64,
@@ -105,7 +113,10 @@ struct Row {
     model: String,
     factor: f64,
     scheme: Scheme,
+    /// The 90% crossing, interpolated (see [`RateSearch::crossing`]).
     rate: f64,
+    /// The highest rate tried and sustained; the other measurements are its trial's.
+    sustained: f64,
     met: f64,
     mean_batch: f64,
     busy_ms: f64,
@@ -123,16 +134,17 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let mut csv = std::fs::File::create(dir.join("throughput.csv"))?;
     writeln!(
         csv,
-        "model,deadline_factor,scheme,max_rate_rps,met_at_rate,mean_batch,server_ms_per_request,utilisation,splits"
+        "model,deadline_factor,scheme,max_rate_rps,sustained_rate_rps,met_at_sustained,mean_batch,server_ms_per_request,utilisation,splits"
     )?;
     for r in &rows {
         writeln!(
             csv,
-            "{},{},{},{:.2},{:.3},{:.2},{:.2},{:.3},{}",
+            "{},{},{},{:.2},{:.2},{:.3},{:.2},{:.2},{:.3},{}",
             r.model,
             r.factor,
             r.scheme.name(),
             r.rate,
+            r.sustained,
             r.met,
             r.mean_batch,
             r.busy_ms,
@@ -271,47 +283,70 @@ fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>>
             })
             .collect();
         loop {
-            let mut ran = false;
-            for (scheme, search) in &mut searches {
-                if let Some(rate) = search.next_rate() {
-                    let t = run_trial(
-                        args,
-                        *scheme,
-                        &model,
-                        &profile,
-                        devices(*scheme),
-                        rate,
-                        requests,
-                        tokens,
-                    )?;
-                    search.record(rate, t);
-                    ran = true;
+            let rates: Vec<Option<f64>> = searches.iter().map(|(_, s)| s.next_rate()).collect();
+            if rates.iter().all(Option::is_none) {
+                break;
+            }
+            // Seeds outermost, so that a slow spell of this machine falls on every scheme.
+            let mut pooled = vec![(sim::Trial::default(), vec![]); searches.len()];
+            for seed in 0..args.seeds.max(1) {
+                for (i, (scheme, _)) in searches.iter().enumerate() {
+                    if let Some(rate) = rates[i] {
+                        let t = run_trial(
+                            args,
+                            *scheme,
+                            &model,
+                            &profile,
+                            devices(*scheme),
+                            rate,
+                            requests,
+                            tokens,
+                            7 + seed,
+                        )?;
+                        pooled[i].0 = pooled[i].0.pooled(t);
+                        pooled[i].1.push(t.met());
+                    }
                 }
             }
-            if !ran {
-                break;
+            for (i, (scheme, search)) in searches.iter_mut().enumerate() {
+                if let Some(rate) = rates[i] {
+                    let (t, mets) = &pooled[i];
+                    let mets: Vec<String> = mets.iter().map(|m| format!("{m:.2}")).collect();
+                    println!(
+                        "    {:<11} rate {rate:>7.2} met {:.3} (seeds {}) mean_batch {:.2} server_ms/request {:.1} utilisation {:.2}",
+                        scheme.name(),
+                        t.met(),
+                        mets.join(" "),
+                        t.mean_batch(),
+                        t.busy_per_done() * 1e3,
+                        t.utilisation()
+                    );
+                    search.record(rate, *t);
+                }
             }
         }
         for (scheme, search) in searches {
-            let (rate, t) = search.result();
+            let (tried, t) = search.best();
+            let rate = search.crossing();
             let splits = devices(scheme).iter().map(|p| p.split).collect::<Vec<_>>();
             println!(
-                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s met={:.3} mean_batch={:.2} server_ms_per_request={:.1} utilisation={:.2} splits={splits:?}",
+                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s (sustained {tried:.2} with met={:.3} mean_batch={:.2} server_ms_per_request={:.1} utilisation={:.2}) splits={splits:?}",
                 scheme.name(),
-                t.met,
-                t.mean_batch,
-                t.busy_per_done * 1e3,
-                t.utilisation
+                t.met(),
+                t.mean_batch(),
+                t.busy_per_done() * 1e3,
+                t.utilisation()
             );
             rows.push(Row {
                 model: name.to_string(),
                 factor,
                 scheme,
                 rate,
-                met: t.met,
-                mean_batch: t.mean_batch,
-                busy_ms: t.busy_per_done * 1e3,
-                utilisation: t.utilisation,
+                sustained: tried,
+                met: t.met(),
+                mean_batch: t.mean_batch(),
+                busy_ms: t.busy_per_done() * 1e3,
+                utilisation: t.utilisation(),
                 splits,
             });
         }
@@ -473,98 +508,7 @@ fn capacity_guess(
     1.0 / per_request.max(1e-6)
 }
 
-/// Bisection (in log space) for the highest rate with >= 90% of requests on time, between
-/// a sixteenth and twice the capacity guess (the top raised x4 up to three times while it is
-/// sustained), driven one trial at a time.
-struct RateSearch {
-    lo: f64,
-    hi: f64,
-    steps_left: usize,
-    /// The highest rate seen to meet the target, with its trial.
-    best: Option<(f64, sim::Trial)>,
-    /// Set when the search has its answer.
-    done: Option<(f64, sim::Trial)>,
-    tried_lo: bool,
-    tried_hi: bool,
-    /// How many more times a sustained top may be raised (x4 each).
-    raises_left: usize,
-}
-
-impl RateSearch {
-    fn new(guess: f64, steps: usize) -> Self {
-        Self {
-            lo: guess / 16.0,
-            hi: guess * 2.0,
-            steps_left: steps,
-            best: None,
-            done: None,
-            tried_lo: false,
-            tried_hi: false,
-            raises_left: 3,
-        }
-    }
-
-    /// The next rate to try, or `None` when the search is over.
-    fn next_rate(&self) -> Option<f64> {
-        if self.done.is_some() {
-            None
-        } else if !self.tried_lo {
-            Some(self.lo)
-        } else if !self.tried_hi {
-            Some(self.hi)
-        } else {
-            Some((self.lo * self.hi).sqrt())
-        }
-    }
-
-    fn record(&mut self, rate: f64, t: sim::Trial) {
-        let ok = t.met >= 0.9;
-        if !self.tried_lo {
-            self.tried_lo = true;
-            if ok {
-                self.best = Some((rate, t));
-            } else {
-                self.done = Some((0.0, t)); // even a sixteenth of the guess misses
-            }
-        } else if !self.tried_hi {
-            if ok && self.raises_left > 0 {
-                // The top was sustained: it becomes the floor and the top moves up.
-                self.raises_left -= 1;
-                self.lo = rate;
-                self.best = Some((rate, t));
-                self.hi = rate * 4.0;
-                return;
-            }
-            self.tried_hi = true;
-            if ok {
-                // Still sustained after every raise: the answer is a lower bound.
-                println!("    (rate {rate:.2} is the top of the search and was sustained)");
-                self.done = Some((rate, t));
-            }
-        } else {
-            if ok {
-                self.lo = rate;
-                self.best = Some((rate, t));
-            } else {
-                self.hi = rate;
-            }
-            self.steps_left = self.steps_left.saturating_sub(1);
-        }
-        if self.done.is_none() && self.tried_hi && self.steps_left == 0 {
-            self.done = self.best;
-        }
-    }
-
-    /// The highest rate that met the target and its trial (rate 0 and the trial at the lowest
-    /// rate if none did).
-    fn result(&self) -> (f64, sim::Trial) {
-        self.done
-            .or(self.best)
-            .unwrap_or((0.0, sim::Trial::default()))
-    }
-}
-
-/// One trial of `scheme` at `rate`, printed.
+/// One trial of `scheme` at `rate` on the arrival trace of `seed`.
 #[allow(clippy::too_many_arguments)]
 fn run_trial(
     args: &Args,
@@ -575,22 +519,30 @@ fn run_trial(
     rate: f64,
     requests: usize,
     tokens: usize,
+    seed: u64,
 ) -> Result<sim::Trial> {
     let exec = ModelExecutor::new(model.clone());
     let rem = remaining(profile, tokens);
     let b = args.budget;
-    let t = match scheme {
-        Scheme::Shared => trial(SharedModel::new(b)?, exec, rem, devices, rate, requests, 7),
-        Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, devices, rate, requests, 7),
-        Scheme::ServerOnly => trial(ServerOnly::new(b)?, exec, rem, devices, rate, requests, 7),
-    }?;
-    println!(
-        "    {:<11} rate {rate:>7.2} met {:.3} mean_batch {:.2} server_ms/request {:.1} utilisation {:.2}",
-        scheme.name(),
-        t.met,
-        t.mean_batch,
-        t.busy_per_done * 1e3,
-        t.utilisation
-    );
-    Ok(t)
+    match scheme {
+        Scheme::Shared => trial(
+            SharedModel::new(b)?,
+            exec,
+            rem,
+            devices,
+            rate,
+            requests,
+            seed,
+        ),
+        Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, devices, rate, requests, seed),
+        Scheme::ServerOnly => trial(
+            ServerOnly::new(b)?,
+            exec,
+            rem,
+            devices,
+            rate,
+            requests,
+            seed,
+        ),
+    }
 }

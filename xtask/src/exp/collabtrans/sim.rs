@@ -31,19 +31,69 @@ pub(super) struct DevicePlan {
     pub(super) payload: Payload<B>,
 }
 
-/// What a trial measured.
+/// What one or more trials measured, as sums so that trials over several seeds pool: the
+/// pooled fraction on time is total met over total counted, not a mean of fractions.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Trial {
+    /// Requests that arrived inside the measured window.
+    pub(super) counted: usize,
+    /// Of those, answered with a result within their deadline.
+    pub(super) met_count: usize,
+    /// Batched steps the server ran, and the batch sizes summed over them.
+    steps: usize,
+    batch_sum: usize,
+    /// Server compute seconds (measured wall time of the steps that ran).
+    busy: f64,
+    /// Requests (all, not only the window's) answered with a result.
+    done: usize,
+    /// Simulated seconds from the first arrival to the last response.
+    span: f64,
+}
+
+impl Trial {
     /// Fraction of the measured window's requests answered within their deadline.
-    pub(super) met: f64,
+    pub(super) fn met(&self) -> f64 {
+        self.met_count as f64 / self.counted.max(1) as f64
+    }
+
     /// Mean batch size over the positions computed.
-    pub(super) mean_batch: f64,
-    /// Server compute seconds (measured wall time of the steps that ran) per request answered
-    /// with a result: the server's cost of a request under this scheme at this load.
-    pub(super) busy_per_done: f64,
-    /// Server compute seconds over the simulated span from the first arrival to the last
-    /// response: how loaded the server was.
-    pub(super) utilisation: f64,
+    pub(super) fn mean_batch(&self) -> f64 {
+        self.batch_sum as f64 / self.steps.max(1) as f64
+    }
+
+    /// Server compute seconds per request answered with a result: the server's cost of a
+    /// request under this scheme at this load.
+    pub(super) fn busy_per_done(&self) -> f64 {
+        self.busy / self.done.max(1) as f64
+    }
+
+    /// Server compute seconds over the simulated span: how loaded the server was.
+    pub(super) fn utilisation(&self) -> f64 {
+        self.busy / self.span.max(1e-9)
+    }
+
+    /// A trial of 1000 counted requests of which `met` (a fraction) were on time; for tests.
+    #[cfg(test)]
+    pub(super) fn with_fraction(met: f64) -> Trial {
+        Trial {
+            counted: 1000,
+            met_count: (met * 1000.0).round() as usize,
+            ..Trial::default()
+        }
+    }
+
+    /// The trials of `self` and `other` pooled, as if run one after the other.
+    pub(super) fn pooled(self, other: Trial) -> Trial {
+        Trial {
+            counted: self.counted + other.counted,
+            met_count: self.met_count + other.met_count,
+            steps: self.steps + other.steps,
+            batch_sum: self.batch_sum + other.batch_sum,
+            busy: self.busy + other.busy,
+            done: self.done + other.done,
+            span: self.span + other.span,
+        }
+    }
 }
 
 /// Estimated seconds to finish from position `p` at batch `b`, from the server profile.
@@ -164,12 +214,14 @@ pub(super) fn trial<P: BatchPolicy>(
             .filter(|r| usize::try_from(r.id).is_ok_and(|i| arrivals.get(i).is_some_and(|a| a.3)))
             .count();
     }
-    let counted = arrivals.iter().filter(|a| a.3).count();
     Ok(Trial {
-        met: met as f64 / counted.max(1) as f64,
-        mean_batch: batch_sum as f64 / steps.max(1) as f64,
-        busy_per_done: busy / done.max(1) as f64,
-        utilisation: busy / (now - first).max(1e-9),
+        counted: arrivals.iter().filter(|a| a.3).count(),
+        met_count: met,
+        steps,
+        batch_sum,
+        busy,
+        done,
+        span: (now - first).max(0.0),
     })
 }
 

@@ -1,0 +1,200 @@
+//! The rate search of `exp collabtrans-throughput`: the highest request rate at which at least
+//! 90% of requests meet their deadline (SPEC §2's sustainable throughput).
+
+use super::sim::Trial;
+
+/// The fraction on time a rate must reach to count as sustained (SPEC §2).
+pub(super) const TARGET: f64 = 0.9;
+
+/// Bisection (in log space) for the highest rate with at least [`TARGET`] of requests on time,
+/// between a sixteenth and twice the capacity guess (the top raised x4 up to three times while
+/// it is sustained), driven one trial at a time so that several searches can advance in
+/// lockstep.
+///
+/// The answer ([`RateSearch::crossing`]) interpolates the fraction on time, linearly in log
+/// rate, between the highest sustained rate and the lowest failed rate above it. Two schemes
+/// whose searches try the same rates and agree at each one would otherwise report the same
+/// bracket, a ratio of exactly 1 whatever their margins were.
+pub(super) struct RateSearch {
+    lo: f64,
+    hi: f64,
+    steps_left: usize,
+    /// The highest rate seen to meet the target, with its trial.
+    best: Option<(f64, Trial)>,
+    /// The lowest rate above `best` seen to miss the target, with its fraction on time.
+    failed: Option<(f64, f64)>,
+    /// Set when the search is over (`best` then holds its answer, if any).
+    done: bool,
+    tried_lo: bool,
+    tried_hi: bool,
+    /// How many more times a sustained top may be raised (x4 each).
+    raises_left: usize,
+    /// The top was still sustained after every raise: the answer is only a lower bound.
+    capped: bool,
+}
+
+impl RateSearch {
+    /// A search around `guess` (requests per second) with `steps` bisection steps.
+    pub(super) fn new(guess: f64, steps: usize) -> Self {
+        Self {
+            lo: guess / 16.0,
+            hi: guess * 2.0,
+            steps_left: steps,
+            best: None,
+            failed: None,
+            done: false,
+            tried_lo: false,
+            tried_hi: false,
+            raises_left: 3,
+            capped: false,
+        }
+    }
+
+    /// The next rate to try, or `None` when the search is over.
+    pub(super) fn next_rate(&self) -> Option<f64> {
+        if self.done {
+            None
+        } else if !self.tried_lo {
+            Some(self.lo)
+        } else if !self.tried_hi {
+            Some(self.hi)
+        } else {
+            Some((self.lo * self.hi).sqrt())
+        }
+    }
+
+    /// Records the (pooled) trial at `rate`, the rate [`RateSearch::next_rate`] gave.
+    pub(super) fn record(&mut self, rate: f64, t: Trial) {
+        let ok = t.met() >= TARGET;
+        if !self.tried_lo {
+            self.tried_lo = true;
+            if ok {
+                self.best = Some((rate, t));
+            } else {
+                // Even a sixteenth of the guess misses.
+                self.failed = Some((rate, t.met()));
+                self.done = true;
+            }
+            return;
+        }
+        if !self.tried_hi {
+            if ok && self.raises_left > 0 {
+                // The top was sustained: it becomes the floor and the top moves up.
+                self.raises_left -= 1;
+                self.lo = rate;
+                self.best = Some((rate, t));
+                self.hi = rate * 4.0;
+                return;
+            }
+            self.tried_hi = true;
+            if ok {
+                println!("    (rate {rate:.2} is the top of the search and was sustained)");
+                self.best = Some((rate, t));
+                self.capped = true;
+                self.done = true;
+                return;
+            }
+            self.failed = Some((rate, t.met()));
+        } else {
+            if ok {
+                self.lo = rate;
+                self.best = Some((rate, t));
+            } else {
+                self.hi = rate;
+                self.failed = Some((rate, t.met()));
+            }
+            self.steps_left = self.steps_left.saturating_sub(1);
+        }
+        if self.steps_left == 0 {
+            self.done = true;
+        }
+    }
+
+    /// The highest sustained rate tried and its trial (rate 0 and an empty trial if none was).
+    pub(super) fn best(&self) -> (f64, Trial) {
+        self.best.unwrap_or((0.0, Trial::default()))
+    }
+
+    /// Where the fraction on time crosses [`TARGET`]: interpolated linearly in log rate
+    /// between the highest sustained rate and the lowest failed rate above it; the highest
+    /// sustained rate itself when the search was capped or nothing above it failed; 0 when
+    /// nothing was sustained.
+    pub(super) fn crossing(&self) -> f64 {
+        let Some((lo, t)) = self.best else {
+            return 0.0;
+        };
+        match self.failed {
+            Some((hi, met_hi)) if !self.capped && hi > lo && t.met() > met_hi => {
+                let w = ((t.met() - TARGET) / (t.met() - met_hi)).clamp(0.0, 1.0);
+                (lo * (hi / lo).powf(w)).clamp(lo, hi)
+            }
+            _ => lo,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A search driven by a scheme whose fraction on time falls linearly from 1 at rate 0 to
+    /// 0 at rate `2 * knee` (so it crosses 0.9 at `0.2 * knee`).
+    fn drive(guess: f64, knee: f64, steps: usize) -> RateSearch {
+        let mut s = RateSearch::new(guess, steps);
+        let mut tries = 0;
+        while let Some(rate) = s.next_rate() {
+            let met = (1.0 - rate / (2.0 * knee)).clamp(0.0, 1.0);
+            s.record(rate, Trial::with_fraction(met));
+            tries += 1;
+            assert!(tries < 50, "the search ends");
+        }
+        s
+    }
+
+    #[test]
+    fn the_crossing_lies_in_the_final_bracket_and_near_the_true_one() {
+        for knee in [5.0, 40.0, 300.0] {
+            let s = drive(10.0, knee, 7);
+            let (best, t) = s.best();
+            assert!(t.met() >= TARGET, "best is sustained");
+            let x = s.crossing();
+            assert!(x >= best, "crossing {x} below the sustained {best}");
+            let truth = 0.2 * knee;
+            assert!(
+                (x / truth - 1.0).abs() < 0.02,
+                "knee {knee}: crossing {x} against {truth}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_sustained_gives_zero_and_a_capped_search_its_top() {
+        let s = drive(1000.0, 1.0, 5); // even guess/16 = 62.5 fails
+        assert_eq!(s.crossing(), 0.0);
+        assert_eq!(s.best().0, 0.0);
+        let s = drive(1.0, 1e6, 5); // every rate is sustained: the top is raised 3 times
+        let top = 2.0 * 4f64.powi(3);
+        assert!((s.crossing() - top).abs() < 1e-9, "{}", s.crossing());
+    }
+
+    #[test]
+    fn same_rates_with_different_margins_give_different_crossings() {
+        let mut a = RateSearch::new(10.0, 1);
+        let mut b = RateSearch::new(10.0, 1);
+        for (rate, ma, mb) in [(0.625, 1.0, 1.0), (20.0, 0.5, 0.5), (3.54, 0.95, 0.91)] {
+            assert_eq!(
+                a.next_rate().map(|r| (r * 100.0).round()),
+                Some((rate * 100.0f64).round())
+            );
+            a.record(a.next_rate().unwrap(), Trial::with_fraction(ma));
+            b.record(b.next_rate().unwrap(), Trial::with_fraction(mb));
+        }
+        assert!(a.next_rate().is_none() && b.next_rate().is_none());
+        assert_eq!(a.best().0, b.best().0, "the same bracket");
+        assert!(
+            a.crossing() > b.crossing(),
+            "the larger margin crosses later"
+        );
+    }
+}
