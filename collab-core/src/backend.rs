@@ -36,6 +36,18 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
     fn name(&self) -> String;
     /// The device tensors of this backend live on.
     fn device(&self) -> &Self::Device;
+    /// Blocks until every operation queued on this backend's device has finished.
+    ///
+    /// Backends that compute asynchronously (CUDA) must wait here; the default, for backends
+    /// whose operations finish before they return (every CPU backend), does nothing. Timing
+    /// code calls it before it reads the clock: without it a GPU profile measures kernel
+    /// launches, not kernels.
+    ///
+    /// # Errors
+    /// The device's error if waiting fails.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
 
     // ----- creation and host transfer -----
 

@@ -133,6 +133,10 @@ impl Backend for CandleBackend {
         &self.device
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.device.synchronize().map_err(err("synchronize"))
+    }
+
     fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
         shape::elements("from_vec", data.len(), shape, "values")?;
         Tensor::from_vec(data, shape, &self.device).map_err(err("from_vec"))

@@ -1,5 +1,5 @@
-//! The `creation` family: `from_vec`, `to_vec`, `zeros`, scalars and empty tensors, index
-//! round trips.
+//! The `creation` family: `from_vec`, `to_vec`, `zeros`, `synchronize`, scalars and empty
+//! tensors, index round trips.
 
 use collab_core::Backend;
 use rand::Rng;
@@ -38,6 +38,12 @@ impl<B: Backend> Suite<'_, B> {
         }
         let what = format!("from_vec then to_vec of {shape:?} (with inf, NaN, extremes)");
         let g = call(|| b.from_vec(h.data.clone(), &shape));
+        // Waiting for the device must succeed with work queued, and leave the values intact.
+        self.got(
+            "synchronize",
+            "synchronize after from_vec",
+            call(|| b.synchronize()),
+        )?;
         let want = self.r.from_vec(h.data.clone(), &shape);
         self.check("from_vec", &what, g, want, Tolerance::EXACT, 1.0)?;
         let zshape = self.shape(1..=4);

@@ -112,6 +112,13 @@ impl Backend for TchBackend {
         &self.device
     }
 
+    fn synchronize(&self) -> Result<()> {
+        if let Device::Cuda(i) = self.device {
+            tch::Cuda::synchronize(i64::try_from(i).unwrap_or(i64::MAX));
+        }
+        Ok(())
+    }
+
     fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<TchTensor> {
         self.tensor_from_vec(&data, shape)
     }

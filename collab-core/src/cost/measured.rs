@@ -68,7 +68,10 @@ pub fn profile_model<B: Backend>(
         let input = make_input(batch)?;
         let embedded = model.embed(&input)?;
         let native_tokens = embedded.dims3(be)?.1;
-        let t = time_median(spec.repeats, || model.embed(&input).map(|_| ()))?;
+        let t = time_median(spec.repeats, || {
+            model.embed(&input)?;
+            be.synchronize()
+        })?;
         points.push(ProfilePoint {
             work: Workload::Embed {
                 batch,
@@ -76,7 +79,10 @@ pub fn profile_model<B: Backend>(
             },
             seconds: t,
         });
-        let t = time_median(spec.repeats, || model.head(&embedded).map(|_| ()))?;
+        let t = time_median(spec.repeats, || {
+            model.head(&embedded)?;
+            be.synchronize()
+        })?;
         points.push(ProfilePoint {
             work: Workload::Head {
                 batch,
@@ -96,7 +102,8 @@ pub fn profile_model<B: Backend>(
             };
             for layer in layers {
                 let t = time_median(spec.repeats, || {
-                    model.run_blocks(h.clone(), layer..layer + 1).map(|_| ())
+                    model.run_blocks(h.clone(), layer..layer + 1)?;
+                    be.synchronize()
                 })?;
                 points.push(ProfilePoint {
                     work: Workload::Block {

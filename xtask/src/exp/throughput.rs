@@ -33,8 +33,9 @@ use super::results_dir;
 
 /// `--backend` values: any name of `collab_backends::any` (`candle-cpu`, `tch-cpu`,
 /// `candle-cuda`, `tch-cuda:1`, `arm-q8`, ...), with `candle` and `tch` short for their CPU
-/// backends.
-fn open(name: &str) -> Result<AnyBackend> {
+/// backends. An unknown name, or one whose feature is not compiled in, is an error that says
+/// how to build for libtorch.
+pub(super) fn open(name: &str) -> Result<AnyBackend> {
     let full = match name {
         "candle" => "candle-cpu",
         "tch" => "tch-cpu",
@@ -51,17 +52,6 @@ fn open(name: &str) -> Result<AnyBackend> {
 
 /// How to build xtask for the libtorch backend.
 const NO_TCH: &str = "--backend tch needs xtask built with its `tch` feature: run `cargo xtask setup-libtorch`, set the LIBTORCH and LD_LIBRARY_PATH it prints, then `cargo run -p xtask --features tch -- exp forward-throughput --backend candle,tch`";
-
-/// Reads one value of `t` back to the host, so that a timed call includes the device's work on
-/// backends that queue it (CUDA): the timings then cover the computation, not its launch.
-fn synced<B: Backend>(be: &B, t: B::Tensor) -> collab_core::Result<B::Tensor> {
-    let n: usize = be.dims(&t).iter().product();
-    if n > 0 {
-        let flat = be.reshape(&t, &[n])?;
-        be.to_vec(&be.narrow(&flat, 0, n - 1, 1)?)?;
-    }
-    Ok(t)
-}
 
 /// Arguments.
 #[derive(clap::Args, Debug)]
@@ -100,7 +90,10 @@ fn matmul_peak<B: Backend>(be: &B, repeats: usize) -> Result<(f64, Vec<(String, 
             (0..k * n).map(|i| (i % 89) as f32 * 0.01).collect(),
             &[k, n],
         )?;
-        let s = time_median(repeats, || synced(be, be.matmul(&a, &b)?))?;
+        let s = time_median(repeats, || {
+            be.matmul(&a, &b)?;
+            be.synchronize()
+        })?;
         rows.push((format!("{m}x{k}x{n}"), 2.0 * (m * k * n) as f64 / s / 1e9));
     }
     let peak = rows.iter().map(|r| r.1).fold(0.0, f64::max);
@@ -136,11 +129,14 @@ fn measure<B: Backend>(
             &[b, 3, v.image_size, v.image_size],
         )?;
         let input = Input::Images(x);
-        let s = time_median(repeats, || synced(be, model.forward(&input)?))?;
+        let s = time_median(repeats, || {
+            model.forward(&input)?;
+            be.synchronize()
+        })?;
         let h: Hidden<B> = model.embed(&input)?;
         let block = time_median(repeats, || {
-            let out = model.run_blocks(h.clone(), 0..1)?;
-            synced(be, out.x)
+            model.run_blocks(h.clone(), 0..1)?;
+            be.synchronize()
         })?;
         let ips = b as f64 / s;
         let gflops = cfg.forward_flops(v.num_tokens()) * ips / 1e9;

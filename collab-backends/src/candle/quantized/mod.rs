@@ -232,6 +232,10 @@ impl Backend for QuantizedCandleBackend {
         self.inner.device()
     }
 
+    fn synchronize(&self) -> Result<()> {
+        self.inner.synchronize()
+    }
+
     fn from_vec(&self, data: Vec<f32>, shape: &[usize]) -> Result<QuantTensor> {
         let t = self.inner.from_vec(data, shape)?;
         self.ledger.other(t.elem_count() * 4);

@@ -24,7 +24,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
-use collab_backends::candle::CandleBackend;
+use collab_backends::any::BackendTask;
 use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, Workload, profile_model};
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Input, ModelConfig, Transformer};
@@ -36,8 +36,6 @@ use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
 use super::plot::{Series, line_chart};
 use search::RateSearch;
 use sim::{DevicePlan, device_seconds, remaining, trial};
-
-type B = CandleBackend;
 
 /// A device profile: (label, uplink bytes/s, RTT s, arrival share). Its slowdown against this
 /// machine comes from `--slowdowns`, in the same order.
@@ -52,6 +50,10 @@ const DEVICES: [(&str, f64, f64, f64); 5] = [
 /// Arguments.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
+    /// The server's backend (`candle-cpu`, `tch-cpu`, `candle-cuda`, `tch-cuda`, ...; see
+    /// collab-backends). Device-side times always come from the scaled server profile.
+    #[arg(long, default_value = "candle-cpu")]
+    backend: String,
     /// Models: deit-tiny (real weights) and/or vit-b16 (seeded weights, compute cost only).
     #[arg(long, value_delimiter = ',', default_values_t = ["deit-tiny".to_string(), "vit-b16".to_string()])]
     models: Vec<String>,
@@ -127,9 +129,14 @@ struct Row {
 pub(crate) fn run(args: Args) -> Result<()> {
     let dir = super::results_dir()?.join("collabtrans-throughput");
     std::fs::create_dir_all(&dir)?;
+    let backend = super::throughput::open(&args.backend)?;
     let mut rows = vec![];
     for name in &args.models {
-        rows.extend(run_model(&args, name, &dir)?);
+        rows.extend(backend.run(ModelRun {
+            args: &args,
+            name,
+            dir: &dir,
+        })?);
     }
     let mut csv = std::fs::File::create(dir.join("throughput.csv"))?;
     writeln!(
@@ -187,8 +194,27 @@ pub(crate) fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-fn load(name: &str) -> Result<Transformer<B>> {
-    let be = CandleBackend::cpu();
+/// [`run_model`] on whichever backend `--backend` names.
+struct ModelRun<'a> {
+    args: &'a Args,
+    name: &'a str,
+    dir: &'a std::path::Path,
+}
+
+impl BackendTask for ModelRun<'_> {
+    type Output = Result<Vec<Row>>;
+    fn run<B: Backend>(self, backend: &B) -> Result<Vec<Row>> {
+        println!("{}: server on {}", self.name, backend.name());
+        run_model(
+            self.args,
+            self.name,
+            load(backend.clone(), self.name)?,
+            self.dir,
+        )
+    }
+}
+
+fn load<B: Backend>(be: B, name: &str) -> Result<Transformer<B>> {
     Ok(match name {
         "deit-tiny" => fixtures::deit_tiny(be)?,
         "vit-b16" => {
@@ -203,8 +229,13 @@ fn load(name: &str) -> Result<Transformer<B>> {
     })
 }
 
-fn run_model(args: &Args, name: &str, dir: &std::path::Path) -> Result<Vec<Row>> {
-    let model = Arc::new(load(name)?);
+fn run_model<B: Backend>(
+    args: &Args,
+    name: &str,
+    model: Transformer<B>,
+    dir: &std::path::Path,
+) -> Result<Vec<Row>> {
+    let model = Arc::new(model);
     let be = model.backend().clone();
     let (layers, d) = (model.num_blocks(), model.config().encoder().hidden);
     let tokens = 197;
@@ -400,17 +431,17 @@ fn empty_table(model: &str, tokens: usize, features: usize, layers: usize) -> Ac
 }
 
 #[allow(clippy::too_many_arguments)]
-fn device_plans(
+fn device_plans<B: Backend>(
     args: &Args,
     offload: bool,
     factor: f64,
     profile: &Arc<MeasuredProfile>,
     table: &AccuracyTable,
     model: &Arc<Transformer<B>>,
-    image: &<B as Backend>::Tensor,
+    image: &B::Tensor,
     pass: f64,
     tokens: usize,
-) -> Result<Vec<DevicePlan>> {
+) -> Result<Vec<DevicePlan<B>>> {
     let (layers, d) = (model.num_blocks(), model.config().encoder().hidden);
     let response_bytes = 4 * model.config().encoder().hidden.max(1000);
     let raw = 3 * 224 * 224;
@@ -494,10 +525,10 @@ fn device_plans(
 
 /// A first guess of the sustainable rate: the inverse of the mean server time per request at
 /// the budget batch, from the profile.
-fn capacity_guess(
+fn capacity_guess<B: Backend>(
     args: &Args,
     profile: &Arc<MeasuredProfile>,
-    devices: &[DevicePlan],
+    devices: &[DevicePlan<B>],
     tokens: usize,
 ) -> f64 {
     let per_request: f64 = devices
@@ -510,12 +541,12 @@ fn capacity_guess(
 
 /// One trial of `scheme` at `rate` on the arrival trace of `seed`.
 #[allow(clippy::too_many_arguments)]
-fn run_trial(
+fn run_trial<B: Backend>(
     args: &Args,
     scheme: Scheme,
     model: &Arc<Transformer<B>>,
     profile: &Arc<MeasuredProfile>,
-    devices: &[DevicePlan],
+    devices: &[DevicePlan<B>],
     rate: f64,
     requests: usize,
     tokens: usize,

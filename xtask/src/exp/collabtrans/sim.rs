@@ -6,17 +6,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Result;
+use collab_core::Backend;
 use collab_core::batch::BatchPolicy;
 use collab_core::cost::{CostModel, MeasuredProfile, Workload};
 use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::B;
-
 /// A device's fixed plan for a trial: where it splits and what its requests cost it.
 #[derive(Clone, Debug)]
-pub(super) struct DevicePlan {
+pub(super) struct DevicePlan<B: Backend> {
     /// Share of the arrivals.
     pub(super) weight: f64,
     /// Split point (0: server-only).
@@ -131,11 +130,11 @@ pub(super) fn remaining(
 /// every device's stream reaches the server, a measured window `W` (at least `requests`
 /// arrivals and `2D`), and `D` more so that the window's requests share the server with every
 /// stream to the end. Only requests that arrive inside the window are counted.
-pub(super) fn trial<P: BatchPolicy>(
+pub(super) fn trial<B: Backend, P: BatchPolicy>(
     policy: P,
     executor: ModelExecutor<B>,
     remaining: impl Fn(usize, usize) -> f64 + Send + 'static,
-    devices: &[DevicePlan],
+    devices: &[DevicePlan<B>],
     rate: f64,
     requests: usize,
     seed: u64,
@@ -166,6 +165,7 @@ pub(super) fn trial<P: BatchPolicy>(
         arrivals.push((t + d.to_server, t, dev, (from..=to).contains(&t)));
     }
     arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let backend = executor.model().backend().clone();
     let mut worker = Worker::new(policy, executor, remaining);
     let (mut now, mut next, mut met, mut steps, mut batch_sum) =
         (0.0f64, 0usize, 0usize, 0usize, 0usize);
@@ -194,6 +194,9 @@ pub(super) fn trial<P: BatchPolicy>(
         }
         let t0 = Instant::now();
         let mut step = worker.step(now);
+        // A step's work may still be queued on an asynchronous (CUDA) device: wait for it,
+        // so that the clock advances by the step's compute, not its launch.
+        backend.synchronize()?;
         let spent = t0.elapsed().as_secs_f64();
         now += spent;
         step.set_finished(now);
