@@ -7,9 +7,10 @@
 //! device-only excluded). Device compute and transfer times come from the profiles; the server
 //! computes real batches of the real model. For each scheme, the highest rate at which at
 //! least 90% of requests meet their deadline is found by bisection over the rate, each rate
-//! judged on several seeded arrival traces pooled (`--seeds`); the three searches advance in
-//! lockstep (each round runs every seed of every scheme, seeds outermost) so that this shared
-//! machine's slow spells fall on all of them alike. Each trial reports the server's compute
+//! judged on several seeded arrival traces pooled (`--seeds`), a near miss looked at twice on
+//! fresh seeds (see `search.rs`); the three searches advance in lockstep (each round runs
+//! every seed of every scheme, seeds outermost) so that this shared machine's slow spells
+//! fall on all of them alike. Each trial reports the server's compute
 //! per answered request and its utilisation, the measurements that say where a gain comes
 //! from.
 //!
@@ -315,6 +316,11 @@ fn run_model<B: Backend>(
             .collect();
         loop {
             let rates: Vec<Option<f64>> = searches.iter().map(|(_, s)| s.next_rate()).collect();
+            // A second look at a near miss runs on fresh seeds.
+            let seed_base: Vec<u64> = searches
+                .iter()
+                .map(|(_, s)| 7 + s.look() * args.seeds.max(1))
+                .collect();
             if rates.iter().all(Option::is_none) {
                 break;
             }
@@ -332,7 +338,7 @@ fn run_model<B: Backend>(
                             rate,
                             requests,
                             tokens,
-                            7 + seed,
+                            seed_base[i] + seed,
                         )?;
                         pooled[i].0 = pooled[i].0.pooled(t);
                         pooled[i].1.push(t.met());
@@ -343,8 +349,13 @@ fn run_model<B: Backend>(
                 if let Some(rate) = rates[i] {
                     let (t, mets) = &pooled[i];
                     let mets: Vec<String> = mets.iter().map(|m| format!("{m:.2}")).collect();
+                    let look = if search.look() == 1 {
+                        ", second look"
+                    } else {
+                        ""
+                    };
                     println!(
-                        "    {:<11} rate {rate:>7.2} met {:.3} (seeds {}) mean_batch {:.2} server_ms/request {:.1} utilisation {:.2}",
+                        "    {:<11} rate {rate:>7.2} met {:.3} (seeds {}{look}) mean_batch {:.2} server_ms/request {:.1} utilisation {:.2}",
                         scheme.name(),
                         t.met(),
                         mets.join(" "),
