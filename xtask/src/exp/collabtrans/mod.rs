@@ -36,7 +36,7 @@ use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
 
 use super::plot::{Series, line_chart};
 use search::RateSearch;
-use sim::{DevicePlan, device_seconds, remaining, trial};
+use sim::{DevicePlan, Load, device_seconds, remaining, trial};
 
 /// A device profile: (label, uplink bytes/s, RTT s, arrival share). Its slowdown against this
 /// machine comes from `--slowdowns`, in the same order.
@@ -566,25 +566,15 @@ fn run_trial<B: Backend>(
     let exec = ModelExecutor::new(model.clone());
     let rem = remaining(profile, tokens);
     let b = args.budget;
+    let load = Load {
+        devices,
+        rate,
+        requests,
+        seed,
+    };
     match scheme {
-        Scheme::Shared => trial(
-            SharedModel::new(b)?,
-            exec,
-            rem,
-            devices,
-            rate,
-            requests,
-            seed,
-        ),
-        Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, devices, rate, requests, seed),
-        Scheme::ServerOnly => trial(
-            ServerOnly::new(b)?,
-            exec,
-            rem,
-            devices,
-            rate,
-            requests,
-            seed,
-        ),
+        Scheme::Shared => trial(SharedModel::new(b)?, exec, rem, &load),
+        Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, &load),
+        Scheme::ServerOnly => trial(ServerOnly::new(b)?, exec, rem, &load),
     }
 }

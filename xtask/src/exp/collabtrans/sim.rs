@@ -121,12 +121,23 @@ pub(super) fn remaining(
     }
 }
 
-/// Runs a trial at total rate `rate` (per second) through a worker with `policy`, measured in
-/// steady state.
+/// The load of one trial: who sends, how fast, for how long, on which arrival trace.
+pub(super) struct Load<'a, B: Backend> {
+    /// The devices' plans.
+    pub(super) devices: &'a [DevicePlan<B>],
+    /// Total arrival rate (requests per second).
+    pub(super) rate: f64,
+    /// The least number of arrivals in the measured window.
+    pub(super) requests: usize,
+    /// The arrival trace's seed.
+    pub(super) seed: u64,
+}
+
+/// Runs a trial of `load` through a worker with `policy`, measured in steady state.
 ///
 /// The devices reach the server after different delays (up to `D`, the slowest device's
 /// compute and uplink), so a burst of arrivals reaches the server spread over `D`, a load far
-/// below `rate` when `D` is long. Arrivals therefore run for `D + W + D`: the first `D` until
+/// below the rate when `D` is long. Arrivals therefore run for `D + W + D`: the first `D` until
 /// every device's stream reaches the server, a measured window `W` (at least `requests`
 /// arrivals and `2D`), and `D` more so that the window's requests share the server with every
 /// stream to the end. Only requests that arrive inside the window are counted.
@@ -134,11 +145,14 @@ pub(super) fn trial<B: Backend, P: BatchPolicy>(
     policy: P,
     executor: ModelExecutor<B>,
     remaining: impl Fn(usize, usize) -> f64 + Send + 'static,
-    devices: &[DevicePlan<B>],
-    rate: f64,
-    requests: usize,
-    seed: u64,
+    load: &Load<'_, B>,
 ) -> Result<Trial> {
+    let Load {
+        devices,
+        rate,
+        requests,
+        seed,
+    } = *load;
     let mut rng = StdRng::seed_from_u64(seed);
     let total: f64 = devices.iter().map(|d| d.weight).sum();
     let delay = devices.iter().map(|d| d.to_server).fold(0.0f64, f64::max);
