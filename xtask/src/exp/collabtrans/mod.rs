@@ -83,6 +83,10 @@ pub(crate) struct Args {
     /// this machine's trial-to-trial noise.
     #[arg(long, default_value_t = 3)]
     seeds: u64,
+    /// No search: run every seed of every scheme at this one rate (requests per second) and
+    /// report it (to replay a trial; `--seeds` and the first seed 7 pick the traces).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Queueing the devices' selectors assume, in passes of the server at the budget batch.
     #[arg(long, default_value_t = 0.5)]
     queue_passes: f64,
@@ -311,7 +315,11 @@ fn run_model<B: Backend>(
             .iter()
             .map(|&scheme| {
                 let guess = capacity_guess(args, &profile, devices(scheme), tokens);
-                (scheme, RateSearch::new(guess, args.steps))
+                let search = match args.rate {
+                    Some(rate) => RateSearch::once(rate),
+                    None => RateSearch::new(guess, args.steps),
+                };
+                (scheme, search)
             })
             .collect();
         loop {

@@ -42,6 +42,8 @@ pub(super) struct RateSearch {
     capped: bool,
     /// The first look at a near miss whose second look is due.
     first_look: Option<Trial>,
+    /// A single trial at `lo`, no search.
+    once: bool,
 }
 
 impl RateSearch {
@@ -59,6 +61,18 @@ impl RateSearch {
             raises_left: 3,
             capped: false,
             first_look: None,
+            once: false,
+        }
+    }
+
+    /// No search: one (pooled) trial at `rate`, whose result is the answer: `rate` if it was
+    /// sustained, else 0.
+    pub(super) fn once(rate: f64) -> Self {
+        Self {
+            lo: rate,
+            hi: rate,
+            once: true,
+            ..Self::new(rate, 0)
         }
     }
 
@@ -91,6 +105,7 @@ impl RateSearch {
         let ok = t.met() >= TARGET;
         if !self.tried_lo {
             self.tried_lo = true;
+            self.done = self.once;
             if ok {
                 self.best = Some((rate, t));
             } else {
@@ -203,6 +218,17 @@ mod tests {
         let s = drive(1.0, 1e6, 5); // every rate is sustained: the top is raised 3 times
         let top = 2.0 * 4f64.powi(3);
         assert!((s.crossing() - top).abs() < 1e-9, "{}", s.crossing());
+    }
+
+    #[test]
+    fn once_tries_one_rate() {
+        for (met, want) in [(0.95, 7.5), (0.5, 0.0)] {
+            let mut s = RateSearch::once(7.5);
+            assert_eq!(s.next_rate(), Some(7.5));
+            s.record(7.5, Trial::with_fraction(met));
+            assert!(s.next_rate().is_none());
+            assert_eq!(s.crossing(), want);
+        }
     }
 
     #[test]
