@@ -38,6 +38,9 @@ use super::plot::{Series, line_chart};
 use search::RateSearch;
 use sim::{DevicePlan, Load, device_seconds, remaining, trial};
 
+/// The seed of the first arrival trace at every rate.
+const FIRST_SEED: u64 = 7;
+
 /// A device profile: (label, uplink bytes/s, RTT s, arrival share). Its slowdown against this
 /// machine comes from `--slowdowns`, in the same order.
 const DEVICES: [(&str, f64, f64, f64); 5] = [
@@ -84,7 +87,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     seeds: u64,
     /// No search: run every seed of every scheme at this one rate (requests per second) and
-    /// report it (to replay a trial; `--seeds` and the first seed 7 pick the traces).
+    /// report it (to replay a trial; `--seeds` traces from seed [`FIRST_SEED`] on).
     #[arg(long)]
     rate: Option<f64>,
     /// Queueing the devices' selectors assume, in passes of the server at the budget batch.
@@ -323,20 +326,23 @@ fn run_model<B: Backend>(
             })
             .collect();
         loop {
-            let rates: Vec<Option<f64>> = searches.iter().map(|(_, s)| s.next_rate()).collect();
-            // A second look at a near miss runs on fresh seeds.
-            let seed_base: Vec<u64> = searches
+            // Per search: the rate to try and its first seed (a second look at a near miss
+            // runs on fresh seeds).
+            let planned: Vec<Option<(f64, u64)>> = searches
                 .iter()
-                .map(|(_, s)| 7 + s.look() * args.seeds.max(1))
+                .map(|(_, s)| {
+                    let first = FIRST_SEED + s.look() * args.seeds.max(1);
+                    s.next_rate().map(|rate| (rate, first))
+                })
                 .collect();
-            if rates.iter().all(Option::is_none) {
+            if planned.iter().all(Option::is_none) {
                 break;
             }
             // Seeds outermost, so that a slow spell of this machine falls on every scheme.
             let mut pooled = vec![(sim::Trial::default(), vec![]); searches.len()];
             for seed in 0..args.seeds.max(1) {
                 for (i, (scheme, _)) in searches.iter().enumerate() {
-                    if let Some(rate) = rates[i] {
+                    if let Some((rate, first)) = planned[i] {
                         let t = run_trial(
                             args,
                             *scheme,
@@ -346,7 +352,7 @@ fn run_model<B: Backend>(
                             rate,
                             requests,
                             tokens,
-                            seed_base[i] + seed,
+                            first + seed,
                         )?;
                         pooled[i].0 = pooled[i].0.pooled(t);
                         pooled[i].1.push(t.met());
@@ -354,7 +360,7 @@ fn run_model<B: Backend>(
                 }
             }
             for (i, (scheme, search)) in searches.iter_mut().enumerate() {
-                if let Some(rate) = rates[i] {
+                if let Some((rate, _)) = planned[i] {
                     let (t, mets) = &pooled[i];
                     let mets: Vec<String> = mets.iter().map(|m| format!("{m:.2}")).collect();
                     let look = if search.look() == 1 {
