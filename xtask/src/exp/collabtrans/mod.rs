@@ -172,13 +172,17 @@ pub(crate) fn run(args: Args) -> Result<()> {
         )?;
     }
     println!("wrote {}", dir.display());
-    let ratio = |model: &str, factor: f64, a: Scheme, b: Scheme| -> Option<f64> {
+    // "n/a" when a scheme was not measured, or sustained no rate at all (nothing to divide by).
+    let ratio = |model: &str, factor: f64, a: Scheme, b: Scheme| -> String {
         let get = |s| {
             rows.iter()
                 .find(|r| r.model == model && (r.factor - factor).abs() < 1e-9 && r.scheme == s)
                 .map(|r| r.rate)
         };
-        Some(get(a)? / get(b)?.max(1e-9))
+        match (get(a), get(b)) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+            _ => "n/a".into(),
+        }
     };
     let model = if rows
         .iter()
@@ -188,17 +192,11 @@ pub(crate) fn run(args: Args) -> Result<()> {
     } else {
         "deit-tiny"
     };
-    match (
+    println!(
+        "shared/per-split={} shared/server-only={} ({model}, deadline factor 0.9)",
         ratio(model, 0.9, Scheme::Shared, Scheme::PerSplit),
-        ratio(model, 0.9, Scheme::Shared, Scheme::ServerOnly),
-    ) {
-        (Some(a), Some(b)) => println!(
-            "shared/per-split={a:.2} shared/server-only={b:.2} ({model}, deadline factor 0.9)"
-        ),
-        _ => println!(
-            "shared/per-split=n/a shared/server-only=n/a (deadline factor 0.9 not measured)"
-        ),
-    }
+        ratio(model, 0.9, Scheme::Shared, Scheme::ServerOnly)
+    );
     Ok(())
 }
 
