@@ -8,6 +8,10 @@
 //! the device sends the truncated SVD factors of `X - M` and the server adds `M` back. The
 //! payload is exactly [`SvdCodec`]'s, with the mean's fingerprint in the header's basis field,
 //! so a server holding another mean, or none, refuses it with a typed error.
+//!
+//! Text items differ in length, and a request may be longer than every calibration item:
+//! positions past the fitted ones are shifted by the mean over all calibrated tokens
+//! ([`PositionMean::overall`]), on both sides alike, so such a request still round-trips.
 
 use std::sync::Arc;
 
@@ -23,12 +27,15 @@ use super::request::SvdCodec;
 pub struct PositionMean {
     /// Where it came from (`block 4 (position mean of 100 items)`).
     pub origin: String,
-    /// Positions covered: activations may have at most this many tokens.
+    /// Positions fitted (the longest calibration item's tokens).
     pub tokens: usize,
     /// Feature dimension `d`.
     pub features: usize,
     /// Row-major `tokens x features` means.
     pub values: Vec<f32>,
+    /// The mean over every calibrated token of every position (`features` values): what
+    /// positions past `tokens` are shifted by.
+    pub overall: Vec<f32>,
     /// A hash of the means, sent with every payload.
     pub fingerprint: u64,
 }
@@ -61,15 +68,26 @@ impl PositionMean {
             .enumerate()
             .map(|(i, s)| (s / count[i / features].max(1) as f64) as f32)
             .collect();
+        let all_tokens: usize = count.iter().sum();
+        let overall: Vec<f32> = (0..features)
+            .map(|j| {
+                let total: f64 = sum.iter().skip(j).step_by(features).sum();
+                (total / all_tokens.max(1) as f64) as f32
+            })
+            .collect();
         let mut hash = Fnv::default();
         hash.write(b"position-mean");
         hash.write(&(features as u64).to_le_bytes());
-        values.iter().for_each(|v| hash.write(&v.to_le_bytes()));
+        values
+            .iter()
+            .chain(&overall)
+            .for_each(|v| hash.write(&v.to_le_bytes()));
         Ok(Self {
             origin: format!("{origin} (position mean of {} items)", items.len()),
             tokens,
             features,
             values,
+            overall,
             fingerprint: hash.0.max(1),
         })
     }
@@ -78,7 +96,8 @@ impl PositionMean {
     /// `cpca` and `asvd` codecs.
     ///
     /// # Errors
-    /// [`Error::Codec`] if an item does not fit the mean; [`Basis::fit_pca`]'s errors.
+    /// [`Error::Codec`] if an item's feature count is not the mean's; [`Basis::fit_pca`]'s
+    /// errors.
     pub fn fit_centred_pca(&self, items: &[Activation], origin: &str) -> Result<Basis> {
         let mut rows = Vec::with_capacity(items.iter().map(|a| a.values.len()).sum());
         for a in items {
@@ -89,21 +108,29 @@ impl PositionMean {
         Basis::fit_pca(&rows, self.features, origin)
     }
 
-    /// Adds `sign` times the means of the first `x.tokens` positions to `x`.
+    /// Adds `sign` times the mean of each of `x`'s positions to `x`: the fitted position's
+    /// mean, or [`overall`](Self::overall) past the fitted positions.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] (naming `codec`) if `x` has another feature count than the mean.
     pub(super) fn shift(&self, x: &mut Activation, sign: f32, codec: &str) -> Result<()> {
-        if x.features != self.features || x.tokens > self.tokens {
+        if x.features != self.features {
             return Err(Error::codec(
                 codec,
                 format!(
-                    "activation {} x {} does not fit the position mean {} x {} ({})",
-                    x.tokens, x.features, self.tokens, self.features, self.origin
+                    "activation {} x {} does not fit the position mean of {} features ({})",
+                    x.tokens, x.features, self.features, self.origin
                 ),
             ));
         }
+        let means = self
+            .values
+            .chunks(self.features)
+            .chain(std::iter::repeat(self.overall.as_slice()));
         x.values
-            .iter_mut()
-            .zip(&self.values)
-            .for_each(|(v, m)| *v += sign * m);
+            .chunks_mut(self.features)
+            .zip(means)
+            .for_each(|(row, mean)| row.iter_mut().zip(mean).for_each(|(v, m)| *v += sign * m));
         Ok(())
     }
 }

@@ -221,8 +221,7 @@ fn foreign_or_damaged_payloads_are_typed_errors() {
         codec(Family::CentredSvd(Precision::F32), 4, &other).decode(&on_centre)
     ));
     assert!(is_codec_err(centred.decode(&bytes)));
-    // More tokens than the mean covers, and building without a mean, are errors.
-    assert!(centred.encode(&activation(3, 21, 16)).is_err());
+    // Building without a mean is an error.
     assert!(
         Family::CentredSvd(Precision::F32)
             .build(4, Some(b.pca.clone()))
@@ -302,4 +301,57 @@ proptest! {
             }
         }
     }
+}
+
+/// An item longer than every calibration item (text) still round-trips: its later positions
+/// are centred on the overall mean, on both sides alike, so full rank is lossless and the
+/// centring is the overall mean there.
+#[test]
+fn positions_past_the_fitted_mean_use_the_overall_mean() {
+    let (d, fitted) = (16, 12);
+    let b = bases(fitted, d, 5);
+    assert_eq!(b.centre.tokens, fitted);
+    assert_eq!(b.centre.overall.len(), d);
+    // The overall mean is the mean of the per-position means when every item has every
+    // position.
+    for j in 0..d {
+        let mean: f32 =
+            (0..fitted).map(|i| b.centre.values[i * d + j]).sum::<f32>() / fitted as f32;
+        assert!((mean - b.centre.overall[j]).abs() < 1e-4, "feature {j}");
+    }
+    let long = activation(9, fitted + 7, d);
+    for family in [
+        Family::CentredSvd(Precision::F32),
+        Family::CentredPca(Precision::F32),
+        Family::AdaptiveSvd(Precision::F32),
+    ] {
+        let full = codec(family, d, &b);
+        let err = error(&long, full.as_ref());
+        let norm = long
+            .values
+            .iter()
+            .map(|v| f64::from(*v).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            err <= 1e-4 * norm,
+            "{family}: full-rank error {err} of {norm}"
+        );
+    }
+    // What each position is centred on: shifting zeros gives the means themselves.
+    let mut zeros = Activation {
+        tokens: fitted + 7,
+        features: d,
+        values: vec![0.0; (fitted + 7) * d],
+    };
+    b.centre.shift(&mut zeros, 1.0, "test").expect("shift");
+    let row = fitted + 3;
+    assert_eq!(
+        &zeros.values[row * d..(row + 1) * d],
+        b.centre.overall.as_slice()
+    );
+    assert_eq!(&zeros.values[..fitted * d], b.centre.values.as_slice());
+    // Another feature count is still refused, with the codec's name.
+    let mut narrow = activation(1, 4, d - 1);
+    assert!(b.centre.shift(&mut narrow, 1.0, "test").is_err());
 }
