@@ -1,8 +1,10 @@
 //! The evaluation and calibration sets of the sweep, carried block by block.
 //!
 //! DeiT-Tiny: the 1000 ImageNet sample images; every tenth image (sorted names) is a
-//! calibration image for the PCA bases, the other 900 are evaluated. MiniLM: the first
-//! `calibration` STS-B dev pairs calibrate, the following pairs are evaluated.
+//! calibration image for the PCA bases, the other 900 are evaluated. MiniLM: `calibration`
+//! STS-B dev pairs spread evenly over the set calibrate, the others are evaluated (the set is
+//! ordered by genre, short video captions first: calibrating on the first pairs alone would
+//! fit the bases to captions and leave most positions of the longer sentences unfitted).
 
 use std::path::Path;
 
@@ -13,26 +15,8 @@ use collab_core::{Backend, fixtures};
 
 use super::super::stats::spearman;
 
-/// The backend the sweep runs on: candle's CPU backend, or libtorch's when xtask is built with
-/// `--features tch` (2.7-3x faster on DeiT-Tiny on this machine, and within 1.5e-5 of the f64
-/// reference backend, like candle; see collab-backends/README.md).
-#[cfg(not(feature = "tch"))]
-pub(super) type B = collab_backends::candle::CandleBackend;
-/// The backend the sweep runs on (see the other definition).
-#[cfg(feature = "tch")]
-pub(super) type B = collab_backends::tch::TchBackend;
-
-/// A CPU instance of [`B`].
-pub(super) fn backend() -> Result<B> {
-    #[cfg(not(feature = "tch"))]
-    let be = collab_backends::candle::CandleBackend::cpu();
-    #[cfg(feature = "tch")]
-    let be = collab_backends::tch::TchBackend::cpu();
-    Ok(be)
-}
-
 /// A batch of hidden states and the real token count of each of its items.
-pub(super) struct Batch {
+pub(super) struct Batch<B: Backend> {
     pub(super) hidden: Hidden<B>,
     pub(super) lens: Vec<usize>,
 }
@@ -47,12 +31,12 @@ pub(super) struct Score {
 }
 
 /// The model and its data.
-pub(super) struct SweepData {
+pub(super) struct SweepData<B: Backend> {
     pub(super) name: &'static str,
     pub(super) metric_name: &'static str,
     pub(super) model: Transformer<B>,
-    pub(super) eval: Vec<Batch>,
-    pub(super) calib: Vec<Batch>,
+    pub(super) eval: Vec<Batch<B>>,
+    pub(super) calib: Vec<Batch<B>>,
     labels: Labels,
 }
 
@@ -61,17 +45,16 @@ enum Labels {
     Similarity(Vec<f64>),
 }
 
-impl SweepData {
-    /// DeiT-Tiny on the first `images` sample images.
-    pub(super) fn deit(images: usize, batch: usize) -> Result<Self> {
-        let be = backend()?;
+impl<B: Backend> SweepData<B> {
+    /// DeiT-Tiny on `be`, on the first `images` sample images.
+    pub(super) fn deit(be: B, images: usize, batch: usize) -> Result<Self> {
         let model = fixtures::deit_tiny(be.clone())?;
         let mut all = fixtures::imagenet_sample()?;
         all.truncate(images);
         let (calib, eval): (Vec<_>, Vec<_>) =
             all.into_iter().enumerate().partition(|(i, _)| i % 10 == 0);
         let pre = ImagePreprocess::imagenet(224);
-        let embed = |items: &[(usize, fixtures::LabelledImage)]| -> Result<Vec<Batch>> {
+        let embed = |items: &[(usize, fixtures::LabelledImage)]| -> Result<Vec<Batch<B>>> {
             items
                 .chunks(batch.max(1))
                 .map(|chunk| {
@@ -97,15 +80,21 @@ impl SweepData {
         })
     }
 
-    /// MiniLM on STS-B dev: `calibration` pairs to calibrate, then up to `pairs` to evaluate.
-    pub(super) fn minilm(calibration: usize, pairs: usize, batch: usize) -> Result<Self> {
-        let be = backend()?;
+    /// MiniLM on `be`, on STS-B dev: `calibration` pairs spread evenly over the set (every
+    /// `len / calibration`-th) calibrate; the first `pairs` of the others are evaluated.
+    pub(super) fn minilm(be: B, calibration: usize, pairs: usize, batch: usize) -> Result<Self> {
         let (model, tok) =
             fixtures::minilm(be.clone()).context("run `cargo xtask fetch-models` first")?;
         let all = fixtures::stsb_dev()?;
-        let calib_pairs = &all[..calibration.min(all.len())];
-        let eval_pairs = &all[calib_pairs.len()..(calib_pairs.len() + pairs).min(all.len())];
-        let embed = |ps: &[fixtures::SentencePair]| -> Result<Vec<Batch>> {
+        let stride = (all.len() / calibration.max(1)).max(1);
+        let (calib, mut eval): (Vec<_>, Vec<_>) = all
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| i % stride == 0 && i / stride < calibration);
+        eval.truncate(pairs);
+        let calib_pairs: Vec<fixtures::SentencePair> = calib.into_iter().map(|(_, p)| p).collect();
+        let eval_pairs: Vec<fixtures::SentencePair> = eval.into_iter().map(|(_, p)| p).collect();
+        let embed = |ps: &[fixtures::SentencePair]| -> Result<Vec<Batch<B>>> {
             let ids = ps
                 .iter()
                 .flat_map(|p| [p.a.as_str(), p.b.as_str()])
@@ -122,8 +111,8 @@ impl SweepData {
         Ok(Self {
             name: "minilm",
             metric_name: "spearman",
-            eval: embed(eval_pairs)?,
-            calib: embed(calib_pairs)?,
+            eval: embed(&eval_pairs)?,
+            calib: embed(&calib_pairs)?,
             labels: Labels::Similarity(eval_pairs.iter().map(|p| p.score).collect()),
             model,
         })
