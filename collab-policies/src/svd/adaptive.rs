@@ -10,8 +10,16 @@
 //! says which in a leading tag byte. The payload always has the same length (the shorter one
 //! is zero-padded), so rho is the same for every request.
 //!
-//! Layout: tag (`0` SVD, `1` projection), the chosen codec's payload, zero bytes up to
-//! `1 + svd.encoded_len(n, d)`.
+//! With `hybrid` set (`hsvd`) a third kind of candidate joins: the projection at a smaller
+//! rank `r1` followed by the per-request SVD, rank `r2`, of what it leaves (`X - M - proj`). The
+//! shared basis takes the structure every request has at `n` values per rank, the request's
+//! own SVD the rest at `n + d` per rank. `r2` runs over the powers of two below the SVD's rank
+//! (one more SVD each), `r1` is the largest that fits the remaining bytes. The candidates at a
+//! larger rank include every pair at a smaller one with an `r1` at least as large, so the error
+//! stays monotone in rank.
+//!
+//! Layout: tag (`0` SVD, `1` projection, `2` projection then the residual's SVD), the chosen
+//! payload(s), zero bytes up to `1 + svd.encoded_len(n, d)`.
 
 use std::sync::Arc;
 
@@ -22,9 +30,11 @@ use super::basis::Basis;
 use super::centre::{CentredSvdCodec, PositionMean};
 use super::projected::ProjectedCodec;
 use super::quant::Precision;
+use super::request::SvdCodec;
 use super::wire::{Header, Kind};
 
-/// The better of a centred per-request SVD and a centred projection, per request.
+/// The better of a centred per-request SVD and a centred projection, per request; with
+/// `hybrid`, also their combinations.
 #[derive(Clone, Debug)]
 pub struct AdaptiveSvdCodec {
     /// The per-position mean both reductions work around.
@@ -35,7 +45,14 @@ pub struct AdaptiveSvdCodec {
     pub rank: usize,
     /// Precision of both codecs' values.
     pub precision: Precision,
+    /// Also try a projection followed by the SVD of its residual (`hsvd`).
+    pub hybrid: bool,
 }
+
+/// Tag byte of each reduction.
+const TAG_SVD: u8 = 0;
+const TAG_PROJECTION: u8 = 1;
+const TAG_HYBRID: u8 = 2;
 
 impl AdaptiveSvdCodec {
     fn svd(&self) -> CentredSvdCodec {
@@ -48,11 +65,85 @@ impl AdaptiveSvdCodec {
 
     /// The projection at the largest rank whose payload fits in the SVD's bytes, if any does.
     fn projection(&self, tokens: usize, features: usize) -> Option<ProjectedCodec> {
-        let budget = self.svd().encoded_len(tokens, features);
+        self.projection_within(self.svd().encoded_len(tokens, features), tokens)
+    }
+
+    /// The projection at the largest rank whose payload fits in `budget` bytes, if any does.
+    fn projection_within(&self, budget: usize, tokens: usize) -> Option<ProjectedCodec> {
         (1..=self.basis.rank())
             .rev()
             .find(|&r| ProjectedCodec::len_for(self.precision, r, tokens) <= budget)
             .map(|r| self.projection_at(r))
+    }
+
+    /// The residual SVD ranks a hybrid tries: the powers of two below the SVD's rank.
+    fn residual_ranks(&self, tokens: usize, features: usize) -> Vec<usize> {
+        if !self.hybrid {
+            return vec![];
+        }
+        let top = self.rank.min(tokens).min(features);
+        std::iter::successors(Some(1usize), |r| r.checked_mul(2))
+            .take_while(|&r| r < top)
+            .collect()
+    }
+
+    /// The best hybrid candidate for `x` (its payload and squared error), if any fits.
+    fn best_hybrid(&self, x: &Activation) -> Result<Option<(Vec<u8>, f64)>> {
+        let budget = self.svd().encoded_len(x.tokens, x.features);
+        let mut best: Option<(Vec<u8>, f64)> = None;
+        for r2 in self.residual_ranks(x.tokens, x.features) {
+            let svd = SvdCodec {
+                rank: r2,
+                precision: self.precision,
+            };
+            let Some(rest) = budget.checked_sub(svd.encoded_len(x.tokens, x.features)) else {
+                continue;
+            };
+            let Some(proj) = self.projection_within(rest, x.tokens) else {
+                continue;
+            };
+            let mut bytes = proj.encode(x)?;
+            let mut rebuilt = proj.decode(&bytes)?;
+            let residual = difference(x, &rebuilt)?;
+            let by_svd = svd.encode(&residual)?;
+            add(&mut rebuilt, &svd.decode(&by_svd)?);
+            let err = squared_error(x, &rebuilt);
+            bytes.extend_from_slice(&by_svd);
+            if best.as_ref().is_none_or(|(_, e)| err < *e) {
+                best = Some((bytes, err));
+            }
+        }
+        Ok(best)
+    }
+
+    /// Decodes a hybrid body: a projection payload, then an SVD payload of the same shape.
+    fn decode_hybrid(&self, rest: &[u8], name: &str) -> Result<(Activation, usize)> {
+        let (h, _) = Header::read(rest, name, Kind::Projected, self.precision)?;
+        let len = ProjectedCodec::len_for(self.precision, h.rank, h.tokens);
+        let proj = rest
+            .get(..len)
+            .ok_or_else(|| Error::codec(name, "hybrid payload shorter than its projection"))?;
+        let mut x = self.projection_at(h.rank).decode(proj)?;
+        let (s, _) = Header::read(&rest[len..], name, Kind::RequestSvd, self.precision)?;
+        if (s.tokens, s.features) != (x.tokens, x.features) {
+            return Err(Error::codec(
+                name,
+                format!(
+                    "residual of {} x {} after a projection of {} x {}",
+                    s.tokens, s.features, x.tokens, x.features
+                ),
+            ));
+        }
+        let svd = SvdCodec {
+            rank: s.rank,
+            precision: self.precision,
+        };
+        let svd_len = svd.encoded_len(s.tokens, s.features);
+        let body = rest[len..]
+            .get(..svd_len)
+            .ok_or_else(|| Error::codec(name, "hybrid payload shorter than its residual SVD"))?;
+        add(&mut x, &svd.decode(body)?);
+        Ok((x, len + svd_len))
     }
 
     fn projection_at(&self, rank: usize) -> ProjectedCodec {
@@ -66,6 +157,20 @@ impl AdaptiveSvdCodec {
     }
 }
 
+/// `a - b` (same shape).
+fn difference(a: &Activation, b: &Activation) -> Result<Activation> {
+    let values = a.values.iter().zip(&b.values).map(|(x, y)| x - y).collect();
+    Activation::new(a.tokens, a.features, values)
+}
+
+/// `a += b` (same shape).
+fn add(a: &mut Activation, b: &Activation) {
+    a.values
+        .iter_mut()
+        .zip(&b.values)
+        .for_each(|(x, y)| *x += y);
+}
+
 fn squared_error(a: &Activation, b: &Activation) -> f64 {
     a.values
         .iter()
@@ -76,9 +181,10 @@ fn squared_error(a: &Activation, b: &Activation) -> f64 {
 
 impl ActivationCodec for AdaptiveSvdCodec {
     fn name(&self) -> String {
+        let base = if self.hybrid { "hsvd" } else { "asvd" };
         match self.precision {
-            Precision::F32 => format!("asvd-r{}", self.rank),
-            p => format!("asvd-{}-r{}", p.name(), self.rank),
+            Precision::F32 => format!("{base}-r{}", self.rank),
+            p => format!("{base}-{}-r{}", p.name(), self.rank),
         }
     }
 
@@ -90,14 +196,20 @@ impl ActivationCodec for AdaptiveSvdCodec {
         let svd = self.svd();
         let by_svd = svd.encode(x)?;
         let svd_err = squared_error(x, &svd.decode(&by_svd)?);
-        let mut chosen = (0u8, by_svd);
+        let mut chosen = (TAG_SVD, by_svd, svd_err);
         if let Some(proj) = self.projection(x.tokens, x.features) {
             let by_proj = proj.encode(x)?;
-            if squared_error(x, &proj.decode(&by_proj)?) < svd_err {
-                chosen = (1, by_proj);
+            let err = squared_error(x, &proj.decode(&by_proj)?);
+            if err < chosen.2 {
+                chosen = (TAG_PROJECTION, by_proj, err);
             }
         }
-        let (tag, body) = chosen;
+        if let Some((body, err)) = self.best_hybrid(x)?
+            && err < chosen.2
+        {
+            chosen = (TAG_HYBRID, body, err);
+        }
+        let (tag, body, _) = chosen;
         let mut out = Vec::with_capacity(self.encoded_len(x.tokens, x.features));
         out.push(tag);
         out.extend_from_slice(&body);
@@ -111,26 +223,25 @@ impl ActivationCodec for AdaptiveSvdCodec {
             .split_first()
             .ok_or_else(|| Error::codec(&name, "empty payload"))?;
         let x = match tag {
-            0 => self.svd().decode(rest)?,
-            1 => {
+            TAG_SVD => self.svd().decode(rest)?,
+            TAG_PROJECTION => {
                 let (h, _) = Header::read(rest, &name, Kind::Projected, self.precision)?;
                 let len = ProjectedCodec::len_for(self.precision, h.rank, h.tokens);
-                if rest.len() < len || rest[len..].iter().any(|&b| b != 0) {
-                    return Err(Error::codec(
-                        &name,
-                        format!(
-                            "projection of {len} bytes must be followed by zero padding only; \
-                             got {} bytes",
-                            rest.len()
-                        ),
-                    ));
-                }
+                zero_padding(rest, len, &name)?;
                 self.projection_at(h.rank).decode(&rest[..len])?
+            }
+            TAG_HYBRID if self.hybrid => {
+                let (x, len) = self.decode_hybrid(rest, &name)?;
+                zero_padding(rest, len, &name)?;
+                x
             }
             t => {
                 return Err(Error::codec(
                     &name,
-                    format!("unknown reduction tag {t} (0 svd, 1 projection)"),
+                    format!(
+                        "unknown reduction tag {t} (0 svd, 1 projection{})",
+                        if self.hybrid { ", 2 hybrid" } else { "" }
+                    ),
                 ));
             }
         };
@@ -148,4 +259,18 @@ impl ActivationCodec for AdaptiveSvdCodec {
         }
         Ok(x)
     }
+}
+
+/// Checks that `rest` holds at least `len` bytes of payload and only zeros after them.
+fn zero_padding(rest: &[u8], len: usize, name: &str) -> Result<()> {
+    if rest.len() < len || rest[len..].iter().any(|&b| b != 0) {
+        return Err(Error::codec(
+            name,
+            format!(
+                "payload of {len} bytes must be followed by zero padding only; got {} bytes",
+                rest.len()
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -36,6 +36,9 @@ pub enum Family {
     CentredPca(Precision),
     /// Per request, the better of `csvd` and `cpca` at `csvd`'s bytes ([`AdaptiveSvdCodec`]).
     AdaptiveSvd(Precision),
+    /// Per request, the best of `csvd`, `cpca` and a `cpca` projection followed by the SVD of
+    /// its residual, at `csvd`'s bytes ([`AdaptiveSvdCodec`] with `hybrid`).
+    HybridSvd(Precision),
     /// Basis of the next linear layer's weight SVD.
     WeightSvd(Precision),
 }
@@ -71,7 +74,7 @@ pub enum Shared {
 
 impl Family {
     /// The families the accuracy sweep measures, baselines first.
-    pub const SWEEP: [Family; 16] = [
+    pub const SWEEP: [Family; 18] = [
         Family::Plain(Precision::F16),
         Family::Plain(Precision::Bf16),
         Family::Plain(Precision::Int8),
@@ -87,6 +90,8 @@ impl Family {
         Family::CentredPca(Precision::Int8),
         Family::AdaptiveSvd(Precision::F32),
         Family::AdaptiveSvd(Precision::Int8),
+        Family::HybridSvd(Precision::F32),
+        Family::HybridSvd(Precision::Int8),
         Family::WeightSvd(Precision::F32),
     ];
 
@@ -99,6 +104,7 @@ impl Family {
                 | Family::Pca(Precision::F32)
                 | Family::CentredPca(Precision::F32)
                 | Family::AdaptiveSvd(Precision::F32)
+                | Family::HybridSvd(Precision::F32)
                 | Family::WeightSvd(Precision::F32)
         )
     }
@@ -109,7 +115,9 @@ impl Family {
             Family::Plain(_) | Family::Svd(_) => BasisNeed::None,
             Family::Pca(_) => BasisNeed::Calibrated,
             Family::CentredSvd(_) => BasisNeed::PositionMean,
-            Family::CentredPca(_) | Family::AdaptiveSvd(_) => BasisNeed::CentredCalibrated,
+            Family::CentredPca(_) | Family::AdaptiveSvd(_) | Family::HybridSvd(_) => {
+                BasisNeed::CentredCalibrated
+            }
             Family::WeightSvd(_) => BasisNeed::Weight,
         }
     }
@@ -170,7 +178,9 @@ impl Family {
                     centre: None,
                 })
             }
-            Family::CentredPca(precision) | Family::AdaptiveSvd(precision) => {
+            Family::CentredPca(precision)
+            | Family::AdaptiveSvd(precision)
+            | Family::HybridSvd(precision) => {
                 let Shared::CentredBasis(basis, centre) = shared else {
                     return Err(Error::Config(format!(
                         "{self} needs the position mean of the split point and the PCA basis                          of activations centred on it"
@@ -190,6 +200,7 @@ impl Family {
                         basis,
                         rank,
                         precision,
+                        hybrid: matches!(self, Family::HybridSvd(_)),
                     })
                 }
             }
@@ -203,7 +214,7 @@ impl Family {
             Family::Svd(precision) | Family::CentredSvd(precision) => {
                 SvdCodec { rank, precision }.encoded_len(tokens, features)
             }
-            Family::AdaptiveSvd(precision) => {
+            Family::AdaptiveSvd(precision) | Family::HybridSvd(precision) => {
                 1 + SvdCodec { rank, precision }.encoded_len(tokens, features)
             }
             Family::Pca(p) | Family::CentredPca(p) | Family::WeightSvd(p) => {
@@ -239,6 +250,7 @@ impl fmt::Display for Family {
             Family::Pca(p) => ("pca", p),
             Family::CentredPca(p) => ("cpca", p),
             Family::AdaptiveSvd(p) => ("asvd", p),
+            Family::HybridSvd(p) => ("hsvd", p),
             Family::WeightSvd(p) => ("wsvd", p),
         };
         match p {
@@ -271,9 +283,10 @@ impl FromStr for Family {
             "pca" => Ok(Family::Pca(p)),
             "cpca" => Ok(Family::CentredPca(p)),
             "asvd" => Ok(Family::AdaptiveSvd(p)),
+            "hsvd" => Ok(Family::HybridSvd(p)),
             "wsvd" => Ok(Family::WeightSvd(p)),
             _ => Err(Error::Config(format!(
-                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/csvd/pca/cpca/asvd/wsvd \
+                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/csvd/pca/cpca/asvd/hsvd/wsvd \
                  with an optional -f16/-bf16/-int8"
             ))),
         }

@@ -9,6 +9,7 @@
 //! | [`ProjectedCodec`] `pca[-p]` | `(X - mean) P_r`, calibrated PCA basis | `nr` values |
 //! | [`ProjectedCodec`] `cpca[-p]` | `(X - M - mean) P_r`, PCA of centred calibration activations | `nr` values |
 //! | [`AdaptiveSvdCodec`] `asvd[-p]` | per request the better of `csvd` and `cpca` at `csvd`'s bytes | `csvd`'s bytes + 1 |
+//! | [`AdaptiveSvdCodec`] `hsvd[-p]` | per request the best of those and a `cpca` projection followed by the SVD of its residual | `csvd`'s bytes + 1 |
 //! | [`ProjectedCodec`] `wsvd[-p]` | `X V_r`, next layer's weight SVD basis | `nr` values |
 //!
 //! Every payload starts with a 25-byte header (shape, rank, precision, basis fingerprint);

@@ -86,7 +86,7 @@ fn codec(family: Family, rank: usize, b: &Bases) -> Box<dyn ActivationCodec> {
     family.build_with(rank, shared).expect("build")
 }
 
-const ALL: [Family; 19] = [
+const ALL: [Family; 21] = [
     Family::Plain(Precision::F32),
     Family::Plain(Precision::F16),
     Family::Plain(Precision::Bf16),
@@ -103,6 +103,8 @@ const ALL: [Family; 19] = [
     Family::CentredPca(Precision::Int8),
     Family::AdaptiveSvd(Precision::F32),
     Family::AdaptiveSvd(Precision::Int8),
+    Family::HybridSvd(Precision::F32),
+    Family::HybridSvd(Precision::Int8),
     Family::WeightSvd(Precision::F32),
     Family::WeightSvd(Precision::F16),
     Family::WeightSvd(Precision::Int8),
@@ -133,7 +135,7 @@ proptest! {
     fn error_is_monotone_in_rank(seed in 0u64..1000, n in 8usize..40, d in 8usize..40) {
         let x = activation(seed, n, d);
         let b = bases(n, d, seed);
-        for family in [Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
+        for family in [Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::HybridSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
             let errs: Vec<f64> = (1..=d.min(n)).map(|r| error(&x, codec(family, r, &b).as_ref())).collect();
             let scale = x.values.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
             for pair in errs.windows(2) {
@@ -147,7 +149,7 @@ proptest! {
         let x = activation(seed, n, d);
         let b = bases(n.max(2), d, seed);
         let scale = x.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
+        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::HybridSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
             let c = codec(family, d, &b);
             let y = c.decode(&c.encode(&x).expect("encode")).expect("decode");
             for (a, b) in x.values.iter().zip(&y.values) {
@@ -263,6 +265,55 @@ fn adaptive_keeps_the_better_reduction_and_checks_its_layout() {
     }
 }
 
+/// Calibration item 0 of `bases(n, d, seed)` plus a rank-2 part of its own: the shared basis
+/// explains the first, the request's own SVD the second.
+fn shared_plus_own(n: usize, d: usize, seed: u64) -> Activation {
+    let mut x = activation(seed + 100, n, d);
+    let own = activation(77, n, 2);
+    let mut rng = StdRng::seed_from_u64(3);
+    let dirs: Vec<f32> = (0..2 * d).map(|_| rng.random_range(-1.0..1.0)).collect();
+    for i in 0..n {
+        for j in 0..d {
+            x.values[i * d + j] +=
+                3.0 * (own.values[i * 2] * dirs[j] + own.values[i * 2 + 1] * dirs[d + j]);
+        }
+    }
+    x
+}
+
+/// A calibration item plus a rank-2 part of its own: the shared basis explains the first, the
+/// request's own SVD the second, so the hybrid reduction should win somewhere.
+#[test]
+fn hybrid_is_never_worse_than_adaptive_and_checks_its_layout() {
+    let (n, d) = (24, 20);
+    let b = bases(n, d, 11);
+    let x = shared_plus_own(n, d, 11);
+    let mut tags = vec![];
+    for rank in 1..=8 {
+        let hsvd = codec(Family::HybridSvd(Precision::F32), rank, &b);
+        let asvd = codec(Family::AdaptiveSvd(Precision::F32), rank, &b);
+        let bytes = hsvd.encode(&x).expect("encode");
+        assert_eq!(bytes.len(), asvd.encoded_len(n, d), "rank {rank}");
+        assert!(
+            error(&x, hsvd.as_ref()) <= error(&x, asvd.as_ref()) + 1e-6,
+            "rank {rank}"
+        );
+        tags.push(bytes[0]);
+        if bytes[0] == 2 {
+            // asvd does not read a hybrid payload; the hybrid refuses damage.
+            assert!(asvd.decode(&bytes).is_err());
+            let mut padded = bytes.clone();
+            *padded.last_mut().expect("padding") = 1;
+            assert!(hsvd.decode(&padded).is_err(), "non-zero padding");
+            assert!(hsvd.decode(&bytes[..bytes.len() - 1]).is_err());
+            let mut bad_tag = bytes.clone();
+            bad_tag[0] = 3;
+            assert!(hsvd.decode(&bad_tag).is_err());
+        }
+    }
+    assert!(tags.contains(&2), "the hybrid never won: tags {tags:?}");
+}
+
 #[test]
 fn families_parse_from_their_names() {
     for family in ALL {
@@ -297,6 +348,34 @@ proptest! {
         for family in ALL {
             let c = codec(family, 4, &b);
             if let Ok(a) = c.decode(&bytes) {
+                prop_assert_eq!(a.values.len(), a.tokens * a.features);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A hybrid payload (two headers in one) with bytes overwritten or cut off is a typed error
+    /// or an activation of the declared shape, never a panic.
+    #[test]
+    fn damaged_hybrid_payloads_never_panic(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let (n, d) = (24, 20);
+        let b = bases(n, d, 11);
+        let x = shared_plus_own(n, d, 11);
+        let hsvd = codec(Family::HybridSvd(Precision::F32), 4, &b);
+        let mut bytes = hsvd.encode(&x).expect("encode");
+        prop_assert_eq!(bytes[0], 2, "the hybrid layout is what this test damages");
+        for (at, v) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = v;
+        }
+        for len in [bytes.len(), cut.index(bytes.len())] {
+            if let Ok(a) = hsvd.decode(&bytes[..len]) {
                 prop_assert_eq!(a.values.len(), a.tokens * a.features);
             }
         }

@@ -62,7 +62,8 @@ pub(crate) struct Args {
     /// Codec families (default: f16, bf16, int8, svd, svd-f16, svd-int8, pca, pca-f16,
     /// pca-int8, wsvd, and around a calibrated per-position mean: csvd, csvd-int8 (per-request
     /// SVD), cpca, cpca-int8 (PCA of centred activations), asvd, asvd-int8 (per request the
-    /// better of csvd and cpca)).
+    /// better of csvd and cpca), hsvd, hsvd-int8 (also a cpca projection followed by the SVD
+    /// of its residual)).
     #[arg(long, value_delimiter = ',')]
     codecs: Vec<String>,
     /// Results go to `results/svd-accuracy/<model>[-<tag>]/`.
@@ -364,7 +365,10 @@ fn ranks_for<B: Backend>(
         .flat_map(|b| b.lens.iter())
         .map(|&n| {
             let max_rank = match family {
-                Family::Svd(_) | Family::CentredSvd(_) | Family::AdaptiveSvd(_) => n.min(d),
+                Family::Svd(_)
+                | Family::CentredSvd(_)
+                | Family::AdaptiveSvd(_)
+                | Family::HybridSvd(_) => n.min(d),
                 Family::Plain(_) => d,
                 _ => basis.map_or(d, Basis::rank),
             };
