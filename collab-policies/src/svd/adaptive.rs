@@ -116,14 +116,19 @@ impl AdaptiveSvdCodec {
         Ok(best)
     }
 
-    /// Decodes a hybrid body: a projection payload, then an SVD payload of the same shape.
-    fn decode_hybrid(&self, rest: &[u8], name: &str) -> Result<(Activation, usize)> {
+    /// Decodes the projection payload at the start of `rest`; returns it and its length.
+    fn decode_projection(&self, rest: &[u8], name: &str) -> Result<(Activation, usize)> {
         let (h, _) = Header::read(rest, name, Kind::Projected, self.precision)?;
         let len = ProjectedCodec::len_for(self.precision, h.rank, h.tokens);
         let proj = rest
             .get(..len)
-            .ok_or_else(|| Error::codec(name, "hybrid payload shorter than its projection"))?;
-        let mut x = self.projection_at(h.rank).decode(proj)?;
+            .ok_or_else(|| Error::codec(name, "payload shorter than its projection"))?;
+        Ok((self.projection_at(h.rank).decode(proj)?, len))
+    }
+
+    /// Decodes a hybrid body: a projection payload, then an SVD payload of the same shape.
+    fn decode_hybrid(&self, rest: &[u8], name: &str) -> Result<(Activation, usize)> {
+        let (mut x, len) = self.decode_projection(rest, name)?;
         let (s, _) = Header::read(&rest[len..], name, Kind::RequestSvd, self.precision)?;
         if (s.tokens, s.features) != (x.tokens, x.features) {
             return Err(Error::codec(
@@ -225,10 +230,9 @@ impl ActivationCodec for AdaptiveSvdCodec {
         let x = match tag {
             TAG_SVD => self.svd().decode(rest)?,
             TAG_PROJECTION => {
-                let (h, _) = Header::read(rest, &name, Kind::Projected, self.precision)?;
-                let len = ProjectedCodec::len_for(self.precision, h.rank, h.tokens);
+                let (x, len) = self.decode_projection(rest, &name)?;
                 zero_padding(rest, len, &name)?;
-                self.projection_at(h.rank).decode(&rest[..len])?
+                x
             }
             TAG_HYBRID if self.hybrid => {
                 let (x, len) = self.decode_hybrid(rest, &name)?;

@@ -183,7 +183,8 @@ impl Family {
             | Family::HybridSvd(precision) => {
                 let Shared::CentredBasis(basis, centre) = shared else {
                     return Err(Error::Config(format!(
-                        "{self} needs the position mean of the split point and the PCA basis                          of activations centred on it"
+                        "{self} needs the position mean of the split point and the PCA basis of \
+                         activations centred on it"
                     )));
                 };
                 if matches!(self, Family::CentredPca(_)) {
