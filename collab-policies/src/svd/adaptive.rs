@@ -18,6 +18,10 @@
 //! larger rank include every pair at a smaller one with an `r1` at least as large, so the error
 //! stays monotone in rank.
 //!
+//! With `metric` [`ErrorMetric::TokenRelative`] (`lsvd`, always hybrid) every candidate's
+//! SVD minimises, and the choice compares, each token's error relative to its own spread: the
+//! error the next block's LayerNorm sees ([`super::metric`]). The payloads are the same.
+//!
 //! Layout: tag (`0` SVD, `1` projection, `2` projection then the residual's SVD), the chosen
 //! payload(s), zero bytes up to `1 + svd.encoded_len(n, d)`.
 
@@ -28,6 +32,7 @@ use collab_core::{Error, Result};
 
 use super::basis::Basis;
 use super::centre::{CentredSvdCodec, PositionMean};
+use super::metric::{ErrorMetric, weighted_squared_error};
 use super::projected::ProjectedCodec;
 use super::quant::Precision;
 use super::request::SvdCodec;
@@ -47,6 +52,8 @@ pub struct AdaptiveSvdCodec {
     pub precision: Precision,
     /// Also try a projection followed by the SVD of its residual (`hsvd`).
     pub hybrid: bool,
+    /// What the SVDs minimise and the choice compares (`lsvd`: token-relative, with `hybrid`).
+    pub metric: ErrorMetric,
 }
 
 /// Tag byte of each reduction.
@@ -87,8 +94,12 @@ impl AdaptiveSvdCodec {
             .collect()
     }
 
-    /// The best hybrid candidate for `x` (its payload and squared error), if any fits.
-    fn best_hybrid(&self, x: &Activation) -> Result<Option<(Vec<u8>, f64)>> {
+    /// The best hybrid candidate for `x` (its payload and error under `weights`), if any fits.
+    fn best_hybrid(
+        &self,
+        x: &Activation,
+        weights: Option<&[f32]>,
+    ) -> Result<Option<(Vec<u8>, f64)>> {
         let budget = self.svd().encoded_len(x.tokens, x.features);
         let mut best: Option<(Vec<u8>, f64)> = None;
         for r2 in self.residual_ranks(x.tokens, x.features) {
@@ -105,9 +116,9 @@ impl AdaptiveSvdCodec {
             let mut bytes = proj.encode(x)?;
             let mut rebuilt = proj.decode(&bytes)?;
             let residual = difference(x, &rebuilt)?;
-            let by_svd = svd.encode(&residual)?;
+            let by_svd = svd.encode_tagged(&residual, 0, &svd.name(), weights)?;
             add(&mut rebuilt, &svd.decode(&by_svd)?);
-            let err = squared_error(x, &rebuilt);
+            let err = weighted_squared_error(x, &rebuilt, weights);
             bytes.extend_from_slice(&by_svd);
             if best.as_ref().is_none_or(|(_, e)| err < *e) {
                 best = Some((bytes, err));
@@ -176,17 +187,14 @@ fn add(a: &mut Activation, b: &Activation) {
         .for_each(|(x, y)| *x += y);
 }
 
-fn squared_error(a: &Activation, b: &Activation) -> f64 {
-    a.values
-        .iter()
-        .zip(&b.values)
-        .map(|(x, y)| f64::from(x - y).powi(2))
-        .sum()
-}
-
 impl ActivationCodec for AdaptiveSvdCodec {
     fn name(&self) -> String {
-        let base = if self.hybrid { "hsvd" } else { "asvd" };
+        let base = match (self.hybrid, self.metric) {
+            (false, ErrorMetric::Frobenius) => "asvd",
+            (true, ErrorMetric::Frobenius) => "hsvd",
+            (false, ErrorMetric::TokenRelative) => "lasvd",
+            (true, ErrorMetric::TokenRelative) => "lsvd",
+        };
         match self.precision {
             Precision::F32 => format!("{base}-r{}", self.rank),
             p => format!("{base}-{}-r{}", p.name(), self.rank),
@@ -198,18 +206,20 @@ impl ActivationCodec for AdaptiveSvdCodec {
     }
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
+        let weights = self.metric.row_weights(x);
+        let weights = weights.as_deref();
         let svd = self.svd();
-        let by_svd = svd.encode(x)?;
-        let svd_err = squared_error(x, &svd.decode(&by_svd)?);
+        let by_svd = svd.encode_weighted(x, weights)?;
+        let svd_err = weighted_squared_error(x, &svd.decode(&by_svd)?, weights);
         let mut chosen = (TAG_SVD, by_svd, svd_err);
         if let Some(proj) = self.projection(x.tokens, x.features) {
             let by_proj = proj.encode(x)?;
-            let err = squared_error(x, &proj.decode(&by_proj)?);
+            let err = weighted_squared_error(x, &proj.decode(&by_proj)?, weights);
             if err < chosen.2 {
                 chosen = (TAG_PROJECTION, by_proj, err);
             }
         }
-        if let Some((body, err)) = self.best_hybrid(x)?
+        if let Some((body, err)) = self.best_hybrid(x, weights)?
             && err < chosen.2
         {
             chosen = (TAG_HYBRID, body, err);

@@ -153,6 +153,20 @@ impl CentredSvdCodec {
             precision: self.precision,
         }
     }
+
+    /// Encodes `x`, with the SVD of `X - M` weighted per token by `row_weights` if given
+    /// ([`SvdCodec`]'s row weights); the payload is the same kind either way.
+    pub(super) fn encode_weighted(
+        &self,
+        x: &Activation,
+        row_weights: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
+        let name = self.name();
+        let mut centred = x.clone();
+        self.centre.shift(&mut centred, -1.0, &name)?;
+        self.svd()
+            .encode_tagged(&centred, self.centre.fingerprint, &name, row_weights)
+    }
 }
 
 impl ActivationCodec for CentredSvdCodec {
@@ -168,11 +182,7 @@ impl ActivationCodec for CentredSvdCodec {
     }
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
-        let name = self.name();
-        let mut centred = x.clone();
-        self.centre.shift(&mut centred, -1.0, &name)?;
-        self.svd()
-            .encode_tagged(&centred, self.centre.fingerprint, &name)
+        self.encode_weighted(x, None)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::adaptive::AdaptiveSvdCodec;
 use super::basis::Basis;
 use super::centre::{CentredSvdCodec, PositionMean};
+use super::metric::ErrorMetric;
 use super::plain::PlainCodec;
 use super::projected::ProjectedCodec;
 use super::quant::Precision;
@@ -39,6 +40,9 @@ pub enum Family {
     /// Per request, the best of `csvd`, `cpca` and a `cpca` projection followed by the SVD of
     /// its residual, at `csvd`'s bytes ([`AdaptiveSvdCodec`] with `hybrid`).
     HybridSvd(Precision),
+    /// `hsvd` with every SVD and the choice by each token's error relative to its own spread
+    /// ([`ErrorMetric::TokenRelative`]), at `csvd`'s bytes.
+    LayerNormSvd(Precision),
     /// Basis of the next linear layer's weight SVD.
     WeightSvd(Precision),
 }
@@ -74,7 +78,7 @@ pub enum Shared {
 
 impl Family {
     /// The families the accuracy sweep measures, baselines first.
-    pub const SWEEP: [Family; 18] = [
+    pub const SWEEP: [Family; 20] = [
         Family::Plain(Precision::F16),
         Family::Plain(Precision::Bf16),
         Family::Plain(Precision::Int8),
@@ -92,6 +96,8 @@ impl Family {
         Family::AdaptiveSvd(Precision::Int8),
         Family::HybridSvd(Precision::F32),
         Family::HybridSvd(Precision::Int8),
+        Family::LayerNormSvd(Precision::F32),
+        Family::LayerNormSvd(Precision::Int8),
         Family::WeightSvd(Precision::F32),
     ];
 
@@ -105,6 +111,7 @@ impl Family {
                 | Family::CentredPca(Precision::F32)
                 | Family::AdaptiveSvd(Precision::F32)
                 | Family::HybridSvd(Precision::F32)
+                | Family::LayerNormSvd(Precision::F32)
                 | Family::WeightSvd(Precision::F32)
         )
     }
@@ -115,9 +122,10 @@ impl Family {
             Family::Plain(_) | Family::Svd(_) => BasisNeed::None,
             Family::Pca(_) => BasisNeed::Calibrated,
             Family::CentredSvd(_) => BasisNeed::PositionMean,
-            Family::CentredPca(_) | Family::AdaptiveSvd(_) | Family::HybridSvd(_) => {
-                BasisNeed::CentredCalibrated
-            }
+            Family::CentredPca(_)
+            | Family::AdaptiveSvd(_)
+            | Family::HybridSvd(_)
+            | Family::LayerNormSvd(_) => BasisNeed::CentredCalibrated,
             Family::WeightSvd(_) => BasisNeed::Weight,
         }
     }
@@ -180,7 +188,8 @@ impl Family {
             }
             Family::CentredPca(precision)
             | Family::AdaptiveSvd(precision)
-            | Family::HybridSvd(precision) => {
+            | Family::HybridSvd(precision)
+            | Family::LayerNormSvd(precision) => {
                 let Shared::CentredBasis(basis, centre) = shared else {
                     return Err(Error::Config(format!(
                         "{self} needs the position mean of the split point and the PCA basis of \
@@ -201,7 +210,12 @@ impl Family {
                         basis,
                         rank,
                         precision,
-                        hybrid: matches!(self, Family::HybridSvd(_)),
+                        hybrid: matches!(self, Family::HybridSvd(_) | Family::LayerNormSvd(_)),
+                        metric: if matches!(self, Family::LayerNormSvd(_)) {
+                            ErrorMetric::TokenRelative
+                        } else {
+                            ErrorMetric::Frobenius
+                        },
                     })
                 }
             }
@@ -215,7 +229,9 @@ impl Family {
             Family::Svd(precision) | Family::CentredSvd(precision) => {
                 SvdCodec { rank, precision }.encoded_len(tokens, features)
             }
-            Family::AdaptiveSvd(precision) | Family::HybridSvd(precision) => {
+            Family::AdaptiveSvd(precision)
+            | Family::HybridSvd(precision)
+            | Family::LayerNormSvd(precision) => {
                 1 + SvdCodec { rank, precision }.encoded_len(tokens, features)
             }
             Family::Pca(p) | Family::CentredPca(p) | Family::WeightSvd(p) => {
@@ -252,6 +268,7 @@ impl fmt::Display for Family {
             Family::CentredPca(p) => ("cpca", p),
             Family::AdaptiveSvd(p) => ("asvd", p),
             Family::HybridSvd(p) => ("hsvd", p),
+            Family::LayerNormSvd(p) => ("lsvd", p),
             Family::WeightSvd(p) => ("wsvd", p),
         };
         match p {
@@ -285,9 +302,10 @@ impl FromStr for Family {
             "cpca" => Ok(Family::CentredPca(p)),
             "asvd" => Ok(Family::AdaptiveSvd(p)),
             "hsvd" => Ok(Family::HybridSvd(p)),
+            "lsvd" => Ok(Family::LayerNormSvd(p)),
             "wsvd" => Ok(Family::WeightSvd(p)),
             _ => Err(Error::Config(format!(
-                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/csvd/pca/cpca/asvd/hsvd/wsvd \
+                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/csvd/pca/cpca/asvd/hsvd/lsvd/wsvd \
                  with an optional -f16/-bf16/-int8"
             ))),
         }

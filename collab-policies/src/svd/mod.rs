@@ -10,6 +10,7 @@
 //! | [`ProjectedCodec`] `cpca[-p]` | `(X - M - mean) P_r`, PCA of centred calibration activations | `nr` values |
 //! | [`AdaptiveSvdCodec`] `asvd[-p]` | per request the better of `csvd` and `cpca` at `csvd`'s bytes | `csvd`'s bytes + 1 |
 //! | [`AdaptiveSvdCodec`] `hsvd[-p]` | per request the best of those and a `cpca` projection followed by the SVD of its residual | `csvd`'s bytes + 1 |
+//! | [`AdaptiveSvdCodec`] `lsvd[-p]` | `hsvd`'s candidates, each SVD and the choice by each token's error relative to its spread ([`ErrorMetric::TokenRelative`]) | `csvd`'s bytes + 1 |
 //! | [`ProjectedCodec`] `wsvd[-p]` | `X V_r`, next layer's weight SVD basis | `nr` values |
 //!
 //! Every payload starts with a 25-byte header (shape, rank, precision, basis fingerprint);
@@ -25,6 +26,7 @@ mod adaptive;
 mod basis;
 mod centre;
 mod family;
+mod metric;
 mod plain;
 mod projected;
 mod quant;
@@ -35,6 +37,7 @@ pub use adaptive::AdaptiveSvdCodec;
 pub use basis::Basis;
 pub use centre::{CentredSvdCodec, PositionMean};
 pub use family::{BasisNeed, Family, Shared};
+pub use metric::ErrorMetric;
 pub use plain::PlainCodec;
 pub use projected::ProjectedCodec;
 pub use quant::Precision;

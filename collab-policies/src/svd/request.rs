@@ -38,7 +38,7 @@ impl ActivationCodec for SvdCodec {
     }
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
-        self.encode_tagged(x, 0, &self.name())
+        self.encode_tagged(x, 0, &self.name(), None)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
@@ -48,19 +48,49 @@ impl ActivationCodec for SvdCodec {
 
 impl SvdCodec {
     /// Encodes `x` with `centre` (the fingerprint of what was subtracted first, 0 for nothing)
-    /// in the header's basis field.
-    pub(super) fn encode_tagged(&self, x: &Activation, centre: u64, name: &str) -> Result<Vec<u8>> {
+    /// in the header's basis field. With `row_weights` (one positive weight per token) the
+    /// factors are those of the rank-`r` minimiser of the weighted error
+    /// ([`super::metric`]): the SVD of the rows scaled by `sqrt(w_i)`, the left factor scaled
+    /// back. The payload is the same kind either way.
+    pub(super) fn encode_tagged(
+        &self,
+        x: &Activation,
+        centre: u64,
+        name: &str,
+        row_weights: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
         check_finite(&x.values, name)?;
         let (n, d) = (x.tokens, x.features);
         let r = self.effective_rank(n, d);
-        let m = MatRef::from_row_major_slice(&x.values, n, d);
+        let roots: Option<Vec<f32>> = row_weights.map(|w| w.iter().map(|w| w.sqrt()).collect());
+        let scaled: Vec<f32>;
+        let values = match &roots {
+            Some(roots) if roots.len() == n => {
+                scaled = x
+                    .values
+                    .chunks(d.max(1))
+                    .zip(roots)
+                    .flat_map(|(row, s)| row.iter().map(move |v| v * s))
+                    .collect();
+                &scaled
+            }
+            Some(roots) => {
+                return Err(Error::codec(
+                    name,
+                    format!("{} row weights for {n} tokens", roots.len()),
+                ));
+            }
+            None => &x.values,
+        };
+        let m = MatRef::from_row_major_slice(values, n, d);
         let svd = m
             .thin_svd()
             .map_err(|e| Error::codec(name, format!("SVD did not converge: {e:?}")))?;
         let (u, s, v) = (svd.U(), svd.S().column_vector(), svd.V());
         let mut us = Vec::with_capacity(n * r);
         for i in 0..n {
-            us.extend((0..r).map(|j| u[(i, j)] * s[j]));
+            let back = roots.as_ref().map_or(1.0, |roots| 1.0 / roots[i]);
+            us.extend((0..r).map(|j| u[(i, j)] * s[j] * back));
         }
         let mut vt = Vec::with_capacity(r * d);
         for j in 0..r {

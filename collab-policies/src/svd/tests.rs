@@ -43,6 +43,31 @@ fn error(x: &Activation, codec: &dyn ActivationCodec) -> f64 {
         .sqrt()
 }
 
+/// `x` with token `seed % n` scaled up 30 times: a token whose spread dwarfs the others', as
+/// a ViT's residual stream has.
+fn with_loud_token(mut x: Activation, seed: u64) -> Activation {
+    let d = x.features;
+    let i = (seed as usize) % x.tokens;
+    x.values[i * d..(i + 1) * d]
+        .iter_mut()
+        .for_each(|v| *v *= 30.0);
+    x
+}
+
+/// The token-relative squared error of `y` for `x` ([`ErrorMetric::TokenRelative`]).
+fn relative_error_of(x: &Activation, y: &Activation) -> f64 {
+    let w = ErrorMetric::TokenRelative.row_weights(x);
+    super::metric::weighted_squared_error(x, y, w.as_deref())
+}
+
+/// The token-relative squared error of a round trip through `codec`.
+fn relative_error(x: &Activation, codec: &dyn ActivationCodec) -> f64 {
+    let y = codec
+        .decode(&codec.encode(x).expect("encode"))
+        .expect("decode");
+    relative_error_of(x, &y)
+}
+
 /// What the families that need shared state hold, fitted on seeded calibration items.
 struct Bases {
     pca: Arc<Basis>,
@@ -86,7 +111,7 @@ fn codec(family: Family, rank: usize, b: &Bases) -> Box<dyn ActivationCodec> {
     family.build_with(rank, shared).expect("build")
 }
 
-const ALL: [Family; 21] = [
+const ALL: [Family; 23] = [
     Family::Plain(Precision::F32),
     Family::Plain(Precision::F16),
     Family::Plain(Precision::Bf16),
@@ -105,6 +130,8 @@ const ALL: [Family; 21] = [
     Family::AdaptiveSvd(Precision::Int8),
     Family::HybridSvd(Precision::F32),
     Family::HybridSvd(Precision::Int8),
+    Family::LayerNormSvd(Precision::F32),
+    Family::LayerNormSvd(Precision::Int8),
     Family::WeightSvd(Precision::F32),
     Family::WeightSvd(Precision::F16),
     Family::WeightSvd(Precision::Int8),
@@ -144,12 +171,39 @@ proptest! {
         }
     }
 
+    /// `lsvd` minimises the token-relative error, so that error (not Frobenius) is monotone
+    /// in rank: its candidates at a larger rank include those at a smaller one.
+    #[test]
+    fn token_relative_error_is_monotone_in_rank(seed in 0u64..1000, n in 8usize..40, d in 8usize..40) {
+        let x = with_loud_token(activation(seed, n, d), seed);
+        let b = bases(n, d, seed);
+        let errs: Vec<f64> = (1..=d.min(n))
+            .map(|r| relative_error(&x, codec(Family::LayerNormSvd(Precision::F32), r, &b).as_ref()))
+            .collect();
+        let scale = relative_error_of(&x, &Activation { values: vec![0.0; n * d], ..x.clone() });
+        for pair in errs.windows(2) {
+            prop_assert!(pair[1] <= pair[0] + 1e-4 * scale, "{errs:?}");
+        }
+    }
+
+    /// Under the token-relative error `lsvd` is never worse than `hsvd`: the weighted SVD is
+    /// the best rank-r fit in that error, the projections are the same, and it compares its
+    /// candidates in that error.
+    #[test]
+    fn token_relative_choice_is_never_worse_than_hsvd(seed in 0u64..1000, n in 8usize..32, d in 8usize..32, rank in 1usize..8) {
+        let x = with_loud_token(activation(seed, n, d), seed);
+        let b = bases(n, d, seed);
+        let lsvd = relative_error(&x, codec(Family::LayerNormSvd(Precision::F32), rank, &b).as_ref());
+        let hsvd = relative_error(&x, codec(Family::HybridSvd(Precision::F32), rank, &b).as_ref());
+        prop_assert!(lsvd <= hsvd * (1.0 + 1e-4) + 1e-9, "lsvd {lsvd} hsvd {hsvd}");
+    }
+
     #[test]
     fn full_rank_reconstructs(seed in 0u64..1000, n in 1usize..30, d in 1usize..30) {
         let x = activation(seed, n, d);
         let b = bases(n.max(2), d, seed);
         let scale = x.values.iter().fold(0f32, |m, v| m.max(v.abs()));
-        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::HybridSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
+        for family in [Family::Plain(Precision::F32), Family::Svd(Precision::F32), Family::CentredSvd(Precision::F32), Family::Pca(Precision::F32), Family::CentredPca(Precision::F32), Family::AdaptiveSvd(Precision::F32), Family::HybridSvd(Precision::F32), Family::LayerNormSvd(Precision::F32), Family::WeightSvd(Precision::F32)] {
             let c = codec(family, d, &b);
             let y = c.decode(&c.encode(&x).expect("encode")).expect("decode");
             for (a, b) in x.values.iter().zip(&y.values) {
@@ -433,4 +487,51 @@ fn positions_past_the_fitted_mean_use_the_overall_mean() {
     // Another feature count is still refused, with the codec's name.
     let mut narrow = activation(1, 4, d - 1);
     assert!(b.centre.shift(&mut narrow, 1.0, "test").is_err());
+}
+
+/// On an activation with one loud token the token-relative metric changes the outcome: at
+/// some rank `lsvd`'s token-relative error is well below `hsvd`'s (the weighting is not a
+/// no-op), and its payload is one `hsvd` could have sent (the same layout and length).
+#[test]
+fn token_relative_weighting_pays_on_a_loud_token() {
+    let (n, d) = (24, 20);
+    let b = bases(n, d, 11);
+    let x = with_loud_token(shared_plus_own(n, d, 11), 5);
+    let mut gains = vec![];
+    for rank in 1..=8 {
+        let lsvd = codec(Family::LayerNormSvd(Precision::F32), rank, &b);
+        let hsvd = codec(Family::HybridSvd(Precision::F32), rank, &b);
+        let bytes = lsvd.encode(&x).expect("encode");
+        assert_eq!(bytes.len(), hsvd.encoded_len(n, d), "rank {rank}");
+        assert!(bytes[0] <= 2, "tag {}", bytes[0]);
+        gains.push(relative_error(&x, hsvd.as_ref()) / relative_error(&x, lsvd.as_ref()));
+    }
+    assert!(
+        gains.iter().any(|&g| g > 1.2),
+        "token-relative error of hsvd over lsvd per rank: {gains:?}"
+    );
+}
+
+/// Uniform row weights give the plain SVD's factors; a weight per token is required.
+#[test]
+fn row_weighted_svd_with_equal_weights_is_the_plain_svd() {
+    let x = activation(3, 12, 10);
+    let svd = SvdCodec {
+        rank: 3,
+        precision: Precision::F32,
+    };
+    let plain = svd
+        .decode(&svd.encode(&x).expect("encode"))
+        .expect("decode");
+    let ones = vec![4.0f32; 12];
+    let weighted = svd
+        .decode(
+            &svd.encode_tagged(&x, 0, "svd", Some(&ones))
+                .expect("encode"),
+        )
+        .expect("decode");
+    for (a, b) in plain.values.iter().zip(&weighted.values) {
+        assert!((a - b).abs() < 1e-4, "{a} vs {b}");
+    }
+    assert!(svd.encode_tagged(&x, 0, "svd", Some(&ones[..11])).is_err());
 }

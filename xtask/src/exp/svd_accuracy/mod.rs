@@ -63,7 +63,7 @@ pub(crate) struct Args {
     /// pca-int8, wsvd, and around a calibrated per-position mean: csvd, csvd-int8 (per-request
     /// SVD), cpca, cpca-int8 (PCA of centred activations), asvd, asvd-int8 (per request the
     /// better of csvd and cpca), hsvd, hsvd-int8 (also a cpca projection followed by the SVD
-    /// of its residual)).
+    /// of its residual), lsvd, lsvd-int8 (hsvd by each token's error relative to its spread)).
     #[arg(long, value_delimiter = ',')]
     codecs: Vec<String>,
     /// Results go to `results/svd-accuracy/<model>[-<tag>]/`.
@@ -368,7 +368,8 @@ fn ranks_for<B: Backend>(
                 Family::Svd(_)
                 | Family::CentredSvd(_)
                 | Family::AdaptiveSvd(_)
-                | Family::HybridSvd(_) => n.min(d),
+                | Family::HybridSvd(_)
+                | Family::LayerNormSvd(_) => n.min(d),
                 Family::Plain(_) => d,
                 _ => basis.map_or(d, Basis::rank),
             };
