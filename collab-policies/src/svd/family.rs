@@ -20,6 +20,7 @@ use super::plain::PlainCodec;
 use super::projected::ProjectedCodec;
 use super::quant::Precision;
 use super::request::SvdCodec;
+use super::transform::TransformCodec;
 
 /// A codec family: how values are reduced and at which precision they are sent.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -45,6 +46,9 @@ pub enum Family {
     LayerNormSvd(Precision),
     /// Basis of the next linear layer's weight SVD.
     WeightSvd(Precision),
+    /// Every coefficient in the centred PCA basis, each column at its own width of 0-16 bits
+    /// chosen per request, at `cpca-int8`'s bytes ([`TransformCodec`]).
+    TransformPca,
 }
 
 /// Which shared basis a family needs.
@@ -78,7 +82,7 @@ pub enum Shared {
 
 impl Family {
     /// The families the accuracy sweep measures, baselines first.
-    pub const SWEEP: [Family; 20] = [
+    pub const SWEEP: [Family; 21] = [
         Family::Plain(Precision::F16),
         Family::Plain(Precision::Bf16),
         Family::Plain(Precision::Int8),
@@ -99,6 +103,7 @@ impl Family {
         Family::LayerNormSvd(Precision::F32),
         Family::LayerNormSvd(Precision::Int8),
         Family::WeightSvd(Precision::F32),
+        Family::TransformPca,
     ];
 
     /// Whether this is one of the pure SVD codecs (reduction by rank, `f32` values).
@@ -125,7 +130,8 @@ impl Family {
             Family::CentredPca(_)
             | Family::AdaptiveSvd(_)
             | Family::HybridSvd(_)
-            | Family::LayerNormSvd(_) => BasisNeed::CentredCalibrated,
+            | Family::LayerNormSvd(_)
+            | Family::TransformPca => BasisNeed::CentredCalibrated,
             Family::WeightSvd(_) => BasisNeed::Weight,
         }
     }
@@ -186,6 +192,19 @@ impl Family {
                     centre: None,
                 })
             }
+            Family::TransformPca => {
+                let Shared::CentredBasis(basis, centre) = shared else {
+                    return Err(Error::Config(format!(
+                        "{self} needs the position mean of the split point and the PCA basis of \
+                         activations centred on it"
+                    )));
+                };
+                Box::new(TransformCodec {
+                    centre,
+                    basis,
+                    rank,
+                })
+            }
             Family::CentredPca(precision)
             | Family::AdaptiveSvd(precision)
             | Family::HybridSvd(precision)
@@ -237,6 +256,7 @@ impl Family {
             Family::Pca(p) | Family::CentredPca(p) | Family::WeightSvd(p) => {
                 ProjectedCodec::len_for(p, rank, tokens)
             }
+            Family::TransformPca => TransformCodec::len_for(rank, tokens, features),
         }
     }
 
@@ -270,6 +290,7 @@ impl fmt::Display for Family {
             Family::HybridSvd(p) => ("hsvd", p),
             Family::LayerNormSvd(p) => ("lsvd", p),
             Family::WeightSvd(p) => ("wsvd", p),
+            Family::TransformPca => return f.write_str("tpca"),
         };
         match p {
             Precision::F32 => f.write_str(base),
@@ -284,6 +305,9 @@ impl FromStr for Family {
     fn from_str(s: &str) -> Result<Self> {
         if let Some(p) = Precision::ALL.into_iter().find(|p| p.name() == s) {
             return Ok(Family::Plain(p));
+        }
+        if s == "tpca" {
+            return Ok(Family::TransformPca);
         }
         let (base, precision) = match s.split_once('-') {
             Some((b, p)) => (b, p),
@@ -305,8 +329,8 @@ impl FromStr for Family {
             "lsvd" => Ok(Family::LayerNormSvd(p)),
             "wsvd" => Ok(Family::WeightSvd(p)),
             _ => Err(Error::Config(format!(
-                "unknown codec `{s}`: expected f32, f16, bf16, int8, or svd/csvd/pca/cpca/asvd/hsvd/lsvd/wsvd \
-                 with an optional -f16/-bf16/-int8"
+                "unknown codec `{s}`: expected f32, f16, bf16, int8, tpca, or \
+                 svd/csvd/pca/cpca/asvd/hsvd/lsvd/wsvd with an optional -f16/-bf16/-int8"
             ))),
         }
     }

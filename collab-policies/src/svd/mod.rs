@@ -11,6 +11,7 @@
 //! | [`AdaptiveSvdCodec`] `asvd[-p]` | per request the better of `csvd` and `cpca` at `csvd`'s bytes | `csvd`'s bytes + 1 |
 //! | [`AdaptiveSvdCodec`] `hsvd[-p]` | per request the best of those and a `cpca` projection followed by the SVD of its residual | `csvd`'s bytes + 1 |
 //! | [`AdaptiveSvdCodec`] `lsvd[-p]` | `hsvd`'s candidates, each SVD and the choice by each token's error relative to its spread ([`ErrorMetric::TokenRelative`]) | `csvd`'s bytes + 1 |
+//! | [`TransformCodec`] `tpca` | every coefficient of `X - M` in the centred PCA basis, each column at its own width (0-16 bits) chosen per request | `cpca-int8`'s bytes |
 //! | [`ProjectedCodec`] `wsvd[-p]` | `X V_r`, next layer's weight SVD basis | `nr` values |
 //!
 //! Every payload starts with a 25-byte header (shape, rank, precision, basis fingerprint);
@@ -24,6 +25,7 @@
 
 mod adaptive;
 mod basis;
+mod bits;
 mod centre;
 mod family;
 mod metric;
@@ -31,6 +33,7 @@ mod plain;
 mod projected;
 mod quant;
 mod request;
+mod transform;
 mod wire;
 
 pub use adaptive::AdaptiveSvdCodec;
@@ -42,6 +45,7 @@ pub use plain::PlainCodec;
 pub use projected::ProjectedCodec;
 pub use quant::Precision;
 pub use request::SvdCodec;
+pub use transform::TransformCodec;
 pub use wire::HEADER_LEN;
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl ProjectedCodec {
     /// The fingerprint of everything shared that the payload depends on.
     fn fingerprint(&self) -> u64 {
         match &self.centre {
-            Some(c) => (self.basis.fingerprint ^ c.fingerprint.rotate_left(17)).max(1),
+            Some(c) => centred_fingerprint(&self.basis, c),
             None => self.basis.fingerprint,
         }
     }
@@ -60,6 +60,11 @@ impl ProjectedCodec {
             ))
         }
     }
+}
+
+/// The fingerprint of a basis used around a per-position mean (never 0, which means "none").
+pub(super) fn centred_fingerprint(basis: &Basis, centre: &PositionMean) -> u64 {
+    (basis.fingerprint ^ centre.fingerprint.rotate_left(17)).max(1)
 }
 
 impl ActivationCodec for ProjectedCodec {

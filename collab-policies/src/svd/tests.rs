@@ -10,6 +10,8 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+mod transform;
+
 /// A low-rank-plus-noise activation with a few outlier features, like a residual stream.
 fn activation(seed: u64, n: usize, d: usize) -> Activation {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -111,7 +113,7 @@ fn codec(family: Family, rank: usize, b: &Bases) -> Box<dyn ActivationCodec> {
     family.build_with(rank, shared).expect("build")
 }
 
-const ALL: [Family; 23] = [
+const ALL: [Family; 24] = [
     Family::Plain(Precision::F32),
     Family::Plain(Precision::F16),
     Family::Plain(Precision::Bf16),
@@ -135,6 +137,7 @@ const ALL: [Family; 23] = [
     Family::WeightSvd(Precision::F32),
     Family::WeightSvd(Precision::F16),
     Family::WeightSvd(Precision::Int8),
+    Family::TransformPca,
 ];
 
 proptest! {
@@ -385,7 +388,7 @@ proptest! {
     /// allocation the bytes do not pay for.
     #[test]
     fn decoding_arbitrary_payloads_never_panics(
-        kind in 0u8..3, tag in 0u8..4,
+        kind in 0u8..4, tag in 0u8..4,
         tokens in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
         features in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
         rank in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],

@@ -25,6 +25,8 @@ pub(super) enum Kind {
     RequestSvd,
     /// Coefficients in a basis known to both sides.
     Projected,
+    /// Every coefficient in a shared basis, each column at its own width.
+    Transform,
 }
 
 impl Kind {
@@ -33,6 +35,7 @@ impl Kind {
             Self::Plain => 0,
             Self::RequestSvd => 1,
             Self::Projected => 2,
+            Self::Transform => 3,
         }
     }
 }

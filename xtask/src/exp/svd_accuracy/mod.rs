@@ -63,7 +63,8 @@ pub(crate) struct Args {
     /// pca-int8, wsvd, and around a calibrated per-position mean: csvd, csvd-int8 (per-request
     /// SVD), cpca, cpca-int8 (PCA of centred activations), asvd, asvd-int8 (per request the
     /// better of csvd and cpca), hsvd, hsvd-int8 (also a cpca projection followed by the SVD
-    /// of its residual), lsvd, lsvd-int8 (hsvd by each token's error relative to its spread)).
+    /// of its residual), lsvd, lsvd-int8 (hsvd by each token's error relative to its spread),
+    /// tpca (every centred PCA coefficient, each column at its own width, at cpca-int8's bytes)).
     #[arg(long, value_delimiter = ',')]
     codecs: Vec<String>,
     /// Results go to `results/svd-accuracy/<model>[-<tag>]/`.
