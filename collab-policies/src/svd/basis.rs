@@ -134,6 +134,24 @@ impl Basis {
         }
     }
 
+    /// Checks that an activation of `features` columns lives in this basis's space.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] (attributed to `codec`) naming both sizes if they differ.
+    pub(crate) fn check_features(&self, features: usize, codec: &str) -> Result<()> {
+        if features == self.features {
+            Ok(())
+        } else {
+            Err(Error::codec(
+                codec,
+                format!(
+                    "basis `{}` has {} features, the activation {features}",
+                    self.origin, self.features
+                ),
+            ))
+        }
+    }
+
     /// Component-major view of the first `rank` components (`rank x features`).
     pub(crate) fn leading(&self, rank: usize) -> MatRef<'_, f32> {
         MatRef::from_row_major_slice(

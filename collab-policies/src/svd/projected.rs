@@ -46,20 +46,6 @@ impl ProjectedCodec {
     fn rank(&self) -> usize {
         self.rank.min(self.basis.rank())
     }
-
-    fn check_features(&self, features: usize, name: &str) -> Result<()> {
-        if features == self.basis.features {
-            Ok(())
-        } else {
-            Err(Error::codec(
-                name,
-                format!(
-                    "basis `{}` has {} features, the activation {features}",
-                    self.basis.origin, self.basis.features
-                ),
-            ))
-        }
-    }
 }
 
 /// The fingerprint of a basis used around a per-position mean (never 0, which means "none").
@@ -82,7 +68,7 @@ impl ActivationCodec for ProjectedCodec {
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
         let name = self.name();
         check_finite(&x.values, &name)?;
-        self.check_features(x.features, &name)?;
+        self.basis.check_features(x.features, &name)?;
         let (n, d, r) = (x.tokens, x.features, self.rank());
         let shifted;
         let x = match &self.centre {
@@ -137,7 +123,7 @@ impl ActivationCodec for ProjectedCodec {
                 ),
             ));
         }
-        self.check_features(h.features, &name)?;
+        self.basis.check_features(h.features, &name)?;
         if h.rank > self.basis.rank() {
             return Err(Error::codec(
                 &name,

@@ -98,20 +98,6 @@ impl TransformCodec {
             .max(HEADER_LEN + features)
     }
 
-    fn check_features(&self, features: usize, name: &str) -> Result<()> {
-        if features == self.basis.features {
-            Ok(())
-        } else {
-            Err(Error::codec(
-                name,
-                format!(
-                    "basis `{}` has {} features, the activation {features}",
-                    self.basis.origin, self.basis.features
-                ),
-            ))
-        }
-    }
-
     /// The coefficients of `x` on every component, column-major (`K` columns of `n`).
     fn coefficients(&self, x: &Activation, name: &str) -> Result<Vec<Vec<f32>>> {
         let mut y = x.clone();
@@ -203,7 +189,7 @@ impl ActivationCodec for TransformCodec {
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
         let name = self.name();
         check_finite(&x.values, &name)?;
-        self.check_features(x.features, &name)?;
+        self.basis.check_features(x.features, &name)?;
         let (n, d, k) = (x.tokens, x.features, self.basis.rank());
         let columns = self.coefficients(x, &name)?;
         let ranges: Vec<(f32, f32)> = columns
@@ -265,7 +251,7 @@ impl ActivationCodec for TransformCodec {
                 ),
             ));
         }
-        self.check_features(h.features, &name)?;
+        self.basis.check_features(h.features, &name)?;
         let (n, d, k) = (h.tokens, h.features, self.basis.rank());
         if h.rank != k {
             return Err(Error::codec(

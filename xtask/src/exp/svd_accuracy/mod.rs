@@ -442,7 +442,7 @@ fn print_table(cells: &[Cell], families: &[Family], rhos: &[f64]) {
     for family in families {
         println!("{family}:");
         print!("  k  ");
-        rhos.iter().for_each(|r| print!(" {r:>7.1}"));
+        rhos.iter().for_each(|r| print!(" {r:>7}"));
         println!();
         let mut blocks: Vec<usize> = cells.iter().map(|c| c.block).collect();
         blocks.dedup();
@@ -467,7 +467,7 @@ fn figures(
     blocks: &[usize],
     rhos: &[f64],
 ) -> Result<()> {
-    let cols: Vec<String> = rhos.iter().map(|r| format!("{r:.1}")).collect();
+    let cols: Vec<String> = rhos.iter().map(|r| format!("{r}")).collect();
     let rows: Vec<String> = blocks.iter().map(|k| format!("block {k}")).collect();
     let hi = cells
         .iter()
