@@ -3,7 +3,8 @@
 //! For every split point k, every target ratio rho and every codec family, each evaluation
 //! item's activation after block k is encoded, decoded and run through blocks k..L and the
 //! head; the cell records the accuracy loss against the uncompressed model, the agreement with
-//! it, the bytes on the wire and the encode/decode time. A cell whose codec cannot reach rho is
+//! it, the bytes on the wire, the encode/decode time and the mean relative reconstruction error
+//! `||X - X'||_F / ||X||_F` of the activation. A cell whose codec cannot reach rho is
 //! `n/a`. Cells with the same (codec, rank) reuse one evaluation (plain codecs have one rank).
 //!
 //! Writes under `results/svd-accuracy/<model>/`: `cells.csv`, `table.json` (the
@@ -91,6 +92,8 @@ struct Measured {
     agreement: f64,
     encode_ms: f64,
     decode_ms: f64,
+    /// Mean over items of `||X - X'||_F / ||X||_F`.
+    rel_error: f64,
 }
 
 /// The backend `--backend` names when it is not given.
@@ -163,7 +166,7 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
     let mut csv = std::fs::File::create(dir.join("cells.csv"))?;
     writeln!(
         csv,
-        "model,block,codec,rho_target,rank,rho,bytes,loss,agreement,encode_ms,decode_ms"
+        "model,block,codec,rho_target,rank,rho,bytes,loss,agreement,encode_ms,decode_ms,rel_error"
     )?;
     let total = blocks.len() * families.len() * args.rhos.len();
     let pb = bar(total, "svd-accuracy");
@@ -235,7 +238,7 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
                 match &result {
                     Some(m) => writeln!(
                         csv,
-                        "{},{k},{family},{rho},{},{:.4},{:.0},{:.5},{:.5},{:.4},{:.4}",
+                        "{},{k},{family},{rho},{},{:.4},{:.0},{:.5},{:.5},{:.4},{:.4},{:.5}",
                         data.name,
                         m.rank,
                         m.rho,
@@ -243,9 +246,10 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
                         m.loss,
                         m.agreement,
                         m.encode_ms,
-                        m.decode_ms
+                        m.decode_ms,
+                        m.rel_error
                     )?,
-                    None => writeln!(csv, "{},{k},{family},{rho},,,,,,,", data.name)?,
+                    None => writeln!(csv, "{},{k},{family},{rho},,,,,,,,", data.name)?,
                 }
                 csv.flush()?;
                 cells.push(Cell {
@@ -392,6 +396,7 @@ fn evaluate<B: Backend>(
     let be = data.model.backend();
     let d = data.features();
     let (mut bytes, mut f32_bytes, mut enc, mut dec) = (0usize, 0usize, 0f64, 0f64);
+    let mut rel_error = 0f64;
     let mut codecs: HashMap<usize, Box<dyn collab_core::split::ActivationCodec>> = HashMap::new();
     let mut rebuilt = Vec::with_capacity(data.eval.len());
     let mut item = 0;
@@ -417,6 +422,7 @@ fn evaluate<B: Backend>(
             dec += t.elapsed().as_secs_f64();
             bytes += wire.len();
             f32_bytes += act.f32_bytes();
+            rel_error += relative_error(&act.values, &back.values);
             out[i * n * d..(i * n + len) * d].copy_from_slice(&back.values);
         }
         let mut h = hidden.clone();
@@ -434,7 +440,22 @@ fn evaluate<B: Backend>(
         agreement: score.agreement,
         encode_ms: enc / items * 1e3,
         decode_ms: dec / items * 1e3,
+        rel_error: rel_error / items,
     })
+}
+
+/// `||x - y|| / ||x||` (0 for a zero `x` rebuilt exactly).
+fn relative_error(x: &[f32], y: &[f32]) -> f64 {
+    let (mut err, mut norm) = (0f64, 0f64);
+    for (a, b) in x.iter().zip(y) {
+        err += f64::from(a - b).powi(2);
+        norm += f64::from(*a).powi(2);
+    }
+    if norm > 0.0 {
+        (err / norm).sqrt()
+    } else {
+        err.sqrt()
+    }
 }
 
 fn print_table(cells: &[Cell], families: &[Family], rhos: &[f64]) {
