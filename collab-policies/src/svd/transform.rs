@@ -22,7 +22,7 @@
 //! calibration mean, after centring).
 //!
 //! **Bytes.** The budget is `cpca-int8`'s at the same rank, `25 + n (4 + r)`, so the two
-//! compare at equal bytes (and at least `25 + K`, room for the widths). Layout after the
+//! compare at equal bytes (and at least `25 + d`, room for the widths). Layout after the
 //! header (kind transform, rank = the basis rank `K`): `K` width bytes, `lo` and `hi` (`f32`)
 //! of each column of non-zero width, the codes column by column, least-significant bit first,
 //! then zeros up to the budget.
