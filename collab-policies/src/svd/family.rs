@@ -163,6 +163,18 @@ impl Family {
                 Error::Config(format!("{self} needs a shared basis for the split point"))
             })
         };
+        let centred_basis = match &shared {
+            Shared::CentredBasis(b, c) => Some((b.clone(), c.clone())),
+            _ => None,
+        };
+        let need_centred_basis = || {
+            centred_basis.clone().ok_or_else(|| {
+                Error::Config(format!(
+                    "{self} needs the position mean of the split point and the PCA basis of \
+                     activations centred on it"
+                ))
+            })
+        };
         Ok(match self {
             Family::Plain(precision) => Box::new(PlainCodec { precision }),
             Family::Svd(precision) => Box::new(SvdCodec { rank, precision }),
@@ -193,12 +205,7 @@ impl Family {
                 })
             }
             Family::TransformPca => {
-                let Shared::CentredBasis(basis, centre) = shared else {
-                    return Err(Error::Config(format!(
-                        "{self} needs the position mean of the split point and the PCA basis of \
-                         activations centred on it"
-                    )));
-                };
+                let (basis, centre) = need_centred_basis()?;
                 Box::new(TransformCodec {
                     centre,
                     basis,
@@ -209,12 +216,7 @@ impl Family {
             | Family::AdaptiveSvd(precision)
             | Family::HybridSvd(precision)
             | Family::LayerNormSvd(precision) => {
-                let Shared::CentredBasis(basis, centre) = shared else {
-                    return Err(Error::Config(format!(
-                        "{self} needs the position mean of the split point and the PCA basis of \
-                         activations centred on it"
-                    )));
-                };
+                let (basis, centre) = need_centred_basis()?;
                 if matches!(self, Family::CentredPca(_)) {
                     Box::new(ProjectedCodec {
                         label: "cpca",

@@ -53,6 +53,67 @@ pub(super) fn centred_fingerprint(basis: &Basis, centre: &PositionMean) -> u64 {
     (basis.fingerprint ^ centre.fingerprint.rotate_left(17)).max(1)
 }
 
+/// The coefficients of `x` on the leading `rank` components of `basis` (`n x rank`):
+/// `(X - M - mean) P_r^T`, `M` the per-position `centre` if given, `mean` the basis's own.
+///
+/// # Errors
+/// [`Error::Codec`] (attributed to `codec`) if `centre` cannot shift `x`.
+pub(super) fn project(
+    basis: &Basis,
+    centre: Option<&PositionMean>,
+    x: &Activation,
+    rank: usize,
+    codec: &str,
+) -> Result<Mat<f32>> {
+    let (n, d) = (x.tokens, x.features);
+    let shifted;
+    let x = match centre {
+        Some(c) => {
+            let mut y = x.clone();
+            c.shift(&mut y, -1.0, codec)?;
+            shifted = y;
+            &shifted
+        }
+        None => x,
+    };
+    let xm = MatRef::from_row_major_slice(&x.values, n, d);
+    let centred;
+    let xm = match &basis.mean {
+        Some(mean) => {
+            centred = Mat::<f32>::from_fn(n, d, |i, j| xm[(i, j)] - mean[j]);
+            centred.as_ref()
+        }
+        None => xm,
+    };
+    Ok(xm * basis.leading(rank).transpose())
+}
+
+/// The activation that coefficients on the leading `coeff.ncols()` components of `basis`
+/// rebuild: `coeff P_r + mean`, shifted back onto `centre` if given ([`project`]'s inverse up
+/// to the dropped components).
+///
+/// # Errors
+/// [`Error::Codec`] (attributed to `codec`) if `centre` cannot shift the result.
+pub(super) fn rebuild(
+    basis: &Basis,
+    centre: Option<&PositionMean>,
+    coeff: MatRef<'_, f32>,
+    codec: &str,
+) -> Result<Activation> {
+    let x: Mat<f32> = coeff * basis.leading(coeff.ncols());
+    let mut values = row_major(x.as_ref());
+    if let Some(mean) = &basis.mean {
+        for row in values.chunks_mut(basis.features) {
+            row.iter_mut().zip(mean).for_each(|(v, m)| *v += m);
+        }
+    }
+    let mut x = Activation::new(coeff.nrows(), basis.features, values)?;
+    if let Some(c) = centre {
+        c.shift(&mut x, 1.0, codec)?;
+    }
+    Ok(x)
+}
+
 impl ActivationCodec for ProjectedCodec {
     fn name(&self) -> String {
         match self.precision {
@@ -70,26 +131,7 @@ impl ActivationCodec for ProjectedCodec {
         check_finite(&x.values, &name)?;
         self.basis.check_features(x.features, &name)?;
         let (n, d, r) = (x.tokens, x.features, self.rank());
-        let shifted;
-        let x = match &self.centre {
-            Some(c) => {
-                let mut y = x.clone();
-                c.shift(&mut y, -1.0, &name)?;
-                shifted = y;
-                &shifted
-            }
-            None => x,
-        };
-        let xm = MatRef::from_row_major_slice(&x.values, n, d);
-        let centred;
-        let xm = match &self.basis.mean {
-            Some(mean) => {
-                centred = Mat::<f32>::from_fn(n, d, |i, j| xm[(i, j)] - mean[j]);
-                centred.as_ref()
-            }
-            None => xm,
-        };
-        let coeff: Mat<f32> = xm * self.basis.leading(r).transpose();
+        let coeff = project(&self.basis, self.centre.as_deref(), x, r, &name)?;
         let header = Header {
             kind: Kind::Projected,
             precision: self.precision,
@@ -137,17 +179,7 @@ impl ActivationCodec for ProjectedCodec {
         let (coeff, rest) = self.precision.read_block(rest, h.tokens, h.rank, &name)?;
         expect_end(rest, &name)?;
         let c = MatRef::from_row_major_slice(&coeff, h.tokens, h.rank);
-        let x: Mat<f32> = c * self.basis.leading(h.rank);
-        let mut values = row_major(x.as_ref());
-        if let Some(mean) = &self.basis.mean {
-            for row in values.chunks_mut(h.features) {
-                row.iter_mut().zip(mean).for_each(|(v, m)| *v += m);
-            }
-        }
-        let mut x = Activation::new(h.tokens, h.features, values)?;
-        if let Some(c) = &self.centre {
-            c.shift(&mut x, 1.0, &name)?;
-        }
+        let x = rebuild(&self.basis, self.centre.as_deref(), c, &name)?;
         Ok(x)
     }
 }

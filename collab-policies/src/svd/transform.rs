@@ -31,14 +31,13 @@ use std::sync::Arc;
 
 use collab_core::split::{Activation, ActivationCodec};
 use collab_core::{Error, Result};
-use faer::{Mat, MatRef};
+use faer::Mat;
 
 use super::basis::Basis;
 use super::bits::{BitReader, BitWriter};
 use super::centre::PositionMean;
-use super::projected::{ProjectedCodec, centred_fingerprint};
+use super::projected::{ProjectedCodec, centred_fingerprint, project, rebuild};
 use super::quant::Precision;
-use super::request::row_major;
 use super::wire::{HEADER_LEN, Header, Kind, check_finite};
 
 /// Widest code of one coefficient.
@@ -88,10 +87,6 @@ impl Cells {
 }
 
 impl TransformCodec {
-    fn budget_rank(&self, features: usize) -> usize {
-        self.rank.min(features)
-    }
-
     /// Exact payload bytes for `tokens x features` at `rank` (the family's formula).
     pub fn len_for(rank: usize, tokens: usize, features: usize) -> usize {
         ProjectedCodec::len_for(Precision::Int8, rank.min(features), tokens)
@@ -100,14 +95,8 @@ impl TransformCodec {
 
     /// The coefficients of `x` on every component, column-major (`K` columns of `n`).
     fn coefficients(&self, x: &Activation, name: &str) -> Result<Vec<Vec<f32>>> {
-        let mut y = x.clone();
-        self.centre.shift(&mut y, -1.0, name)?;
-        let (n, d, k) = (x.tokens, x.features, self.basis.rank());
-        let ym = MatRef::from_row_major_slice(&y.values, n, d);
-        let centred = Mat::<f32>::from_fn(n, d, |i, j| {
-            ym[(i, j)] - self.basis.mean.as_ref().map_or(0.0, |m| m[j])
-        });
-        let coeff: Mat<f32> = centred * self.basis.leading(k).transpose();
+        let (n, k) = (x.tokens, self.basis.rank());
+        let coeff = project(&self.basis, Some(&self.centre), x, k, name)?;
         let columns: Vec<Vec<f32>> = (0..k)
             .map(|j| (0..n).map(|i| coeff[(i, j)]).collect())
             .collect();
@@ -183,7 +172,7 @@ impl ActivationCodec for TransformCodec {
     }
 
     fn encoded_len(&self, tokens: usize, features: usize) -> usize {
-        Self::len_for(self.budget_rank(features), tokens, features)
+        Self::len_for(self.rank, tokens, features)
     }
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
@@ -280,15 +269,12 @@ impl ActivationCodec for TransformCodec {
         let (ranges, codes) = rest
             .split_at_checked(8 * active)
             .ok_or_else(|| Error::codec(&name, "payload shorter than its column ranges"))?;
-        let mut ranges = ranges.chunks_exact(8).map(|c| {
-            let lo = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-            let hi = f32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-            (lo, hi)
-        });
         let mut reader = BitReader::new(codes);
         let mut coeff = Mat::<f32>::zeros(n, k);
-        for (j, &b) in widths.iter().enumerate().filter(|(_, b)| **b > 0) {
-            let (lo, hi) = ranges.next().unwrap_or((0.0, 0.0));
+        let sent = widths.iter().enumerate().filter(|(_, b)| **b > 0);
+        for ((j, &b), range) in sent.zip(ranges.chunks_exact(8)) {
+            let lo = f32::from_le_bytes([range[0], range[1], range[2], range[3]]);
+            let hi = f32::from_le_bytes([range[4], range[5], range[6], range[7]]);
             if !(lo <= hi && (hi - lo).is_finite()) {
                 return Err(Error::codec(
                     &name,
@@ -309,15 +295,6 @@ impl ActivationCodec for TransformCodec {
                 "codes must be followed by zero padding only",
             ));
         }
-        let x: Mat<f32> = coeff * self.basis.leading(k);
-        let mut values = row_major(x.as_ref());
-        if let Some(mean) = &self.basis.mean {
-            for row in values.chunks_mut(d) {
-                row.iter_mut().zip(mean).for_each(|(v, m)| *v += m);
-            }
-        }
-        let mut x = Activation::new(n, d, values)?;
-        self.centre.shift(&mut x, 1.0, &name)?;
-        Ok(x)
+        rebuild(&self.basis, Some(&self.centre), coeff.as_ref(), &name)
     }
 }
