@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::adaptive::AdaptiveSvdCodec;
 use super::basis::Basis;
 use super::centre::{CentredSvdCodec, PositionMean};
+use super::masked::MaskedPcaCodec;
 use super::metric::ErrorMetric;
 use super::plain::PlainCodec;
 use super::projected::ProjectedCodec;
@@ -49,6 +50,9 @@ pub enum Family {
     /// Every coefficient in the centred PCA basis, each column at its own width of 0-16 bits
     /// chosen per request, at `cpca-int8`'s bytes ([`TransformCodec`]).
     TransformPca,
+    /// The largest coefficients of the request in the centred PCA basis (`f32`) and a bitmask
+    /// of where they are, at `cpca`'s bytes plus one ([`MaskedPcaCodec`]).
+    MaskedPca,
 }
 
 /// Which shared basis a family needs.
@@ -82,7 +86,7 @@ pub enum Shared {
 
 impl Family {
     /// The families the accuracy sweep measures, baselines first.
-    pub const SWEEP: [Family; 21] = [
+    pub const SWEEP: [Family; 22] = [
         Family::Plain(Precision::F16),
         Family::Plain(Precision::Bf16),
         Family::Plain(Precision::Int8),
@@ -102,15 +106,18 @@ impl Family {
         Family::HybridSvd(Precision::Int8),
         Family::LayerNormSvd(Precision::F32),
         Family::LayerNormSvd(Precision::Int8),
+        Family::MaskedPca,
         Family::WeightSvd(Precision::F32),
         Family::TransformPca,
     ];
 
-    /// Whether this is one of the pure SVD codecs (reduction by rank, `f32` values).
+    /// Whether this is one of the pure SVD codecs (reduction by rank, `f32` values): `mpca`
+    /// counts, a truncation in the calibrated basis chosen per request.
     pub fn is_pure_svd(self) -> bool {
         matches!(
             self,
-            Family::Svd(Precision::F32)
+            Family::MaskedPca
+                | Family::Svd(Precision::F32)
                 | Family::CentredSvd(Precision::F32)
                 | Family::Pca(Precision::F32)
                 | Family::CentredPca(Precision::F32)
@@ -131,7 +138,8 @@ impl Family {
             | Family::AdaptiveSvd(_)
             | Family::HybridSvd(_)
             | Family::LayerNormSvd(_)
-            | Family::TransformPca => BasisNeed::CentredCalibrated,
+            | Family::TransformPca
+            | Family::MaskedPca => BasisNeed::CentredCalibrated,
             Family::WeightSvd(_) => BasisNeed::Weight,
         }
     }
@@ -212,6 +220,14 @@ impl Family {
                     rank,
                 })
             }
+            Family::MaskedPca => {
+                let (basis, centre) = need_centred_basis()?;
+                Box::new(MaskedPcaCodec {
+                    centre,
+                    basis,
+                    rank,
+                })
+            }
             Family::CentredPca(precision)
             | Family::AdaptiveSvd(precision)
             | Family::HybridSvd(precision)
@@ -259,6 +275,7 @@ impl Family {
                 ProjectedCodec::len_for(p, rank, tokens)
             }
             Family::TransformPca => TransformCodec::len_for(rank, tokens, features),
+            Family::MaskedPca => MaskedPcaCodec::len_for(rank, tokens),
         }
     }
 
@@ -293,6 +310,7 @@ impl fmt::Display for Family {
             Family::LayerNormSvd(p) => ("lsvd", p),
             Family::WeightSvd(p) => ("wsvd", p),
             Family::TransformPca => return f.write_str("tpca"),
+            Family::MaskedPca => return f.write_str("mpca"),
         };
         match p {
             Precision::F32 => f.write_str(base),
@@ -308,8 +326,10 @@ impl FromStr for Family {
         if let Some(p) = Precision::ALL.into_iter().find(|p| p.name() == s) {
             return Ok(Family::Plain(p));
         }
-        if s == "tpca" {
-            return Ok(Family::TransformPca);
+        match s {
+            "tpca" => return Ok(Family::TransformPca),
+            "mpca" => return Ok(Family::MaskedPca),
+            _ => {}
         }
         let (base, precision) = match s.split_once('-') {
             Some((b, p)) => (b, p),
@@ -331,7 +351,7 @@ impl FromStr for Family {
             "lsvd" => Ok(Family::LayerNormSvd(p)),
             "wsvd" => Ok(Family::WeightSvd(p)),
             _ => Err(Error::Config(format!(
-                "unknown codec `{s}`: expected f32, f16, bf16, int8, tpca, or \
+                "unknown codec `{s}`: expected f32, f16, bf16, int8, tpca, mpca, or \
                  svd/csvd/pca/cpca/asvd/hsvd/lsvd/wsvd with an optional -f16/-bf16/-int8"
             ))),
         }

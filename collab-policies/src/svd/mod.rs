@@ -12,6 +12,7 @@
 //! | [`AdaptiveSvdCodec`] `hsvd[-p]` | per request the best of those and a `cpca` projection followed by the SVD of its residual | `csvd`'s bytes + 1 |
 //! | [`AdaptiveSvdCodec`] `lsvd[-p]` | `hsvd`'s candidates, each SVD and the choice by each token's error relative to its spread ([`ErrorMetric::TokenRelative`]) | `csvd`'s bytes + 1 |
 //! | [`TransformCodec`] `tpca` | every coefficient of `X - M` in the centred PCA basis, each column at its own width (0-16 bits) chosen per request | `cpca-int8`'s bytes |
+//! | [`MaskedPcaCodec`] `mpca` | per request the largest coefficients of `X - M` in the centred PCA basis (`f32`) and a bitmask of where they are, or `cpca`'s payload if that is better | `cpca`'s bytes + 1 |
 //! | [`ProjectedCodec`] `wsvd[-p]` | `X V_r`, next layer's weight SVD basis | `nr` values |
 //!
 //! Every payload starts with a 25-byte header (shape, rank, precision, basis fingerprint);
@@ -28,6 +29,7 @@ mod basis;
 mod bits;
 mod centre;
 mod family;
+mod masked;
 mod metric;
 mod plain;
 mod projected;
@@ -40,6 +42,7 @@ pub use adaptive::AdaptiveSvdCodec;
 pub use basis::Basis;
 pub use centre::{CentredSvdCodec, PositionMean};
 pub use family::{BasisNeed, Family, Shared};
+pub use masked::MaskedPcaCodec;
 pub use metric::ErrorMetric;
 pub use plain::PlainCodec;
 pub use projected::ProjectedCodec;

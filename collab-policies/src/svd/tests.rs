@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+mod masked;
 mod transform;
 
 /// A low-rank-plus-noise activation with a few outlier features, like a residual stream.
@@ -113,7 +114,7 @@ fn codec(family: Family, rank: usize, b: &Bases) -> Box<dyn ActivationCodec> {
     family.build_with(rank, shared).expect("build")
 }
 
-const ALL: [Family; 24] = [
+const ALL: [Family; 25] = [
     Family::Plain(Precision::F32),
     Family::Plain(Precision::F16),
     Family::Plain(Precision::Bf16),
@@ -138,6 +139,7 @@ const ALL: [Family; 24] = [
     Family::WeightSvd(Precision::F16),
     Family::WeightSvd(Precision::Int8),
     Family::TransformPca,
+    Family::MaskedPca,
 ];
 
 proptest! {
@@ -388,7 +390,7 @@ proptest! {
     /// allocation the bytes do not pay for.
     #[test]
     fn decoding_arbitrary_payloads_never_panics(
-        kind in 0u8..4, tag in 0u8..4,
+        kind in 0u8..5, tag in 0u8..4,
         tokens in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
         features in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],
         rank in prop_oneof![Just(u32::MAX), 0u32..64, any::<u32>()],

@@ -27,6 +27,8 @@ pub(super) enum Kind {
     Projected,
     /// Every coefficient in a shared basis, each column at its own width.
     Transform,
+    /// The largest coefficients in a shared basis and where they are.
+    Masked,
 }
 
 impl Kind {
@@ -36,6 +38,7 @@ impl Kind {
             Self::RequestSvd => 1,
             Self::Projected => 2,
             Self::Transform => 3,
+            Self::Masked => 4,
         }
     }
 }

@@ -65,7 +65,9 @@ pub(crate) struct Args {
     /// SVD), cpca, cpca-int8 (PCA of centred activations), asvd, asvd-int8 (per request the
     /// better of csvd and cpca), hsvd, hsvd-int8 (also a cpca projection followed by the SVD
     /// of its residual), lsvd, lsvd-int8 (hsvd by each token's error relative to its spread),
-    /// tpca (every centred PCA coefficient, each column at its own width, at cpca-int8's bytes)).
+    /// mpca (per request the largest centred PCA coefficients in f32 and a bitmask of where
+    /// they are, at cpca's bytes), tpca (every centred PCA coefficient, each column at its own
+    /// width, at cpca-int8's bytes)).
     #[arg(long, value_delimiter = ',')]
     codecs: Vec<String>,
     /// Results go to `results/svd-accuracy/<model>[-<tag>]/`.
