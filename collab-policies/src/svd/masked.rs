@@ -34,7 +34,7 @@ use faer::Mat;
 
 use super::basis::Basis;
 use super::centre::PositionMean;
-use super::projected::{ProjectedCodec, centred_fingerprint, project, rebuild};
+use super::projected::{ProjectedCodec, centred_fingerprint, project, read_centred, rebuild};
 use super::quant::Precision;
 use super::wire::{HEADER_LEN, Header, Kind, check_finite};
 
@@ -196,35 +196,20 @@ impl ActivationCodec for MaskedPcaCodec {
 
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let name = self.name();
-        let (h, rest) = Header::read(bytes, &name, Kind::Masked, Precision::F32)?;
-        let expected = centred_fingerprint(&self.basis, &self.centre);
-        if h.basis != expected {
-            return Err(Error::codec(
-                &name,
-                format!(
-                    "payload was coded on basis {:#x}, this server holds {expected:#x} ({}, centred)",
-                    h.basis, self.basis.origin
-                ),
-            ));
-        }
-        self.basis.check_features(h.features, &name)?;
-        let (n, d, m) = (h.tokens, h.features, h.rank);
+        let (h, rest) = read_centred(
+            bytes,
+            &name,
+            Kind::Masked,
+            (&self.basis, &self.centre),
+            |n, d| self.encoded_len(n, d),
+        )?;
+        let (n, m) = (h.tokens, h.rank);
         if m == 0 || m > self.basis.rank() {
             return Err(Error::codec(
                 &name,
                 format!(
                     "payload covers {m} columns of a basis of {}",
                     self.basis.rank()
-                ),
-            ));
-        }
-        let expected_len = self.encoded_len(n, d);
-        if bytes.len() != expected_len {
-            return Err(Error::codec(
-                &name,
-                format!(
-                    "{} bytes for a {n} x {d} activation, expected {expected_len}",
-                    bytes.len()
                 ),
             ));
         }

@@ -53,6 +53,45 @@ pub(super) fn centred_fingerprint(basis: &Basis, centre: &PositionMean) -> u64 {
     (basis.fingerprint ^ centre.fingerprint.rotate_left(17)).max(1)
 }
 
+/// Reads the header of a fixed-length payload of `kind` (`f32`) that `codec` coded on `basis`
+/// around `centre`, and returns it with the bytes after it.
+///
+/// # Errors
+/// [`Error::Codec`] for [`Header::read`]'s reasons, another basis or centre (by fingerprint),
+/// another feature count, or a payload that is not `len(tokens, features)` bytes.
+pub(super) fn read_centred<'a>(
+    bytes: &'a [u8],
+    codec: &str,
+    kind: Kind,
+    (basis, centre): (&Basis, &PositionMean),
+    len: impl Fn(usize, usize) -> usize,
+) -> Result<(Header, &'a [u8])> {
+    let (h, rest) = Header::read(bytes, codec, kind, Precision::F32)?;
+    let expected = centred_fingerprint(basis, centre);
+    if h.basis != expected {
+        return Err(Error::codec(
+            codec,
+            format!(
+                "payload was coded on basis {:#x}, this server holds {expected:#x} ({}, centred)",
+                h.basis, basis.origin
+            ),
+        ));
+    }
+    basis.check_features(h.features, codec)?;
+    let (n, d) = (h.tokens, h.features);
+    if bytes.len() != len(n, d) {
+        return Err(Error::codec(
+            codec,
+            format!(
+                "{} bytes for a {n} x {d} activation, expected {}",
+                bytes.len(),
+                len(n, d)
+            ),
+        ));
+    }
+    Ok((h, rest))
+}
+
 /// The coefficients of `x` on the leading `rank` components of `basis` (`n x rank`):
 /// `(X - M - mean) P_r^T`, `M` the per-position `centre` if given, `mean` the basis's own.
 ///

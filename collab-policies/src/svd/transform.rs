@@ -36,7 +36,7 @@ use faer::Mat;
 use super::basis::Basis;
 use super::bits::{BitReader, BitWriter};
 use super::centre::PositionMean;
-use super::projected::{ProjectedCodec, centred_fingerprint, project, rebuild};
+use super::projected::{ProjectedCodec, centred_fingerprint, project, read_centred, rebuild};
 use super::quant::Precision;
 use super::wire::{HEADER_LEN, Header, Kind, check_finite};
 
@@ -229,33 +229,18 @@ impl ActivationCodec for TransformCodec {
 
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let name = self.name();
-        let (h, rest) = Header::read(bytes, &name, Kind::Transform, Precision::F32)?;
-        let expected = centred_fingerprint(&self.basis, &self.centre);
-        if h.basis != expected {
-            return Err(Error::codec(
-                &name,
-                format!(
-                    "payload was coded on basis {:#x}, this server holds {expected:#x} ({}, centred)",
-                    h.basis, self.basis.origin
-                ),
-            ));
-        }
-        self.basis.check_features(h.features, &name)?;
-        let (n, d, k) = (h.tokens, h.features, self.basis.rank());
+        let (h, rest) = read_centred(
+            bytes,
+            &name,
+            Kind::Transform,
+            (&self.basis, &self.centre),
+            |n, d| self.encoded_len(n, d),
+        )?;
+        let (n, k) = (h.tokens, self.basis.rank());
         if h.rank != k {
             return Err(Error::codec(
                 &name,
                 format!("payload has {} components, the basis {k}", h.rank),
-            ));
-        }
-        if bytes.len() != self.encoded_len(n, d) {
-            return Err(Error::codec(
-                &name,
-                format!(
-                    "{} bytes for a {n} x {d} activation, expected {}",
-                    bytes.len(),
-                    self.encoded_len(n, d)
-                ),
             ));
         }
         let (widths, rest) = rest.split_at(k);
