@@ -53,7 +53,7 @@ pub struct MaskedPcaCodec {
     pub centre: Arc<PositionMean>,
     /// The PCA basis of centred calibration activations.
     pub basis: Arc<Basis>,
-    /// Sets the byte budget: `cpca`'s at this rank (clamped to the basis rank) plus one.
+    /// Sets the byte budget: `cpca`'s at this rank (clamped to `1..=` the basis rank) plus one.
     pub rank: usize,
 }
 
@@ -73,8 +73,9 @@ impl MaskedPcaCodec {
         1 + ProjectedCodec::len_for(Precision::F32, rank, tokens)
     }
 
+    /// The budget's rank: `rank` within `1..=K` (a rank of 0 would leave no column to send).
     fn rank(&self) -> usize {
-        self.rank.min(self.basis.rank())
+        self.rank.min(self.basis.rank()).max(1)
     }
 
     /// Values a masked payload over `columns` columns holds within `len` bytes, if any.
