@@ -36,6 +36,7 @@ use super::basis::Basis;
 use super::centre::PositionMean;
 use super::projected::{ProjectedCodec, centred_fingerprint, project, read_centred, rebuild};
 use super::quant::Precision;
+use super::request::row_major;
 use super::wire::{HEADER_LEN, Header, Kind, check_finite};
 
 /// Mode byte of a payload with every coefficient of the leading columns.
@@ -85,18 +86,14 @@ impl MaskedPcaCodec {
         (values > 0).then_some(values.min(tokens * columns))
     }
 
-    /// The candidate with the least squared error for coefficients `coeff` (`n x K`).
-    fn choose(&self, coeff: &Mat<f32>) -> Choice {
-        let (n, k, r) = (coeff.nrows(), coeff.ncols(), self.rank());
+    /// The candidate with the least squared error, from the squared coefficients `squares`
+    /// (`n x K`, row-major).
+    fn choose(&self, squares: &[f64], n: usize, k: usize) -> Choice {
+        let r = self.rank();
         let len = Self::len_for(r, n);
-        let squares = |m: usize| -> Vec<f64> {
-            (0..n)
-                .flat_map(|i| (0..m).map(move |j| f64::from(coeff[(i, j)]).powi(2)))
-                .collect()
-        };
-        let all = squares(k);
-        let total: f64 = all.iter().sum();
-        let mut best = (total - squares(r).iter().sum::<f64>(), Choice::Dense(r));
+        let leading = |m: usize| squares.chunks(k).flat_map(move |row| &row[..m]).copied();
+        let total: f64 = squares.iter().sum();
+        let mut best = (total - leading(r).sum::<f64>(), Choice::Dense(r));
         let masked = (1..)
             .map(|s| s * COLUMN_STEP)
             .take_while(|&m| m < k)
@@ -106,7 +103,7 @@ impl MaskedPcaCodec {
             let Some(kept) = Self::masked_capacity(len, n, columns) else {
                 continue;
             };
-            let mut sq = squares(columns);
+            let mut sq: Vec<f64> = leading(columns).collect();
             let kept_energy: f64 = if kept < sq.len() {
                 sq.select_nth_unstable_by(kept, |a, b| b.total_cmp(a));
                 sq[..kept].iter().sum()
@@ -121,11 +118,12 @@ impl MaskedPcaCodec {
         best.1
     }
 
-    /// The positions (row-major in the leading `columns`) of the `kept` largest coefficients.
-    fn largest(coeff: &Mat<f32>, columns: usize, kept: usize) -> Vec<bool> {
-        let n = coeff.nrows();
-        let mut order: Vec<(f32, usize)> = (0..n * columns)
-            .map(|p| (coeff[(p / columns, p % columns)].abs(), p))
+    /// The positions (row-major in the leading `columns`) of the `kept` largest coefficients,
+    /// from their squares (`n x K`, row-major).
+    fn largest(squares: &[f64], k: usize, columns: usize, kept: usize) -> Vec<bool> {
+        let n = squares.len() / k;
+        let mut order: Vec<(f64, usize)> = (0..n * columns)
+            .map(|p| (squares[p / columns * k + p % columns], p))
             .collect();
         if kept < order.len() {
             // Ties broken by position, so the choice is deterministic.
@@ -167,27 +165,32 @@ impl ActivationCodec for MaskedPcaCodec {
             return Err(Error::codec(&name, "coefficients overflow f32"));
         }
         let len = self.encoded_len(n, d);
+        let squares: Vec<f64> = (0..n)
+            .flat_map(|i| (0..k).map(move |j| (i, j)))
+            .map(|(i, j)| f64::from(coeff[(i, j)]).powi(2))
+            .collect();
         let mut out;
-        match self.choose(&coeff) {
+        match self.choose(&squares, n, k) {
             Choice::Dense(m) => {
                 out = self.header(n, d, m).start(&name, len - HEADER_LEN)?;
                 out.push(DENSE);
-                for i in 0..n {
-                    (0..m).for_each(|j| out.extend_from_slice(&coeff[(i, j)].to_le_bytes()));
-                }
+                let values = row_major(coeff.get(.., ..m));
+                Precision::F32.write_block(&values, n, m, &mut out);
             }
             Choice::Masked { columns, kept } => {
                 out = self.header(n, d, columns).start(&name, len - HEADER_LEN)?;
                 out.push(MASKED);
-                let mask = Self::largest(&coeff, columns, kept);
+                let mask = Self::largest(&squares, k, columns, kept);
                 out.extend(mask.chunks(8).map(|bits| {
                     bits.iter()
                         .rev()
                         .fold(0u8, |b, &on| (b << 1) | u8::from(on))
                 }));
-                for (p, _) in mask.iter().enumerate().filter(|(_, on)| **on) {
-                    out.extend_from_slice(&coeff[(p / columns, p % columns)].to_le_bytes());
-                }
+                let values: Vec<f32> = (0..n * columns)
+                    .filter(|&p| mask[p])
+                    .map(|p| coeff[(p / columns, p % columns)])
+                    .collect();
+                Precision::F32.write_block(&values, values.len(), 1, &mut out);
             }
         }
         debug_assert!(out.len() <= len, "the choice overran the budget");
