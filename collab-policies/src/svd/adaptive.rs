@@ -8,7 +8,8 @@
 //! better at that budget, later the per-request one (the residual stream of one image becomes
 //! low-rank); the device computes both, keeps the one with the smaller Frobenius error and
 //! says which in a leading tag byte. The payload always has the same length (the shorter one
-//! is zero-padded), so rho is the same for every request.
+//! is zero-padded), so rho is the same for every request; the length tells the rank, so a
+//! decoder built at any rank decodes any rank's payload.
 //!
 //! With `hybrid` set (`hsvd`) a third kind of candidate joins: the projection at a smaller
 //! rank `r1` followed by the per-request SVD, rank `r2`, of what it leaves (`X - M - proj`). The
@@ -259,7 +260,14 @@ impl ActivationCodec for AdaptiveSvdCodec {
                 ));
             }
         };
-        if bytes.len() != self.encoded_len(x.tokens, x.features) {
+        // The budget's rank travels as the length: any rank's payload decodes, so a server
+        // decodes without knowing the device's rank.
+        let (n, d) = (x.tokens, x.features);
+        let some_rank = (1..=n.min(d)).any(|rank| {
+            let svd = CentredSvdCodec { rank, ..self.svd() };
+            1 + svd.encoded_len(n, d) == bytes.len()
+        });
+        if !some_rank {
             return Err(Error::codec(
                 &name,
                 format!(

@@ -24,7 +24,8 @@
 //! **Layout** after the header (kind masked, rank = `m`): the mode byte (`0` dense, `1`
 //! masked); for masked, the bitmask row-major (token by token, bit `t m + j` least-significant
 //! first, unused high bits of the last byte zero); the `f32` values in the same order; zeros up
-//! to the budget.
+//! to the budget. The length tells the budget's rank, so a decoder built at any rank decodes
+//! any rank's payload (a server does not know the device's rank).
 
 use std::sync::Arc;
 
@@ -205,7 +206,14 @@ impl ActivationCodec for MaskedPcaCodec {
             &name,
             Kind::Masked,
             (&self.basis, &self.centre),
-            |n, d| self.encoded_len(n, d),
+            // The budget's rank travels as the length: any rank's payload decodes, so a
+            // server decodes without knowing the device's rank.
+            |n, d| {
+                (1..=self.basis.rank())
+                    .map(|r| Self::len_for(r, n))
+                    .find(|&len| len == bytes.len())
+                    .unwrap_or_else(|| self.encoded_len(n, d))
+            },
         )?;
         let (n, m) = (h.tokens, h.rank);
         if m == 0 || m > self.basis.rank() {

@@ -218,6 +218,28 @@ proptest! {
     }
 }
 
+/// The rank travels with the payload: a decoder built at rank 1 (as a server builds it, not
+/// knowing the device's rank) decodes every rank's payload exactly as the encoder's own
+/// decoder does.
+#[test]
+fn any_ranks_payload_decodes_without_knowing_the_rank() {
+    let (n, d) = (9, 24);
+    let b = bases(n, d, 3);
+    let x = with_loud_token(activation(4, n, d), 2);
+    for family in ALL {
+        let server = codec(family, 1, &b);
+        for rank in [1, 2, 5, 9, 24] {
+            let device = codec(family, rank, &b);
+            let payload = device.encode(&x).expect("encode");
+            let want = device.decode(&payload).expect("own decode");
+            match server.decode(&payload) {
+                Ok(got) => assert_eq!(got, want, "{family} at rank {rank}"),
+                Err(e) => panic!("{family} at rank {rank}: {e}"),
+            }
+        }
+    }
+}
+
 #[test]
 fn rank_for_ratio_is_the_largest_within_budget() {
     let (n, d) = (197, 192);

@@ -25,7 +25,8 @@
 //! compare at equal bytes (and at least `25 + d`, room for the widths). Layout after the
 //! header (kind transform, rank = the basis rank `K`): `K` width bytes, `lo` and `hi` (`f32`)
 //! of each column of non-zero width, the codes column by column, least-significant bit first,
-//! then zeros up to the budget.
+//! then zeros up to the budget. The length tells the budget's rank, so a decoder built at any
+//! rank decodes any rank's payload (a server does not know the device's rank).
 
 use std::sync::Arc;
 
@@ -234,7 +235,14 @@ impl ActivationCodec for TransformCodec {
             &name,
             Kind::Transform,
             (&self.basis, &self.centre),
-            |n, d| self.encoded_len(n, d),
+            // The budget's rank travels as the length: any rank's payload decodes, so a
+            // server decodes without knowing the device's rank.
+            |n, d| {
+                (1..=self.basis.rank())
+                    .map(|r| Self::len_for(r, n, d))
+                    .find(|&len| len == bytes.len())
+                    .unwrap_or_else(|| self.encoded_len(n, d))
+            },
         )?;
         let (n, k) = (h.tokens, self.basis.rank());
         if h.rank != k {
