@@ -118,20 +118,68 @@ impl Basis {
         mean: Option<Vec<f32>>,
         spectrum: Vec<f64>,
     ) -> Self {
-        let mut hash = Fnv::default();
-        hash.write(&(features as u64).to_le_bytes());
-        components
-            .iter()
-            .chain(mean.iter().flatten())
-            .for_each(|v| hash.write(&v.to_le_bytes()));
+        let fingerprint = Self::fingerprint_of(features, &components, mean.as_deref());
         Self {
             origin,
             features,
             components,
             mean,
             spectrum,
-            fingerprint: hash.0.max(1),
+            fingerprint,
         }
+    }
+
+    /// The fingerprint of a basis with these values (never 0).
+    fn fingerprint_of(features: usize, components: &[f32], mean: Option<&[f32]>) -> u64 {
+        let mut hash = Fnv::default();
+        hash.write(&(features as u64).to_le_bytes());
+        components
+            .iter()
+            .chain(mean.into_iter().flatten())
+            .for_each(|v| hash.write(&v.to_le_bytes()));
+        hash.0.max(1)
+    }
+
+    /// Checks a basis read from elsewhere (a file): its sizes agree (`rank x features`
+    /// components, a mean of `features` values if any), every value is finite, and the
+    /// fingerprint is the one its values give.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the basis and what does not hold.
+    pub fn verify(&self) -> Result<()> {
+        let bad = |what: String| {
+            Err(Error::InvalidInput(format!(
+                "basis `{}`: {what}",
+                self.origin
+            )))
+        };
+        let rank = self.rank();
+        if self.features == 0 || rank == 0 || rank > self.features {
+            return bad(format!("{rank} components of {} features", self.features));
+        }
+        if self.components.len() != rank * self.features {
+            return bad(format!(
+                "{} component values, {rank} x {} expected",
+                self.components.len(),
+                self.features
+            ));
+        }
+        if self.mean.as_ref().is_some_and(|m| m.len() != self.features) {
+            return bad(format!("a mean of other than {} values", self.features));
+        }
+        let values = self.components.iter().chain(self.mean.iter().flatten());
+        if values.into_iter().any(|v| !v.is_finite()) {
+            return bad("non-finite values".into());
+        }
+        let fingerprint =
+            Self::fingerprint_of(self.features, &self.components, self.mean.as_deref());
+        if fingerprint != self.fingerprint {
+            return bad(format!(
+                "fingerprint {:#x} does not match its values ({fingerprint:#x})",
+                self.fingerprint
+            ));
+        }
+        Ok(())
     }
 
     /// Checks that an activation of `features` columns lives in this basis's space.

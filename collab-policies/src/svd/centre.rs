@@ -75,21 +75,72 @@ impl PositionMean {
                 (total / all_tokens.max(1) as f64) as f32
             })
             .collect();
-        let mut hash = Fnv::default();
-        hash.write(b"position-mean");
-        hash.write(&(features as u64).to_le_bytes());
-        values
-            .iter()
-            .chain(&overall)
-            .for_each(|v| hash.write(&v.to_le_bytes()));
+        let fingerprint = Self::fingerprint_of(features, &values, &overall);
         Ok(Self {
             origin: format!("{origin} (position mean of {} items)", items.len()),
             tokens,
             features,
             values,
             overall,
-            fingerprint: hash.0.max(1),
+            fingerprint,
         })
+    }
+
+    /// The fingerprint of a mean with these values (never 0).
+    fn fingerprint_of(features: usize, values: &[f32], overall: &[f32]) -> u64 {
+        let mut hash = Fnv::default();
+        hash.write(b"position-mean");
+        hash.write(&(features as u64).to_le_bytes());
+        values
+            .iter()
+            .chain(overall)
+            .for_each(|v| hash.write(&v.to_le_bytes()));
+        hash.0.max(1)
+    }
+
+    /// Checks a mean read from elsewhere (a file): `tokens x features` values and `features`
+    /// overall means, all finite, and the fingerprint its values give.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming the mean and what does not hold.
+    pub fn verify(&self) -> Result<()> {
+        let bad = |what: String| {
+            Err(Error::InvalidInput(format!(
+                "position mean `{}`: {what}",
+                self.origin
+            )))
+        };
+        if self.features == 0 || self.tokens == 0 {
+            return bad(format!(
+                "{} tokens of {} features",
+                self.tokens, self.features
+            ));
+        }
+        if self.values.len() != self.tokens * self.features || self.overall.len() != self.features {
+            return bad(format!(
+                "{} values and {} overall means for {} x {}",
+                self.values.len(),
+                self.overall.len(),
+                self.tokens,
+                self.features
+            ));
+        }
+        if self
+            .values
+            .iter()
+            .chain(&self.overall)
+            .any(|v| !v.is_finite())
+        {
+            return bad("non-finite values".into());
+        }
+        let fingerprint = Self::fingerprint_of(self.features, &self.values, &self.overall);
+        if fingerprint != self.fingerprint {
+            return bad(format!(
+                "fingerprint {:#x} does not match its values ({fingerprint:#x})",
+                self.fingerprint
+            ));
+        }
+        Ok(())
     }
 
     /// The PCA basis ([`Basis::fit_pca`]) of `items` centred on this mean: the basis of the

@@ -25,6 +25,7 @@
 //! singular values sorted, which truncation relies on.
 
 mod adaptive;
+mod bases;
 mod basis;
 mod bits;
 mod centre;
@@ -39,6 +40,7 @@ mod transform;
 mod wire;
 
 pub use adaptive::AdaptiveSvdCodec;
+pub use bases::{BASES_FORMAT, SplitBases, SplitBasis};
 pub use basis::Basis;
 pub use centre::{CentredSvdCodec, PositionMean};
 pub use family::{BasisNeed, Family, Shared};

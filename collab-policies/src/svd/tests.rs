@@ -10,6 +10,7 @@ use rand::{Rng, SeedableRng};
 
 use super::*;
 
+mod bases;
 mod masked;
 mod transform;
 

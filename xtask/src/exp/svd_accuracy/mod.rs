@@ -8,8 +8,9 @@
 //! `n/a`. Cells with the same (codec, rank) reuse one evaluation (plain codecs have one rank).
 //!
 //! Writes under `results/svd-accuracy/<model>/`: `cells.csv`, `table.json` (the
-//! [`AccuracyTable`] the split selector reads), a heatmap PNG per codec, and a loss-vs-bytes
-//! frontier PNG per block. Last line: the `svd-only ... best ... best-codec=...` summary over
+//! [`AccuracyTable`] the split selector reads), `bases.bin` (the [`SplitBases`] the calibrated
+//! cells were measured with, for `collab-server --bases` and `collab-device --bases`), a
+//! heatmap PNG per codec, and a loss-vs-bytes frontier PNG per block. Last line: the `svd-only ... best ... best-codec=...` summary over
 //! blocks 1-7.
 
 mod data;
@@ -24,7 +25,7 @@ use collab_core::Backend;
 use collab_core::model::Hidden;
 use collab_core::split::Activation;
 use collab_policies::split::{AccuracyEntry, AccuracyTable};
-use collab_policies::svd::{Basis, BasisNeed, Family, PositionMean, Shared};
+use collab_policies::svd::{Basis, BasisNeed, Family, Shared, SplitBases, SplitBasis};
 
 use collab_backends::any::BackendTask;
 use data::{Batch, SweepData};
@@ -173,36 +174,21 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
     let total = blocks.len() * families.len() * args.rhos.len();
     let pb = bar(total, "svd-accuracy");
     let mut cells = vec![];
+    let mut bases = SplitBases::new(data.name);
     let max_block = blocks.iter().copied().max().unwrap_or(0);
     for k in 1..=max_block {
         data.advance(k - 1)?;
         if !blocks.contains(&k) {
             continue;
         }
-        let calibration = calibration_items(&data)?;
-        let rows: Vec<f32> = calibration
-            .iter()
-            .flat_map(|a| a.values.iter().copied())
-            .collect();
-        let pca = Arc::new(Basis::fit_pca(
-            &rows,
-            data.features(),
-            &format!("block {k}"),
-        )?);
-        let centre = Arc::new(PositionMean::fit(&calibration, &format!("block {k}"))?);
-        let centred_pca =
-            Arc::new(centre.fit_centred_pca(&calibration, &format!("block {k} centred"))?);
+        let calibrated = SplitBasis::fit(&calibration_items(&data)?, &format!("block {k}"))?;
+        bases.insert(k, calibrated.clone())?;
         let weight = weight_basis(&data, k)?;
         let mut cache: HashMap<(Family, Vec<usize>), Measured> = HashMap::new();
         for &family in &families {
             let shared = match family.basis_need() {
-                BasisNeed::None => Some(Shared::None),
-                BasisNeed::Calibrated => Some(Shared::Basis(pca.clone())),
                 BasisNeed::Weight => weight.clone().map(Shared::Basis),
-                BasisNeed::PositionMean => Some(Shared::PositionMean(centre.clone())),
-                BasisNeed::CentredCalibrated => {
-                    Some(Shared::CentredBasis(centred_pca.clone(), centre.clone()))
-                }
+                _ => calibrated.shared(family),
             };
             for &rho in &args.rhos {
                 pb.set_message(format!("{} k={k} {family} rho={rho}", data.name));
@@ -292,6 +278,8 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
             .collect(),
     };
     table.save(&dir.join("table.json"))?;
+    // The bases the calibrated cells were measured with, for a device and a server to share.
+    bases.save(&dir.join("bases.bin"))?;
     print_table(&cells, &families, &args.rhos);
     figures(&dir, data.name, &cells, &families, &blocks, &args.rhos)?;
     println!("wrote {}", dir.display());
