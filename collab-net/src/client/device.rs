@@ -16,6 +16,7 @@ use collab_backends::candle::CandleBackend;
 use collab_core::model::Transformer;
 use collab_core::split::{Conditions, SplitChoice};
 use collab_policies::split::SplitSelector;
+use collab_policies::svd::SplitBases;
 use tokio::sync::Mutex;
 
 use super::error::ClientError;
@@ -46,6 +47,9 @@ pub struct DeviceConfig {
     pub probe_every: Duration,
     /// Padding of the bandwidth probe, bytes (default 32 KiB).
     pub probe_bytes: usize,
+    /// What the calibrated codecs need at each split point (default none: the device sends
+    /// only basis-free codecs). Must be the file the server was started with.
+    pub bases: Option<Arc<SplitBases>>,
 }
 
 impl Default for DeviceConfig {
@@ -56,6 +60,7 @@ impl Default for DeviceConfig {
             slowdown: 1.0,
             probe_every: Duration::from_secs(2),
             probe_bytes: 32 * 1024,
+            bases: None,
         }
     }
 }
@@ -209,12 +214,14 @@ impl Device {
         let link = self.link().await?;
         let choice = self.choose(&self.conditions(&link))?;
         let layers = self.model.num_blocks();
-        let plan = parse_plan(choice.split, &choice.codec, layers)?;
+        let bases = self.config.bases.clone();
+        let plan = parse_plan(choice.split, &choice.codec, layers, bases.as_deref())?;
         let (model, owned) = (self.model.clone(), image.clone());
         let head_start = Instant::now();
-        let head = tokio::task::spawn_blocking(move || run_head(&model, &owned, &plan))
-            .await
-            .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;
+        let head =
+            tokio::task::spawn_blocking(move || run_head(&model, &owned, &plan, bases.as_deref()))
+                .await
+                .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;
         let slowdown = self.config.slowdown;
         if slowdown.is_finite() && slowdown > 1.0 {
             tokio::time::sleep(head.compute.mul_f64(slowdown - 1.0)).await;

@@ -9,6 +9,7 @@ use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, ModelConfig, Transformer};
 use collab_core::split::Activation;
+use collab_policies::svd::SplitBases;
 
 use super::error::ClientError;
 use super::plan::{Plan, top_k};
@@ -46,11 +47,13 @@ pub(super) fn image_side(model: &Transformer<CandleBackend>) -> Result<u32, Clie
 /// ([`ImagePreprocess::imagenet`] at the model's side), then as the plan says.
 ///
 /// # Errors
-/// [`ClientError::Local`] for an empty image or a compute or encoding failure.
+/// [`ClientError::Local`] for an empty image, a compute or encoding failure, or a codec whose
+/// shared basis `bases` does not hold at the split.
 pub(super) fn run_head(
     model: &Transformer<CandleBackend>,
     image: &image::RgbImage,
     plan: &Plan,
+    bases: Option<&SplitBases>,
 ) -> Result<HeadOutput, ClientError> {
     let side = image_side(model)?;
     let pre = ImagePreprocess::imagenet(side);
@@ -86,7 +89,10 @@ pub(super) fn run_head(
             let hidden = model.run_blocks(model.embed(&input)?, 0..split)?;
             let (_, tokens, features) = hidden.dims3(be)?;
             let activation = Activation::new(tokens, features, be.to_vec(&hidden.x)?)?;
-            out.payload = family.build(rank, None)?.encode(&activation)?;
+            let shared = SplitBases::lookup(bases, split, family).ok_or_else(|| {
+                ClientError::Local(format!("codec `{family}` needs a basis at split {split}"))
+            })?;
+            out.payload = family.build_with(rank, shared)?.encode(&activation)?;
         }
     }
     out.compute = start.elapsed();

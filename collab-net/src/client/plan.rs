@@ -4,7 +4,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use collab_policies::svd::{BasisNeed, Family};
+use collab_policies::svd::{Family, SplitBases};
 
 use super::error::ClientError;
 use crate::wire::{RAW_RGB8, ServerLoad};
@@ -19,7 +19,7 @@ pub enum Plan {
     Split {
         /// The split point, `1..L`.
         split: usize,
-        /// The codec family (one that needs no shared basis).
+        /// The codec family (one whose shared basis the device holds, if it needs one).
         family: Family,
         /// The rank of SVD codecs.
         rank: usize,
@@ -54,11 +54,19 @@ impl Plan {
 /// at split `layers`, and in between a family name (`f32`, `int8`, `svd-int8`, ...) with an
 /// optional `-r<rank>` (`svd-int8-r55`, `int8-r192`); SVD families need the rank.
 ///
+/// The calibrated families (`cpca`, `mpca`, `tpca`, ...) need `bases` holding that split
+/// point (the file the server was started with, see [`SplitBases`]).
+///
 /// # Errors
 /// [`ClientError::Local`] for a split past the model, a codec that does not fit its split
-/// point, an unknown codec, a missing rank, or a family that needs a shared basis (`pca`,
-/// `wsvd`: the server holds none).
-pub fn parse_plan(split: usize, codec: &str, layers: usize) -> Result<Plan, ClientError> {
+/// point, an unknown codec, a missing rank, or a family that needs a shared basis the device
+/// does not hold at that split (`wsvd` never: its basis is not in the file).
+pub fn parse_plan(
+    split: usize,
+    codec: &str,
+    layers: usize,
+    bases: Option<&SplitBases>,
+) -> Result<Plan, ClientError> {
     let local = |m: String| Err(ClientError::Local(m));
     if split > layers {
         return local(format!("split {split} is past the model's {layers} blocks"));
@@ -85,9 +93,9 @@ pub fn parse_plan(split: usize, codec: &str, layers: usize) -> Result<Plan, Clie
         _ => (codec, None),
     };
     let family = Family::from_str(name).map_err(|e| ClientError::Local(e.to_string()))?;
-    if family.basis_need() != BasisNeed::None {
+    if SplitBases::lookup(bases, split, family).is_none() {
         return local(format!(
-            "codec `{codec}` needs a shared basis the server does not hold"
+            "codec `{codec}` needs a shared basis at split {split} this device does not hold"
         ));
     }
     let rank = match (family, rank) {

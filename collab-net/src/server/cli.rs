@@ -15,6 +15,7 @@ use anyhow::{Context, Result};
 use collab_backends::candle::CandleBackend;
 use collab_core::fixtures;
 use collab_core::model::{ModelConfig, Transformer};
+use collab_policies::svd::SplitBases;
 use tracing::info;
 
 use super::{PolicyKind, Server, ServerConfig, serve_http};
@@ -62,13 +63,19 @@ pub struct ServerArgs {
     /// Once listening, write the bound address to this file.
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Split bases for the calibrated codecs (`cpca`, `mpca`, `tpca`, ...): the `bases.bin`
+    /// that `cargo xtask exp svd-accuracy` writes beside its table. Devices must load the
+    /// same file. Without it only f32, f16, bf16, int8 and svd[-p] are decoded.
+    #[arg(long)]
+    pub bases: Option<PathBuf>,
 }
 
 impl ServerArgs {
-    /// The server config these options describe.
+    /// The server config these options describe (reading `--bases`).
     ///
     /// # Errors
-    /// A timeout that is not a positive number of seconds.
+    /// A timeout that is not a positive number of seconds; a bases file that cannot be read or
+    /// is damaged.
     pub fn config(&self) -> Result<ServerConfig> {
         let seconds = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s)
@@ -85,6 +92,10 @@ impl ServerArgs {
             frame_timeout: seconds("frame-timeout-s", self.frame_timeout_s)?,
             policy: self.policy,
             batch: self.batch,
+            bases: match &self.bases {
+                Some(path) => Some(Arc::new(SplitBases::load(path)?)),
+                None => None,
+            },
             ..ServerConfig::default()
         })
     }

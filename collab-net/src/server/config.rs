@@ -1,10 +1,12 @@
 //! What a server is started with: who may connect, its limits and timeouts, and the batch
 //! policy its compute thread runs.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use collab_core::batch::BatchPolicy;
 use collab_policies::batch::{PerSplit, ServerOnly, SharedModel};
+use collab_policies::svd::SplitBases;
 use serde::{Deserialize, Serialize};
 
 use super::ServerError;
@@ -69,6 +71,12 @@ pub struct ServerConfig {
     pub policy: PolicyKind,
     /// The budget batch size `B` (default 8).
     pub batch: usize,
+    /// What the calibrated codecs (`cpca`, `mpca`, `tpca`, ...) need at each split point
+    /// (default none: only basis-free codecs are decoded). Devices must hold the same bases;
+    /// a payload encoded with others is refused by its fingerprint. Not serialised: load it
+    /// with [`SplitBases::load`].
+    #[serde(skip)]
+    pub bases: Option<Arc<SplitBases>>,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +92,7 @@ impl Default for ServerConfig {
             load_interval: Duration::from_millis(250),
             policy: PolicyKind::Shared,
             batch: 8,
+            bases: None,
         }
     }
 }

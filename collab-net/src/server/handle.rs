@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use collab_backends::candle::CandleBackend;
 use collab_core::model::{ModelConfig, Transformer};
+use collab_policies::svd::SplitBases;
 use tracing::{info, warn};
 
 use super::ServerError;
@@ -27,8 +28,9 @@ impl Server {
     ///
     /// # Errors
     /// [`ServerError::NoRuntime`] outside a runtime; [`ServerError::Config`] for an unusable
-    /// config or a model that is not a 3-channel ViT classifier; [`ServerError::Thread`] if
-    /// the compute thread cannot be spawned.
+    /// config, a model that is not a 3-channel ViT classifier, or split bases that do not fit
+    /// the model (another feature width, a split point at or past its last block);
+    /// [`ServerError::Thread`] if the compute thread cannot be spawned.
     pub fn start(
         model: Arc<Transformer<CandleBackend>>,
         config: ServerConfig,
@@ -37,6 +39,9 @@ impl Server {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
         config.validate()?;
         let facts = facts_of(&model, &config.model_id)?;
+        if let Some(bases) = &config.bases {
+            check_bases(bases, &facts)?;
+        }
         let policy = config.policy.build(config.batch)?;
         let serves = (0..=facts.layers)
             .map(|k| policy.accepts(k, facts.layers))
@@ -61,6 +66,26 @@ impl Server {
             accept: Some(accept),
         })
     }
+}
+
+/// Checks that `bases` fit the served model: its feature width, split points `1..L`.
+fn check_bases(bases: &SplitBases, facts: &ModelFacts) -> Result<(), ServerError> {
+    let bad = |m: String| {
+        Err(ServerError::Config(format!(
+            "split bases of `{}`: {m}",
+            bases.model()
+        )))
+    };
+    if let Some(f) = bases.features().filter(|&f| f != facts.features) {
+        return bad(format!("{f} features; the model has {}", facts.features));
+    }
+    if let Some(k) = bases.splits().find(|&k| k >= facts.layers) {
+        return bad(format!(
+            "split {k} sends nothing to a server of {} blocks (splits 1..{})",
+            facts.layers, facts.layers
+        ));
+    }
+    Ok(())
 }
 
 /// What the server needs to know of its model; only ViT classifiers on RGB images serve.

@@ -264,7 +264,7 @@ impl Session<'_> {
         let received = Instant::now();
         let id = request.request_id;
         let shared = self.shared;
-        let refusal = match check_request(&shared.facts, &request) {
+        let refusal = match check_request(&shared.facts, shared.config.bases.as_deref(), &request) {
             Err(e) => Some(e),
             Ok(decoded) => {
                 let split = request.split as usize;

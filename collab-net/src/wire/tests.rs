@@ -178,7 +178,7 @@ fn framing_overhead_is_small() {
 
 mod validation {
     use collab_core::split::{Activation, ActivationCodec};
-    use collab_policies::svd::{Family, PlainCodec, Precision, SvdCodec};
+    use collab_policies::svd::{Family, PlainCodec, Precision, SplitBases, SplitBasis, SvdCodec};
 
     use super::super::validate::{Decoded, ModelFacts, check_request};
     use super::*;
@@ -223,6 +223,7 @@ mod validation {
         };
         let ok = check_request(
             &facts(),
+            None,
             &req(2, "int8", int8.encode(&act(5, 8)).expect("enc")),
         );
         assert!(matches!(ok, Ok(Decoded::Activation(a)) if a.tokens == 5 && a.features == 8));
@@ -233,10 +234,11 @@ mod validation {
         let name = Family::Svd(Precision::Int8).to_string();
         let ok = check_request(
             &facts(),
+            None,
             &req(4, &name, svd.encode(&act(5, 8)).expect("enc")),
         );
         assert!(ok.is_ok(), "{ok:?}");
-        let ok = check_request(&facts(), &req(0, RAW_RGB8, vec![0; 48]));
+        let ok = check_request(&facts(), None, &req(0, RAW_RGB8, vec![0; 48]));
         assert!(matches!(ok, Ok(Decoded::Pixels(p)) if p.len() == 48));
     }
 
@@ -247,43 +249,115 @@ mod validation {
         };
         let good = f32c.encode(&act(5, 8)).expect("enc");
         invalid(
-            check_request(&facts(), &req(5, "f32", good.clone())),
+            check_request(&facts(), None, &req(5, "f32", good.clone())),
             "past the model",
         );
         invalid(
-            check_request(&facts(), &req(1, "zip", good.clone())),
+            check_request(&facts(), None, &req(1, "zip", good.clone())),
             "unknown codec",
         );
         invalid(
-            check_request(&facts(), &req(1, "pca", good.clone())),
+            check_request(&facts(), None, &req(1, "pca", good.clone())),
             "shared basis",
         );
         invalid(
-            check_request(&facts(), &req(1, "int8", good.clone())),
+            check_request(&facts(), None, &req(1, "int8", good.clone())),
             "precision",
         );
         invalid(
-            check_request(&facts(), &req(1, "f32", good[..30].to_vec())),
+            check_request(&facts(), None, &req(1, "f32", good[..30].to_vec())),
             "bytes",
         );
         let wrong = f32c.encode(&act(6, 8)).expect("enc");
         invalid(
-            check_request(&facts(), &req(1, "f32", wrong)),
+            check_request(&facts(), None, &req(1, "f32", wrong)),
             "expects 5 x 8",
         );
         invalid(
-            check_request(&facts(), &req(0, "f32", good.clone())),
+            check_request(&facts(), None, &req(0, "f32", good.clone())),
             "server-only",
         );
         invalid(
-            check_request(&facts(), &req(0, RAW_RGB8, vec![0; 47])),
+            check_request(&facts(), None, &req(0, RAW_RGB8, vec![0; 47])),
             "47 bytes",
         );
         let mut zero = req(1, "f32", good.clone());
         zero.budget_ms = 0;
-        invalid(check_request(&facts(), &zero), "budget_ms");
+        invalid(check_request(&facts(), None, &zero), "budget_ms");
         let mut nan = req(1, "f32", good);
         nan.max_loss = f32::NAN;
-        invalid(check_request(&facts(), &nan), "max_loss");
+        invalid(check_request(&facts(), None, &nan), "max_loss");
+    }
+
+    /// Bases fitted on seeded 5 x 8 activations at splits 1 and 2 (`seed` varies them).
+    fn bases(seed: u64) -> SplitBases {
+        let mut bases = SplitBases::new("m");
+        for split in [1, 2] {
+            let items: Vec<Activation> = (0..4)
+                .map(|i| {
+                    let values = (0..40)
+                        .map(|j| ((j * 7 + i * 13 + seed as usize) % 11) as f32 * 0.3 - 1.0)
+                        .collect();
+                    Activation::new(5, 8, values).expect("activation")
+                })
+                .collect();
+            let basis = SplitBasis::fit(&items, &format!("block {split}")).expect("fit");
+            bases.insert(split, basis).expect("insert");
+        }
+        bases
+    }
+
+    #[test]
+    fn calibrated_codecs_decode_with_the_servers_bases() {
+        let held = bases(0);
+        for family in [
+            Family::CentredPca(Precision::Int8),
+            Family::MaskedPca,
+            Family::TransformPca,
+            Family::HybridSvd(Precision::F32),
+            Family::Pca(Precision::F32),
+        ] {
+            let shared = held.shared(2, family).expect("held");
+            let codec = family.build_with(3, shared).expect("build");
+            let x = act(5, 8);
+            let payload = codec.encode(&x).expect("encode");
+            let ok = check_request(&facts(), Some(&held), &req(2, &family.to_string(), payload));
+            let Ok(Decoded::Activation(y)) = ok else {
+                panic!("{family}: {ok:?}");
+            };
+            assert_eq!(
+                y,
+                codec.decode(&codec.encode(&x).expect("enc")).expect("dec")
+            );
+        }
+    }
+
+    #[test]
+    fn calibrated_codecs_without_matching_bases_are_invalid() {
+        let device = bases(0);
+        let cpca = Family::CentredPca(Precision::F32);
+        let codec = cpca
+            .build_with(3, device.shared(1, cpca).expect("held"))
+            .expect("build");
+        let payload = codec.encode(&act(5, 8)).expect("encode");
+        let request = req(1, "cpca", payload);
+        invalid(
+            check_request(&facts(), None, &request),
+            "started without --bases",
+        );
+        // A server holding bases fitted on other activations refuses by fingerprint.
+        let other = bases(5);
+        invalid(check_request(&facts(), Some(&other), &request), "basis");
+        let mut at_three = request.clone();
+        at_three.split = 3;
+        invalid(
+            check_request(&facts(), Some(&device), &at_three),
+            "cover splits [1, 2]",
+        );
+        let wsvd = req(1, "wsvd", vec![0; 40]);
+        invalid(
+            check_request(&facts(), Some(&device), &wsvd),
+            "no weight bases",
+        );
     }
 }

@@ -5,7 +5,7 @@
 use std::str::FromStr;
 
 use collab_core::split::{Activation, ActivationCodec};
-use collab_policies::svd::{BasisNeed, Family};
+use collab_policies::svd::{BasisNeed, Family, SplitBases};
 
 use super::message::{InferRequest, RAW_RGB8, RemoteError};
 
@@ -33,14 +33,20 @@ pub enum Decoded {
     Activation(Activation),
 }
 
-/// Checks `request` against `facts` and decodes its payload.
+/// Checks `request` against `facts` and decodes its payload, with `bases` for the calibrated
+/// codecs (`cpca`, `mpca`, `tpca`, ...; see [`SplitBases`]).
 ///
 /// # Errors
 /// [`RemoteError::Invalid`] naming what is wrong: a split past the model, a zero budget, a
 /// loss limit that is not a finite non-negative number, an unknown codec or one that needs a
-/// shared basis this server does not hold, a payload that does not decode, or a decoded shape
-/// other than `tokens x features`.
-pub fn check_request(facts: &ModelFacts, request: &InferRequest) -> Result<Decoded, RemoteError> {
+/// shared basis this server does not hold at that split, a payload that does not decode (one
+/// encoded with other bases than the server's among them), or a decoded shape other than
+/// `tokens x features`.
+pub fn check_request(
+    facts: &ModelFacts,
+    bases: Option<&SplitBases>,
+    request: &InferRequest,
+) -> Result<Decoded, RemoteError> {
     let invalid = |m: String| Err(RemoteError::Invalid(m));
     let split = request.split as usize;
     if split > facts.layers {
@@ -77,15 +83,27 @@ pub fn check_request(facts: &ModelFacts, request: &InferRequest) -> Result<Decod
     }
     let family = Family::from_str(&request.codec)
         .map_err(|e| RemoteError::Invalid(format!("split {split}: {e}")))?;
-    if family.basis_need() != BasisNeed::None {
+    let Some(shared) = SplitBases::lookup(bases, split, family) else {
+        let held = match bases {
+            None => "it was started without --bases".to_owned(),
+            Some(b) => format!(
+                "its bases cover splits {:?}{}",
+                b.splits().collect::<Vec<_>>(),
+                if family.basis_need() == BasisNeed::Weight {
+                    " and no weight bases"
+                } else {
+                    ""
+                }
+            ),
+        };
         return invalid(format!(
-            "codec `{family}` needs a shared basis this server does not hold; use f32, f16, \
-             bf16, int8 or svd[-f16|-bf16|-int8]"
+            "codec `{family}` at split {split} needs a shared basis this server does not hold \
+             ({held}); f32, f16, bf16, int8 and svd[-f16|-bf16|-int8] need none"
         ));
-    }
+    };
     // The rank travels in the payload's header; the codec built here only reads it.
     let codec: Box<dyn ActivationCodec> = family
-        .build(1, None)
+        .build_with(1, shared)
         .map_err(|e| RemoteError::Invalid(e.to_string()))?;
     let activation = codec
         .decode(&request.payload)

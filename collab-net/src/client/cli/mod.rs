@@ -41,6 +41,11 @@ pub struct DeviceArgs {
     /// chooses between the raw image and uncompressed `f32` activations.
     #[arg(long)]
     pub accuracy_table: Option<PathBuf>,
+    /// Split bases (the `bases.bin` written beside the accuracy table): lets the device send
+    /// the table's calibrated codecs (`cpca`, `mpca`, `tpca`, ...). The server must be
+    /// started with the same file. Without it those table entries are dropped.
+    #[arg(long)]
+    pub bases: Option<PathBuf>,
     /// Cost profile of this machine (MeasuredProfile JSON), scaled by `--slowdown` for the
     /// device; without it the model is profiled at start-up (about a second).
     #[arg(long)]

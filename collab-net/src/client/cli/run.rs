@@ -111,6 +111,7 @@ pub(super) async fn run(args: DeviceArgs, setup: Setup) -> Result<()> {
         slowdown: args.slowdown,
         probe_every: Duration::from_millis(args.probe_every_ms),
         probe_bytes: args.probe_bytes,
+        bases: setup.bases.clone(),
     };
     let setup = Arc::new(setup);
     let device = Arc::new(Device::new(

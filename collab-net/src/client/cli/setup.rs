@@ -11,7 +11,7 @@ use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, profile
 use collab_core::fixtures::{self, LabelledImage};
 use collab_core::model::{Input, ModelConfig, Transformer};
 use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
-use collab_policies::svd::{BasisNeed, Family};
+use collab_policies::svd::{Family, SplitBases};
 
 use super::DeviceArgs;
 use crate::transport::{Link, Shaped, Tcp, Transport};
@@ -29,6 +29,7 @@ pub(super) struct Setup {
     pub(super) selector: Arc<SplitSelector>,
     pub(super) samples: Vec<LabelledImage>,
     pub(super) transport: Arc<dyn Transport>,
+    pub(super) bases: Option<Arc<SplitBases>>,
 }
 
 impl Setup {
@@ -45,7 +46,11 @@ impl Setup {
         let model = Transformer::from_safetensors(CandleBackend::cpu(), config, &path)
             .with_context(|| format!("loading {}", path.display()))?;
         let model = Arc::new(model);
-        let selector = Arc::new(selector(&model, args)?);
+        let bases = match &args.bases {
+            Some(p) => Some(Arc::new(SplitBases::load(p)?)),
+            None => None,
+        };
+        let selector = Arc::new(selector(&model, args, bases.as_deref())?);
         let samples = fixtures::imagenet_sample()?;
         if samples.is_empty() {
             bail!("the ImageNet sample folder holds no images");
@@ -55,6 +60,7 @@ impl Setup {
             selector,
             samples,
             transport: transport(args),
+            bases,
         })
     }
 }
@@ -63,8 +69,13 @@ impl Setup {
 ///
 /// Device-only is not a candidate: the demo measures what the server serves, and a device
 /// that ran the whole model would send nothing. Table entries whose codec needs a shared basis
-/// (`pca`, `wsvd`) are dropped: the server decodes only basis-free codecs.
-fn selector(model: &Transformer<CandleBackend>, args: &DeviceArgs) -> Result<SplitSelector> {
+/// that `bases` does not hold at the entry's split (all of them without `--bases`; `wsvd`
+/// always) are dropped.
+fn selector(
+    model: &Transformer<CandleBackend>,
+    args: &DeviceArgs,
+    bases: Option<&SplitBases>,
+) -> Result<SplitSelector> {
     let ModelConfig::Vit(vit) = model.config() else {
         bail!("{MODEL_ID} is not a vision model");
     };
@@ -89,9 +100,9 @@ fn selector(model: &Transformer<CandleBackend>, args: &DeviceArgs) -> Result<Spl
             entries: vec![],
         },
     };
-    table
-        .entries
-        .retain(|e| Family::from_str(&e.codec).is_ok_and(|f| f.basis_need() == BasisNeed::None));
+    table.entries.retain(|e| {
+        Family::from_str(&e.codec).is_ok_and(|f| SplitBases::lookup(bases, e.split, f).is_some())
+    });
     let measured = match &args.device_profile {
         Some(p) => MeasuredProfile::load(p)?,
         None => measure(model)?,

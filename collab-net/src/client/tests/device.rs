@@ -102,7 +102,7 @@ fn finish(model: &Model, r: &InferRequest) -> Result<Prediction, RemoteError> {
     };
     let be = model.backend();
     let failed = |e: collab_core::Error| RemoteError::Failed(e.to_string());
-    let out = match check_request(&facts, r)? {
+    let out = match check_request(&facts, None, r)? {
         Decoded::Pixels(p) => {
             let v = ImagePreprocess::imagenet(SIDE as u32)
                 .normalize(&p)
@@ -268,11 +268,11 @@ fn the_head_part_does_what_each_plan_says() {
     let img = image(11);
     let reference = logits(&model, &img);
 
-    let local = run_head(&model, &img, &Plan::DeviceOnly).expect("device-only");
+    let local = run_head(&model, &img, &Plan::DeviceOnly, None).expect("device-only");
     assert_eq!(local.top, top_k(&reference, 5));
     assert!(local.payload.is_empty());
 
-    let raw = run_head(&model, &img, &Plan::ServerOnly).expect("server-only");
+    let raw = run_head(&model, &img, &Plan::ServerOnly, None).expect("server-only");
     let crop = ImagePreprocess::imagenet(SIDE as u32)
         .crop_rgb(&img)
         .expect("crop");
@@ -294,7 +294,7 @@ fn the_head_part_does_what_each_plan_says() {
             family,
             rank,
         };
-        let out = run_head(&model, &img, &plan).expect("split");
+        let out = run_head(&model, &img, &plan, None).expect("split");
         let codec = family.build(rank.max(1), None).expect("codec");
         let act = codec.decode(&out.payload).expect("decodes");
         assert_eq!((act.tokens, act.features), (TOKENS, FEATURES));
@@ -303,7 +303,7 @@ fn the_head_part_does_what_each_plan_says() {
         }
     }
     assert!(matches!(
-        run_head(&model, &image::RgbImage::new(0, 0), &Plan::ServerOnly),
+        run_head(&model, &image::RgbImage::new(0, 0), &Plan::ServerOnly, None),
         Err(ClientError::Local(_))
     ));
 }

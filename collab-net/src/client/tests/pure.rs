@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use collab_policies::svd::{Family, Precision};
+use collab_policies::svd::{Family, Precision, SplitBases, SplitBasis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -16,7 +16,7 @@ fn selector_codec_names_become_plans() {
         family,
         rank,
     };
-    let ok = |k, c: &str| parse_plan(k, c, 12).expect(c);
+    let ok = |k, c: &str| parse_plan(k, c, 12, None).expect(c);
     assert_eq!(ok(0, "raw"), Plan::ServerOnly);
     assert_eq!(ok(0, "rgb8"), Plan::ServerOnly);
     assert_eq!(ok(12, "none"), Plan::DeviceOnly);
@@ -36,7 +36,7 @@ fn selector_codec_names_become_plans() {
     assert_eq!(ok(12, "none").split(12), 12);
     assert_eq!(ok(6, "svd-int8-r55").split(12), 6);
 
-    let err = |k, c: &str, needle: &str| match parse_plan(k, c, 12) {
+    let err = |k, c: &str, needle: &str| match parse_plan(k, c, 12, None) {
         Err(ClientError::Local(m)) => assert!(m.contains(needle), "{c}: {m}"),
         other => panic!("{c} at {k}: {other:?}"),
     };
@@ -50,6 +50,37 @@ fn selector_codec_names_become_plans() {
     err(4, "svd-r0", "needs a rank");
     err(4, "pca-int8-r64", "shared basis");
     err(4, "wsvd-r8", "shared basis");
+
+    // With bases held at split 4, its calibrated codecs are plans; other splits and `wsvd`
+    // (whose basis is not in the file) still are not.
+    let items: Vec<collab_core::split::Activation> = (0..3)
+        .map(|i| {
+            let values = (0..5 * 8).map(|j| ((i * 7 + j * 3) % 5) as f32).collect();
+            collab_core::split::Activation::new(5, 8, values).expect("activation")
+        })
+        .collect();
+    let mut bases = SplitBases::new("m");
+    let basis = SplitBasis::fit(&items, "block 4").expect("fit");
+    bases.insert(4, basis).expect("insert");
+    let with = |k, c: &str| parse_plan(k, c, 12, Some(&bases));
+    assert_eq!(
+        with(4, "mpca-r40").expect("mpca"),
+        split(4, Family::MaskedPca, 40)
+    );
+    assert_eq!(
+        with(4, "cpca-int8-r3").expect("cpca"),
+        split(4, Family::CentredPca(Precision::Int8), 3)
+    );
+    assert_eq!(
+        with(4, "f32").expect("f32"),
+        split(4, Family::Plain(Precision::F32), 0)
+    );
+    for (k, c) in [(5, "mpca-r40"), (4, "wsvd-r8")] {
+        match with(k, c) {
+            Err(ClientError::Local(m)) => assert!(m.contains(&format!("at split {k}")), "{m}"),
+            other => panic!("{c} at {k}: {other:?}"),
+        }
+    }
 }
 
 #[test]

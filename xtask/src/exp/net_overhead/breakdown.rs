@@ -72,7 +72,7 @@ pub(super) fn measure(load: &Load) -> Result<Costs> {
         unreachable!("built above")
     };
     let validate = time(500, || {
-        std::hint::black_box(check_request(&facts, req).map_err(|e| anyhow::anyhow!("{e}"))?);
+        std::hint::black_box(check_request(&facts, None, req).map_err(|e| anyhow::anyhow!("{e}"))?);
         Ok(())
     })?;
     let copies = 4;
