@@ -63,6 +63,15 @@ pub(crate) struct DemoArgs {
     /// Give up and stop everything after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Accuracy table the devices' split selection reads (default: the embedded one, f16,
+    /// int8 and svd-int8 cells). Pass a `table.json` of `cargo xtask exp svd-accuracy`.
+    #[arg(long)]
+    accuracy_table: Option<PathBuf>,
+    /// Split bases for the calibrated codecs (`cpca`, `mpca`, `tpca`, ...): the `bases.bin`
+    /// written beside that table. The server and every device load it; without it the
+    /// table's calibrated entries are dropped.
+    #[arg(long)]
+    bases: Option<PathBuf>,
 }
 
 /// A child process and its label.
@@ -145,12 +154,20 @@ fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn write_assets(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+/// Writes the embedded assets to `dir`: the accuracy table (unless `table` names one) and
+/// the cost profile; returns their paths.
+fn write_assets(dir: &Path, table: Option<&Path>) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
-    let table = dir.join("deit-tiny-accuracy.json");
     let profile = dir.join("deit-tiny-profile.json");
-    std::fs::write(&table, ACCURACY_TABLE)?;
     std::fs::write(&profile, COST_PROFILE)?;
+    let table = match table {
+        Some(t) => t.to_path_buf(),
+        None => {
+            let t = dir.join("deit-tiny-accuracy.json");
+            std::fs::write(&t, ACCURACY_TABLE)?;
+            t
+        }
+    };
     Ok((table, profile))
 }
 
@@ -180,7 +197,7 @@ fn device_args(
     assets: &(PathBuf, PathBuf),
 ) -> Vec<String> {
     let s = |v: &dyn ToString| v.to_string();
-    [
+    let mut args: Vec<String> = [
         "device",
         "--server",
         &s(&server),
@@ -215,7 +232,11 @@ fn device_args(
     ]
     .iter()
     .map(|x| x.to_string())
-    .collect()
+    .collect();
+    if let Some(bases) = &a.bases {
+        args.extend(["--bases".into(), bases.display().to_string()]);
+    }
+    args
 }
 
 /// Runs the demo.
@@ -233,28 +254,31 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         );
     }
     let dir = std::env::temp_dir().join(format!("collab-demo-{}", std::process::id()));
-    let assets = write_assets(&dir)?;
+    for path in [&a.accuracy_table, &a.bases].into_iter().flatten() {
+        if !path.is_file() {
+            bail!("{} is not a file", path.display());
+        }
+    }
+    let assets = write_assets(&dir, a.accuracy_table.as_deref())?;
     let ready = dir.join("server.addr");
     let metrics_addr = free_port()?;
-    let mut server = Proc::spawn(
-        "server",
-        &[
-            "serve".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--metrics".into(),
-            metrics_addr.to_string(),
-            "--ready-file".into(),
-            ready.display().to_string(),
-            "--batch".into(),
-            a.batch.to_string(),
-            "--capacity".into(),
-            a.capacity.to_string(),
-        ],
-        &dir.join("server.log"),
-        false,
-        None,
-    )?;
+    let mut server_args: Vec<String> = vec![
+        "serve".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--metrics".into(),
+        metrics_addr.to_string(),
+        "--ready-file".into(),
+        ready.display().to_string(),
+        "--batch".into(),
+        a.batch.to_string(),
+        "--capacity".into(),
+        a.capacity.to_string(),
+    ];
+    if let Some(bases) = &a.bases {
+        server_args.extend(["--bases".into(), bases.display().to_string()]);
+    }
+    let mut server = Proc::spawn("server", &server_args, &dir.join("server.log"), false, None)?;
     eprintln!(
         "collab demo: starting the server (logs in {})",
         dir.display()
