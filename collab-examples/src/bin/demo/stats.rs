@@ -108,12 +108,17 @@ impl Tally {
 
     /// `k:count` pairs of the splits chosen, most used first.
     pub(crate) fn split_summary(&self) -> String {
-        let mut v: Vec<_> = self.splits.iter().collect();
-        v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        v.iter()
-            .map(|(k, n)| format!("k={k}x{n}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        most_used_first(&self.splits, |k| format!("k={k}"))
+    }
+
+    /// `codec x count` pairs of the codecs answered requests used, most used first.
+    pub(crate) fn codec_summary(&self) -> String {
+        most_used_first(&self.codecs, |c| c.clone())
+    }
+
+    /// Mean payload kilobytes (1000 bytes) per answered request (0 with none).
+    pub(crate) fn mean_kb(&self) -> f64 {
+        self.bytes as f64 / 1e3 / self.ok.max(1) as f64
     }
 
     /// Errors as `kind:count`.
@@ -127,6 +132,16 @@ impl Tally {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// `<label>x<count>` for each key, most used first (ties in key order).
+fn most_used_first<K: Ord>(counts: &BTreeMap<K, usize>, label: impl Fn(&K) -> String) -> String {
+    let mut v: Vec<_> = counts.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(k, n)| format!("{}x{n}", label(k)))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[cfg(test)]
@@ -153,6 +168,8 @@ mod tests {
         assert_eq!(t.misses(), 2);
         assert!(t.done);
         assert_eq!(t.split_summary(), "k=4x2");
+        assert_eq!(t.codec_summary(), "int8-r192x1");
+        assert_eq!(t.mean_kb(), 0.05);
         assert_eq!(t.error_summary(), "deadline_missed:1 overloaded:1");
         assert_eq!(t.latency_quantile(0.5), 50.0);
     }

@@ -60,6 +60,12 @@ pub(crate) fn print(
             t.split_summary(),
             t.error_summary()
         );
+        println!(
+            "{:<28} codecs {}, {:.1} kB sent per answered request",
+            "",
+            t.codec_summary(),
+            t.mean_kb()
+        );
     }
     println!(
         "background load: {} answered ({} ok), errors {}",
@@ -84,7 +90,7 @@ pub(crate) fn print(
     );
     let secs = wall.as_secs_f64().max(1e-3);
     println!(
-        "demo devices={} requests={} ok={} accuracy={} throughput={:.2}/s p50={:.1}ms p95={:.1}ms p99={:.1}ms deadline_miss_rate={:.3}",
+        "demo devices={} requests={} ok={} accuracy={} throughput={:.2}/s p50={:.1}ms p95={:.1}ms p99={:.1}ms deadline_miss_rate={:.3} kb_per_request={:.1}",
         a.devices,
         total.answered,
         total.ok,
@@ -93,7 +99,8 @@ pub(crate) fn print(
         total.latency_quantile(0.5),
         total.latency_quantile(0.95),
         total.latency_quantile(0.99),
-        total.misses() as f64 / total.answered.max(1) as f64
+        total.misses() as f64 / total.answered.max(1) as f64,
+        total.mean_kb()
     );
 }
 
