@@ -1,9 +1,11 @@
 //! Test aids shared by this crate's unit tests, its loopback integration tests and anyone
-//! testing a server or device of their own: a model small enough to run in milliseconds.
-//! Its weights are seeded random, so it says nothing about accuracy.
+//! testing a server or device of their own: a model small enough to run in milliseconds, and a
+//! cost model in which every stage takes the same time (for split selectors). The model's
+//! weights are seeded random, so it says nothing about accuracy.
 
 use collab_backends::candle::CandleBackend;
 use collab_core::Result;
+use collab_core::cost::{CostModel, Workload};
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{EncoderConfig, ModelConfig, NormPlacement, Transformer, VitConfig};
 
@@ -31,4 +33,18 @@ pub fn tiny_vit(seed: u64) -> Result<Transformer<CandleBackend>> {
         num_classes: 10,
     });
     Transformer::new(CandleBackend::cpu(), cfg, &SeededRandom::new(seed))
+}
+
+/// A cost model in which every stage takes `.0` seconds, for split selectors in tests.
+#[derive(Clone, Copy, Debug)]
+pub struct FlatCost(pub f64);
+
+impl CostModel for FlatCost {
+    fn name(&self) -> String {
+        format!("flat {} s", self.0)
+    }
+
+    fn seconds(&self, _: &Workload) -> Result<f64> {
+        Ok(self.0)
+    }
 }

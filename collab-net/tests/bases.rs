@@ -4,12 +4,12 @@
 
 mod common;
 
+use collab_net::testing::FlatCost as Flat;
 use std::sync::Arc;
 use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
-use collab_core::cost::{CostModel, Workload};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, Transformer};
 use collab_core::split::{Activation, ActivationCodec};
@@ -68,20 +68,6 @@ fn request(split: u32, codec: &str, payload: Vec<u8>) -> Outgoing {
         payload,
         budget: Duration::from_secs(20),
         max_loss: 0.0,
-    }
-}
-
-/// Every stage takes the same time.
-#[derive(Debug)]
-struct Flat(f64);
-
-impl CostModel for Flat {
-    fn name(&self) -> String {
-        format!("flat {} s", self.0)
-    }
-
-    fn seconds(&self, _: &Workload) -> collab_core::Result<f64> {
-        Ok(self.0)
     }
 }
 

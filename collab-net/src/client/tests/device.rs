@@ -1,12 +1,12 @@
 //! [`Device`] on a tiny seeded ViT against a fake server that finishes the model for real:
 //! the split it picks, what it sends, and that the answer is the whole model's.
 
+use crate::testing::FlatCost as Flat;
 use std::sync::Arc;
 use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
-use collab_core::cost::{CostModel, Workload};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::split::ActivationCodec;
@@ -30,20 +30,6 @@ type Model = Arc<Transformer<CandleBackend>>;
 
 fn tiny_model() -> Model {
     Arc::new(crate::testing::tiny_vit(5).expect("tiny model"))
-}
-
-/// Every stage takes the same time.
-#[derive(Debug)]
-struct Flat(f64);
-
-impl CostModel for Flat {
-    fn name(&self) -> String {
-        format!("flat {} s", self.0)
-    }
-
-    fn seconds(&self, _: &Workload) -> collab_core::Result<f64> {
-        Ok(self.0)
-    }
 }
 
 fn selector(device_stage_s: f64) -> Arc<SplitSelector> {
