@@ -264,7 +264,10 @@ impl ActivationCodec for AdaptiveSvdCodec {
         // decodes without knowing the device's rank.
         let (n, d) = (x.tokens, x.features);
         let some_rank = (1..=n.min(d)).any(|rank| {
-            let svd = CentredSvdCodec { rank, ..self.svd() };
+            let svd = SvdCodec {
+                rank,
+                precision: self.precision,
+            };
             1 + svd.encoded_len(n, d) == bytes.len()
         });
         if !some_rank {

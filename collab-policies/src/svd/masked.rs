@@ -206,14 +206,8 @@ impl ActivationCodec for MaskedPcaCodec {
             &name,
             Kind::Masked,
             (&self.basis, &self.centre),
-            // The budget's rank travels as the length: any rank's payload decodes, so a
-            // server decodes without knowing the device's rank.
-            |n, d| {
-                (1..=self.basis.rank())
-                    .map(|r| Self::len_for(r, n))
-                    .find(|&len| len == bytes.len())
-                    .unwrap_or_else(|| self.encoded_len(n, d))
-            },
+            |r, n, _| Self::len_for(r, n),
+            self.rank(),
         )?;
         let (n, m) = (h.tokens, h.rank);
         if m == 0 || m > self.basis.rank() {

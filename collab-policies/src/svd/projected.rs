@@ -53,18 +53,23 @@ pub(super) fn centred_fingerprint(basis: &Basis, centre: &PositionMean) -> u64 {
     (basis.fingerprint ^ centre.fingerprint.rotate_left(17)).max(1)
 }
 
-/// Reads the header of a fixed-length payload of `kind` (`f32`) that `codec` coded on `basis`
-/// around `centre`, and returns it with the bytes after it.
+/// Reads the header of a payload of `kind` (`f32`) that `codec` coded on `basis` around
+/// `centre`, padded to the budget of some rank, and returns it with the bytes after it.
+///
+/// `len_at(rank, tokens, features)` is the codec's budget. The budget's rank travels as the
+/// length: a payload of any rank `1..=K` is read, so a server decodes without knowing the
+/// device's rank; `own_rank` only names the length expected in the error.
 ///
 /// # Errors
 /// [`Error::Codec`] for [`Header::read`]'s reasons, another basis or centre (by fingerprint),
-/// another feature count, or a payload that is not `len(tokens, features)` bytes.
+/// another feature count, or a payload whose length is no rank's budget.
 pub(super) fn read_centred<'a>(
     bytes: &'a [u8],
     codec: &str,
     kind: Kind,
     (basis, centre): (&Basis, &PositionMean),
-    len: impl Fn(usize, usize) -> usize,
+    len_at: impl Fn(usize, usize, usize) -> usize,
+    own_rank: usize,
 ) -> Result<(Header, &'a [u8])> {
     let (h, rest) = Header::read(bytes, codec, kind, Precision::F32)?;
     let expected = centred_fingerprint(basis, centre);
@@ -79,13 +84,13 @@ pub(super) fn read_centred<'a>(
     }
     basis.check_features(h.features, codec)?;
     let (n, d) = (h.tokens, h.features);
-    if bytes.len() != len(n, d) {
+    if !(1..=basis.rank()).any(|r| len_at(r, n, d) == bytes.len()) {
         return Err(Error::codec(
             codec,
             format!(
                 "{} bytes for a {n} x {d} activation, expected {}",
                 bytes.len(),
-                len(n, d)
+                len_at(own_rank, n, d)
             ),
         ));
     }

@@ -235,14 +235,8 @@ impl ActivationCodec for TransformCodec {
             &name,
             Kind::Transform,
             (&self.basis, &self.centre),
-            // The budget's rank travels as the length: any rank's payload decodes, so a
-            // server decodes without knowing the device's rank.
-            |n, d| {
-                (1..=self.basis.rank())
-                    .map(|r| Self::len_for(r, n, d))
-                    .find(|&len| len == bytes.len())
-                    .unwrap_or_else(|| self.encoded_len(n, d))
-            },
+            Self::len_for,
+            self.rank,
         )?;
         let (n, k) = (h.tokens, self.basis.rank());
         if h.rank != k {
