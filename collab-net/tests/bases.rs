@@ -4,7 +4,7 @@
 
 mod common;
 
-use collab_net::testing::FlatCost as Flat;
+use collab_net::testing::tiny_selector;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,13 +17,12 @@ use collab_net::client::{ClientConfig, ClientError, Device, DeviceClient, Device
 use collab_net::server::{Server, ServerError};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
 use collab_net::wire::RemoteError;
-use collab_policies::split::{AccuracyEntry, AccuracyTable, SelectorConfig, SplitSelector};
+use collab_policies::split::{AccuracyEntry, SplitSelector};
 use collab_policies::svd::{Family, PlainCodec, Precision, SplitBases, SplitBasis};
 use common::*;
 
-const TOKENS: usize = 17;
-const FEATURES: usize = 32;
-const LAYERS: usize = 3;
+const FEATURES: usize = collab_net::testing::TINY_FEATURES;
+const TOKENS: usize = collab_net::testing::TINY_TOKENS;
 
 /// The activation of image `seed` after blocks `0..split`.
 fn activation(model: &Transformer<CandleBackend>, seed: u64, split: usize) -> Activation {
@@ -84,26 +83,7 @@ fn selector() -> Arc<SplitSelector> {
         encode_s: 0.0,
         decode_s: 0.0,
     };
-    let table = AccuracyTable {
-        model: MODEL_ID.into(),
-        metric: "top1".into(),
-        baseline: 1.0,
-        tokens: TOKENS,
-        features: FEATURES,
-        layers: LAYERS,
-        entries: vec![entry],
-    };
-    let config = SelectorConfig {
-        layers: LAYERS,
-        tokens: TOKENS,
-        features: FEATURES,
-        raw_input_bytes: 3 * SIDE * SIDE,
-        response_bytes: 64,
-        device_codec_scale: 1.0,
-        allow_device_only: false,
-    };
-    let s = SplitSelector::new(Arc::new(Flat(0.001)), Arc::new(Flat(0.001)), table, config);
-    Arc::new(s.expect("selector"))
+    Arc::new(tiny_selector(0.001, vec![entry]).expect("selector"))
 }
 
 fn image(seed: u64) -> image::RgbImage {

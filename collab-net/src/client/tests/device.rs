@@ -1,7 +1,6 @@
 //! [`Device`] on a tiny seeded ViT against a fake server that finishes the model for real:
 //! the split it picks, what it sends, and that the answer is the whole model's.
 
-use crate::testing::FlatCost as Flat;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::split::ActivationCodec;
-use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
+use collab_policies::split::SplitSelector;
 use collab_policies::svd::{Family, PlainCodec, Precision};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
@@ -22,9 +21,9 @@ use super::*;
 use crate::wire::validate::{Decoded, ModelFacts, check_request};
 
 const SIDE: usize = crate::testing::TINY_SIDE;
-const TOKENS: usize = 17;
-const FEATURES: usize = 32;
-const LAYERS: usize = 3;
+const TOKENS: usize = crate::testing::TINY_TOKENS;
+const FEATURES: usize = crate::testing::TINY_FEATURES;
+const LAYERS: usize = crate::testing::TINY_LAYERS;
 
 type Model = Arc<Transformer<CandleBackend>>;
 
@@ -33,31 +32,7 @@ fn tiny_model() -> Model {
 }
 
 fn selector(device_stage_s: f64) -> Arc<SplitSelector> {
-    let table = AccuracyTable {
-        model: "tiny".into(),
-        metric: "top1".into(),
-        baseline: 1.0,
-        tokens: TOKENS,
-        features: FEATURES,
-        layers: LAYERS,
-        entries: vec![],
-    };
-    let config = SelectorConfig {
-        layers: LAYERS,
-        tokens: TOKENS,
-        features: FEATURES,
-        raw_input_bytes: 3 * SIDE * SIDE,
-        response_bytes: 64,
-        device_codec_scale: 1.0,
-        allow_device_only: false,
-    };
-    let s = SplitSelector::new(
-        Arc::new(Flat(device_stage_s)),
-        Arc::new(Flat(0.001)),
-        table,
-        config,
-    );
-    Arc::new(s.expect("selector"))
+    Arc::new(crate::testing::tiny_selector(device_stage_s, vec![]).expect("selector"))
 }
 
 fn image(seed: u64) -> image::RgbImage {
