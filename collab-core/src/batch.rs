@@ -179,6 +179,57 @@ impl<P: BatchPolicy + ?Sized> BatchPolicy for Box<P> {
     }
 }
 
+/// What a deployment names to get a [`BatchPolicy`]: a serde value registered with `typetag`,
+/// so that a pipeline config names the built-ins and a user's own policy the same way
+/// (`[batch] kind = "shared" budget = 8`, or `kind = "my-edf"` once the user's crate that
+/// registers `my-edf` is linked in).
+///
+/// The server builds a fresh policy from it at start and again after a fault (a panicking
+/// step), so `build` must be repeatable: the same config gives an equal policy every time.
+///
+/// ```
+/// use collab_core::batch::{BatchPolicy, BatchPolicyConfig, QueueView};
+/// use serde::{Deserialize, Serialize};
+///
+/// /// Runs the oldest queue's requests alone, one at a time.
+/// #[derive(Debug)]
+/// struct OneAtATime;
+///
+/// impl BatchPolicy for OneAtATime {
+///     fn name(&self) -> String { "one-at-a-time".into() }
+///     fn budget(&self) -> usize { 1 }
+///     fn start(&mut self, q: &QueueView<'_>, _now: f64) -> Option<usize> {
+///         q.non_empty().next()
+///     }
+///     fn admit(&mut self, p: usize, running: usize, q: &QueueView<'_>, _now: f64) -> usize {
+///         usize::from(running == 0 && q.len(p) > 0)
+///     }
+/// }
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// struct OneAtATimeConfig {}
+///
+/// #[typetag::serde(name = "one-at-a-time")]
+/// impl BatchPolicyConfig for OneAtATimeConfig {
+///     fn build(&self) -> collab_core::Result<Box<dyn BatchPolicy>> {
+///         Ok(Box::new(OneAtATime))
+///     }
+/// }
+///
+/// let config: Box<dyn BatchPolicyConfig> = serde_json::from_str(r#"{"kind":"one-at-a-time"}"#)?;
+/// assert_eq!(config.build()?.budget(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[typetag::serde(tag = "kind")]
+pub trait BatchPolicyConfig: Debug + Send + Sync {
+    /// A new policy as configured.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] naming the bad field (a zero budget, a share outside
+    /// `0..=1`, ...).
+    fn build(&self) -> crate::Result<Box<dyn BatchPolicy>>;
+}
+
 /// How a request ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Outcome<O> {

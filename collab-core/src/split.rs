@@ -3,16 +3,178 @@
 //! - [`ActivationCodec`]: encodes one request's activation (`tokens x features` floats) into
 //!   self-describing bytes and decodes them on the other side. Shape, rank, scales and the
 //!   identity of any shared basis travel inside the bytes, so a decoder never guesses.
+//! - [`CodecId`]: which codec, with its parameter: a typed value from the device's choice to
+//!   the wire to the server's codec registry (never re-parsed from a string on the way).
 //! - [`SplitStrategy`]: given the current network and server conditions, picks the split
 //!   point and the codec setting a device uses for its next requests.
 //!
-//! Implementations live in `collab-policies` (`svd/` and `split/`).
+//! Implementations live in `collab-policies` (`svd/`, `codec/` and `split/`).
 
-use std::fmt::Debug;
+use std::fmt::{self, Debug};
+use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
+
+/// The longest codec family name a [`CodecId`] may carry, in bytes (ids come off the network).
+pub const MAX_FAMILY_LEN: usize = 48;
+
+/// A codec's identity: its family (`int8`, `tpca`, a user's `top-k`, ...) and the one
+/// parameter every family here has, the rank (kept coefficients; `None` where the family has
+/// none).
+///
+/// It travels as a value from the split strategy's choice to the wire to the server's codec
+/// registry. Its text form, for reports and command lines, is `family` or `family-r<rank>`
+/// (`int8`, `tpca-r72`); [`FromStr`] reads it back.
+///
+/// Invariant (checked by [`CodecId::new`] and on deserialisation, so a peer cannot send
+/// anything else): the family is 1 to [`MAX_FAMILY_LEN`] bytes of lower-case ASCII letters,
+/// digits, `-`, `_` and `.`, and does not end in `-r<digits>` (that is the rank's place).
+///
+/// ```
+/// use collab_core::split::CodecId;
+/// let id: CodecId = "tpca-r72".parse()?;
+/// assert_eq!((id.family(), id.rank()), ("tpca", Some(72)));
+/// assert_eq!(id.to_string(), "tpca-r72");
+/// assert!(CodecId::new("Bad Name", None).is_err());
+/// # Ok::<(), collab_core::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "RawCodecId")]
+pub struct CodecId {
+    family: String,
+    rank: Option<u32>,
+}
+
+/// The unchecked serde form of a [`CodecId`].
+#[derive(Deserialize)]
+struct RawCodecId {
+    family: String,
+    rank: Option<u32>,
+}
+
+impl TryFrom<RawCodecId> for CodecId {
+    type Error = Error;
+
+    fn try_from(raw: RawCodecId) -> Result<Self> {
+        Self::new(raw.family, raw.rank)
+    }
+}
+
+impl CodecId {
+    /// The family name of server-only requests in a [`SplitChoice`]: the model's raw input
+    /// crosses the network.
+    pub const RAW: &str = "raw";
+    /// The family name of device-only choices: nothing crosses the network.
+    pub const NONE: &str = "none";
+
+    /// An id of `family` at `rank`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the family if it breaks the invariant above.
+    pub fn new(family: impl Into<String>, rank: Option<u32>) -> Result<Self> {
+        let family = family.into();
+        let allowed =
+            |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.');
+        let bad = if family.is_empty() || family.len() > MAX_FAMILY_LEN {
+            Some(format!("1 to {MAX_FAMILY_LEN} bytes"))
+        } else if !family.bytes().all(allowed) {
+            Some("lower-case ASCII letters, digits, '-', '_' and '.'".to_owned())
+        } else if split_rank(&family).1.is_some() {
+            Some("no `-r<digits>` ending (the rank is given apart)".to_owned())
+        } else {
+            None
+        };
+        match bad {
+            Some(rule) => Err(Error::Config(format!(
+                "codec family {:?} is not a valid name: it must be {rule}",
+                family.chars().take(2 * MAX_FAMILY_LEN).collect::<String>()
+            ))),
+            None => Ok(Self { family, rank }),
+        }
+    }
+
+    /// The id of a family with no rank.
+    ///
+    /// # Errors
+    /// As [`CodecId::new`].
+    pub fn plain(family: impl Into<String>) -> Result<Self> {
+        Self::new(family, None)
+    }
+
+    /// The server-only id ([`CodecId::RAW`]).
+    pub fn raw() -> Self {
+        Self {
+            family: Self::RAW.into(),
+            rank: None,
+        }
+    }
+
+    /// The device-only id ([`CodecId::NONE`]).
+    pub fn none() -> Self {
+        Self {
+            family: Self::NONE.into(),
+            rank: None,
+        }
+    }
+
+    /// The family name.
+    pub fn family(&self) -> &str {
+        &self.family
+    }
+
+    /// The rank, if the id has one.
+    pub fn rank(&self) -> Option<u32> {
+        self.rank
+    }
+
+    /// The same family at `rank`.
+    pub fn with_rank(&self, rank: Option<u32>) -> Self {
+        Self {
+            family: self.family.clone(),
+            rank,
+        }
+    }
+}
+
+/// `name` split into a family and a trailing `-r<digits>` rank, if it has one.
+fn split_rank(name: &str) -> (&str, Option<u32>) {
+    match name.rsplit_once("-r") {
+        Some((family, r))
+            if !family.is_empty() && !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            match r.parse() {
+                Ok(rank) => (family, Some(rank)),
+                Err(_) => (name, None),
+            }
+        }
+        _ => (name, None),
+    }
+}
+
+impl fmt::Display for CodecId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.rank {
+            Some(r) => write!(f, "{}-r{r}", self.family),
+            None => f.write_str(&self.family),
+        }
+    }
+}
+
+impl FromStr for CodecId {
+    type Err = Error;
+
+    /// Reads `family` or `family-r<rank>`.
+    ///
+    /// # Errors
+    /// As [`CodecId::new`].
+    fn from_str(s: &str) -> Result<Self> {
+        let (family, rank) = split_rank(s);
+        Self::new(family, rank)
+    }
+}
 
 /// One request's activation at a split point: `tokens x features` values, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -105,8 +267,9 @@ pub struct Conditions {
 pub struct SplitChoice {
     /// Split point k: the device runs blocks `0..k` (k = 0: server-only; k = L: device-only).
     pub split: usize,
-    /// The codec setting's name (`raw` for server-only, `none` for device-only).
-    pub codec: String,
+    /// The codec and its rank ([`CodecId::raw`] for server-only, [`CodecId::none`] for
+    /// device-only).
+    pub codec: CodecId,
     /// The truncation ratio in bytes.
     pub rho: f64,
     /// Bytes sent to the server.
@@ -118,6 +281,21 @@ pub struct SplitChoice {
 }
 
 /// Picks where to split and how to encode (SPEC §1, "Split selection").
+///
+/// A device holds one as `Box<dyn SplitStrategy>` and asks it before every request, so a
+/// strategy should answer in microseconds (cache what does not change). Behaviour around a
+/// strategy (hysteresis, a fallback when nothing fits) belongs in wrappers that implement
+/// this trait over another (see `collab_policies::split`), not inside one implementation.
+///
+/// # Contract
+/// - `choose` returns `split <= L` for the model it was built for, `CodecId::raw()` exactly
+///   at split 0, `CodecId::none()` exactly at split `L`, and a codec the deployment's codec
+///   registry builds in between;
+/// - it never panics on any finite or non-finite conditions: bad conditions are
+///   [`Error::InvalidInput`];
+/// - it is deterministic for equal conditions unless documented otherwise.
+///
+/// `collab_policies::split::conformance` checks these for any implementation.
 pub trait SplitStrategy: Debug + Send + Sync {
     /// A name for reports.
     fn name(&self) -> String;
@@ -126,6 +304,70 @@ pub trait SplitStrategy: Debug + Send + Sync {
     ///
     /// # Errors
     /// [`Error::NoPrediction`] if no configuration meets the constraints (the caller may
-    /// relax them or reject the request); cost-model errors.
+    /// relax them or reject the request); [`Error::InvalidInput`] for unusable conditions;
+    /// cost-model errors.
     fn choose(&self, conditions: &Conditions) -> Result<SplitChoice>;
+}
+
+impl<S: SplitStrategy + ?Sized> SplitStrategy for Box<S> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn choose(&self, conditions: &Conditions) -> Result<SplitChoice> {
+        (**self).choose(conditions)
+    }
+}
+
+impl<S: SplitStrategy + ?Sized> SplitStrategy for Arc<S> {
+    fn name(&self) -> String {
+        (**self).name()
+    }
+
+    fn choose(&self, conditions: &Conditions) -> Result<SplitChoice> {
+        (**self).choose(conditions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codec_id_text_round_trips() {
+        for (text, family, rank) in [
+            ("int8", "int8", None),
+            ("int8-r192", "int8", Some(192)),
+            ("svd-int8-r55", "svd-int8", Some(55)),
+            ("top-k", "top-k", None),
+            ("top-k-r9", "top-k", Some(9)),
+        ] {
+            let id: CodecId = text.parse().expect(text);
+            assert_eq!((id.family(), id.rank()), (family, rank), "{text}");
+            assert_eq!(id.to_string(), text);
+        }
+    }
+
+    #[test]
+    fn codec_id_refuses_bad_families() {
+        for bad in [
+            "",
+            "Int8",
+            "a b",
+            "x\u{0}",
+            "svd-r3",
+            &"a".repeat(MAX_FAMILY_LEN + 1),
+        ] {
+            let e = CodecId::new(bad, None).expect_err(bad);
+            assert!(e.to_string().contains("not a valid name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn codec_id_deserialisation_checks_the_family() {
+        let ok: CodecId = serde_json::from_str(r#"{"family":"tpca","rank":72}"#).expect("ok");
+        assert_eq!(ok.to_string(), "tpca-r72");
+        let bad = serde_json::from_str::<CodecId>(r#"{"family":"../etc","rank":null}"#);
+        assert!(bad.is_err());
+    }
 }

@@ -3,6 +3,9 @@
 //! - [`svd`]: activation codecs for a split point (SPEC §1): per-request truncated SVD, a
 //!   calibrated PCA basis, a basis from the next layer's weight factorisation, and the
 //!   f16/bf16/int8 baselines with their combinations;
+//! - [`codec`]: codecs by identity: the registry that builds a [`collab_core::split::CodecId`]'s
+//!   codec on both sides of a split, the factory trait a user implements to add one, and the
+//!   codec conformance suite;
 //! - [`split`]: split-point selection from measured cost profiles, the network and an
 //!   accuracy table (SPEC §1, "Split selection");
 //! - [`batch`]: batch scheduling for the shared-model server (SPEC §2) and its baselines,
@@ -15,6 +18,7 @@
 //!   tokens and their training, adaptive batching and gamma allocation.
 
 pub mod batch;
+pub mod codec;
 pub mod operator;
 pub mod shard;
 pub mod split;

@@ -10,12 +10,16 @@
 //! - [`PerSplit`]: the Graft-style baseline, each split point's queue batched on its own;
 //! - [`ModelExecutor`]: the real executor, one complete Transformer run block by block;
 //! - [`ServerOnly`]: the baseline where the server runs the whole model from the raw input;
+//! - [`SharedModelConfig`], [`PerSplitConfig`], [`ServerOnlyConfig`]: the three as
+//!   [`BatchPolicyConfig`]s, named in a pipeline config by `kind` (`shared`, `per-split`,
+//!   `server-only`) next to any policy a user registers;
 //! - [`conformance`]: the suite every policy must pass, as [`batch_policy_conformance!`].
 //!
 //! The trait and the request/response types live in [`collab_core::batch`].
 //!
 //! [`batch_policy_conformance!`]: crate::batch_policy_conformance
 
+mod config;
 pub mod conformance;
 mod executor;
 mod model;
@@ -25,7 +29,10 @@ mod shared;
 mod step;
 mod worker;
 
-pub use collab_core::batch::{BatchPolicy, Outcome, QueueView, Queued, Response};
+pub use collab_core::batch::{
+    BatchPolicy, BatchPolicyConfig, Outcome, QueueView, Queued, Response,
+};
+pub use config::{DEFAULT_BUDGET, PerSplitConfig, ServerOnlyConfig, SharedModelConfig};
 pub use executor::{Executor, Remaining};
 pub use model::{ModelExecutor, Payload};
 pub use per_split::PerSplit;

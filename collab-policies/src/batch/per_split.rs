@@ -25,7 +25,7 @@ impl PerSplit {
     /// A policy with budget batch size `budget`.
     ///
     /// # Errors
-    /// [`Error::Config`] if `budget == 0`.
+    /// [`collab_core::Error::Config`] if `budget == 0`.
     pub fn new(budget: usize) -> Result<Self> {
         check_budget("PerSplit", budget)?;
         Ok(Self {

@@ -21,7 +21,7 @@ impl ServerOnly {
     /// A policy with budget batch size `budget`.
     ///
     /// # Errors
-    /// [`Error::Config`] if `budget == 0`.
+    /// [`collab_core::Error::Config`] if `budget == 0`.
     pub fn new(budget: usize) -> Result<Self> {
         check_budget("ServerOnly", budget)?;
         Ok(Self { budget })

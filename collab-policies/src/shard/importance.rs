@@ -139,8 +139,8 @@ impl ImportanceMeasurements {
         (all.iter().map(|d| d.min(0.0).powi(2)).sum::<f64>() / all.len() as f64).sqrt()
     }
 
-    /// The table: `value(l, i, f) = max(full - without[l][i], floor)
-    /// - max(full - quantised[l][f], 0) / shards`, with `floor = max(noise, IMPORTANCE_FLOOR)`.
+    /// The table: `value(l, i, f) = max(full - without[l][i], floor) - max(full -
+    /// quantised[l][f], 0) / shards`, with `floor = max(noise, IMPORTANCE_FLOOR)`.
     ///
     /// A shard is worth what leaving it out costs; running it at a lower fidelity costs its
     /// share of what quantising its whole layer to that fidelity costs (quantisation loss is

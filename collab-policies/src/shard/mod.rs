@@ -9,7 +9,7 @@
 //!   and output-projection columns, with biases) plus the matching slice of FFN neurons (fc1
 //!   rows, fc2 columns); the parts that belong to no shard (norms, output biases, embeddings,
 //!   head) are the model's *resident* parameters;
-//! - [`file`]: one safetensors file holding every shard at every fidelity and the resident
+//! - [`file`](mod@file): one safetensors file holding every shard at every fidelity and the resident
 //!   parameters, written once (`cargo xtask shard`) and read with `pread`, counting bytes;
 //! - [`meter`]: precise accounting of the bytes of model weights held, and the process peak RSS;
 //! - [`importance`]: each shard's measured contribution to accuracy at each fidelity;

@@ -14,11 +14,15 @@
 //! and device-only is the device's whole model with no network. Among candidates with
 //! `latency <= deadline` and `loss <= max_loss`, the rule keeps the most blocks on the device
 //! (to relieve the server) and breaks ties by lower latency.
+//!
+//! The selector answers from scratch on every call; wrap it in [`super::Hysteresis`] to keep
+//! a choice until the conditions move, and in [`super::Fallback`] with
+//! [`super::FastestWithinLoss`] to answer something when no candidate meets the deadline.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use collab_core::cost::{CostModel, Workload};
-use collab_core::split::{Conditions, SplitChoice, SplitStrategy};
+use collab_core::split::{CodecId, Conditions, SplitChoice, SplitStrategy};
 use collab_core::{Error, Result};
 
 use super::table::AccuracyTable;
@@ -57,17 +61,15 @@ pub struct Candidate {
     pub server: f64,
 }
 
-/// Picks (k, codec) by the SPEC §1 rule; remembers its last answer and re-selects only when
-/// the conditions move (see [`SplitSelector::observe`]).
+/// Picks (k, codec) by the SPEC §1 rule.
 #[derive(Debug)]
 pub struct SplitSelector {
     device: Arc<dyn CostModel>,
     server: Arc<dyn CostModel>,
     table: AccuracyTable,
+    /// The table's codec ids, parsed once.
+    ids: Vec<CodecId>,
     config: SelectorConfig,
-    /// Relative change of bandwidth or server queue that triggers a re-selection.
-    tolerance: f64,
-    last: Mutex<Option<(Conditions, SplitChoice)>>,
 }
 
 impl SplitSelector {
@@ -75,7 +77,7 @@ impl SplitSelector {
     ///
     /// # Errors
     /// [`Error::Config`] if the table was measured on a model with another block count or
-    /// feature size.
+    /// feature size, or names a codec family that is not a valid [`CodecId`] family.
     pub fn new(
         device: Arc<dyn CostModel>,
         server: Arc<dyn CostModel>,
@@ -89,20 +91,28 @@ impl SplitSelector {
                 table.model, table.layers, table.features, config.layers, config.features
             )));
         }
+        let ids = table
+            .entries
+            .iter()
+            .map(|e| {
+                let rank = u32::try_from(e.rank).map_err(|_| {
+                    Error::Config(format!("accuracy table: rank {} of `{}`", e.rank, e.codec))
+                })?;
+                CodecId::new(e.codec.clone(), Some(rank))
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
             device,
             server,
             table,
+            ids,
             config,
-            tolerance: 0.1,
-            last: Mutex::new(None),
         })
     }
 
-    /// Sets the relative change that triggers re-selection (default 0.1).
-    pub fn with_tolerance(mut self, tolerance: f64) -> Self {
-        self.tolerance = tolerance.max(0.0);
-        self
+    /// The fixed facts it was built with.
+    pub fn config(&self) -> &SelectorConfig {
+        &self.config
     }
 
     fn device_part(&self, k: usize) -> Result<f64> {
@@ -158,7 +168,7 @@ impl SplitSelector {
         };
         let mut out = vec![];
         let mut push =
-            |k: usize, codec: String, bytes: f64, loss: f64, enc: f64, dec: f64| -> Result<()> {
+            |k: usize, codec: CodecId, bytes: f64, loss: f64, enc: f64, dec: f64| -> Result<()> {
                 let device = self.device_part(k)? + enc * self.config.device_codec_scale;
                 let net = network(bytes);
                 let server = self.server_part(k, c.server_queue)? + dec;
@@ -179,23 +189,18 @@ impl SplitSelector {
             };
         push(
             0,
-            "raw".into(),
+            CodecId::raw(),
             self.config.raw_input_bytes as f64,
             0.0,
             0.0,
             0.0,
         )?;
+        let f32_id = CodecId::plain("f32")?;
         for k in 1..l {
-            push(k, "f32".into(), (4 * n * d) as f64, 0.0, 0.0, 0.0)?;
-            for e in self.table.at(k) {
-                push(
-                    k,
-                    format!("{}-r{}", e.codec, e.rank),
-                    e.bytes,
-                    e.loss,
-                    e.encode_s,
-                    e.decode_s,
-                )?;
+            push(k, f32_id.clone(), (4 * n * d) as f64, 0.0, 0.0, 0.0)?;
+            let entries = self.table.entries.iter().zip(&self.ids);
+            for (e, id) in entries.filter(|(e, _)| e.split == k) {
+                push(k, id.clone(), e.bytes, e.loss, e.encode_s, e.decode_s)?;
             }
         }
         if !self.config.allow_device_only {
@@ -205,7 +210,7 @@ impl SplitSelector {
         out.push(Candidate {
             choice: SplitChoice {
                 split: l,
-                codec: "none".into(),
+                codec: CodecId::none(),
                 rho: 1.0,
                 bytes: 0,
                 latency: device_only,
@@ -238,35 +243,6 @@ impl SplitSelector {
                 workload: format!("deadline {:.4}s, loss limit {}", c.deadline, c.max_loss),
                 reason: "no split point meets both the deadline and the accuracy limit".into(),
             })
-    }
-
-    /// Re-selects if the conditions moved since the last answer (bandwidth or server queue
-    /// by more than the tolerance, or any change of deadline or loss limit); returns the
-    /// choice and whether it was recomputed.
-    ///
-    /// # Errors
-    /// As [`SplitStrategy::choose`].
-    pub fn observe(&self, c: &Conditions) -> Result<(SplitChoice, bool)> {
-        // Relative change beyond the tolerance, and at least `floor` in absolute terms.
-        let moved = |a: f64, b: f64, floor: f64| {
-            (a - b).abs() > (self.tolerance * a.abs().max(b.abs())).max(floor)
-        };
-        let mut last = self
-            .last
-            .lock()
-            .map_err(|_| Error::Config("selector state poisoned".into()))?;
-        if let Some((prev, choice)) = last.as_ref()
-            && !moved(prev.bandwidth, c.bandwidth, 1e-9)
-            && !moved(prev.server_queue, c.server_queue, 1e-3)
-            && prev.deadline == c.deadline
-            && prev.max_loss == c.max_loss
-            && prev.rtt == c.rtt
-        {
-            return Ok((choice.clone(), false));
-        }
-        let choice = self.choose(c)?;
-        *last = Some((*c, choice.clone()));
-        Ok((choice, true))
     }
 }
 

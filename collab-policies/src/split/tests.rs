@@ -144,7 +144,7 @@ proptest! {
 
 #[test]
 fn reselects_when_bandwidth_or_load_moves() -> Result<()> {
-    let s = selector(0.01, &[0.0, 0.0, 0.01]);
+    let s = Hysteresis::new(selector(0.01, &[0.0, 0.0, 0.01]));
     let mut c = Conditions {
         bandwidth: 2e6,
         rtt: 0.01,

@@ -111,6 +111,25 @@ impl Family {
         Family::TransformPca,
     ];
 
+    /// Every family, each at every precision it takes (38 families).
+    pub fn all() -> impl Iterator<Item = Family> {
+        let ranked: [fn(Precision) -> Family; 9] = [
+            Family::Plain,
+            Family::Svd,
+            Family::CentredSvd,
+            Family::Pca,
+            Family::CentredPca,
+            Family::AdaptiveSvd,
+            Family::HybridSvd,
+            Family::LayerNormSvd,
+            Family::WeightSvd,
+        ];
+        ranked
+            .into_iter()
+            .flat_map(|make| Precision::ALL.into_iter().map(make))
+            .chain([Family::TransformPca, Family::MaskedPca])
+    }
+
     /// Whether this is one of the pure SVD codecs (reduction by rank, `f32` values): `mpca`
     /// counts, a truncation in the calibrated basis chosen per request.
     pub fn is_pure_svd(self) -> bool {
