@@ -7,12 +7,15 @@
 //! - [`server`]: the cloud server (accepts many devices, admission control, a compute thread
 //!   driving the shared-model batch worker, metrics, health, graceful shutdown);
 //! - [`client`]: the device client (runs the head part, measures the link, picks the split,
-//!   sends, reconnects).
+//!   sends, reconnects);
+//! - [`pipeline`]: one TOML file naming everything a deployment needs: model, backend per side,
+//!   batch policy, codecs, split strategy, limits, addresses.
 //!
 //! Async lives here and only here (DESIGN.md): compute stays synchronous and runs on its own
 //! threads.
 
 pub mod client;
+pub mod pipeline;
 pub mod server;
 pub mod testing;
 pub mod transport;

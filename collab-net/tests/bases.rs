@@ -17,7 +17,7 @@ use collab_net::client::{ClientConfig, ClientError, Device, DeviceClient, Device
 use collab_net::server::{Server, ServerError};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
 use collab_net::wire::RemoteError;
-use collab_policies::split::{AccuracyEntry, SplitSelector};
+use collab_policies::split::{AccuracyEntry, DeviceDefault, device_default};
 use collab_policies::svd::{Family, PlainCodec, Precision, SplitBases, SplitBasis};
 use common::*;
 
@@ -63,15 +63,16 @@ async fn client(addr: std::net::SocketAddr, device: &str) -> DeviceClient {
 fn request(split: u32, codec: &str, payload: Vec<u8>) -> Outgoing {
     Outgoing {
         split,
-        codec: codec.into(),
+        codec: codec.parse().expect("codec id"),
         payload,
         budget: Duration::from_secs(20),
         max_loss: 0.0,
     }
 }
 
-/// A selector whose table offers full-rank `mpca` at split 2 for fewer bytes than `f32`.
-fn selector() -> Arc<SplitSelector> {
+/// A selector whose table offers full-rank `mpca` at split 2 for fewer bytes than `f32`, as
+/// a device runs it.
+fn selector() -> DeviceDefault {
     let entry = AccuracyEntry {
         split: 2,
         codec: "mpca".into(),
@@ -83,7 +84,9 @@ fn selector() -> Arc<SplitSelector> {
         encode_s: 0.0,
         decode_s: 0.0,
     };
-    Arc::new(tiny_selector(0.001, vec![entry]).expect("selector"))
+    device_default(Arc::new(
+        tiny_selector(0.001, vec![entry]).expect("selector"),
+    ))
 }
 
 fn image(seed: u64) -> image::RgbImage {
@@ -130,7 +133,11 @@ async fn a_device_and_a_server_sharing_bases_serve_the_calibrated_codecs() {
     for seed in 0..3 {
         let img = image(seed);
         let c = device.classify(&img).await.expect("classified");
-        assert_eq!((c.split, c.codec.as_str()), (2, "mpca-r32"), "{c:?}");
+        assert_eq!(
+            (c.split, c.codec.to_string().as_str()),
+            (2, "mpca-r32"),
+            "{c:?}"
+        );
         assert_eq!(c.top[0].0, whole_model_class(&model, &img), "seed {seed}");
     }
 
@@ -152,7 +159,7 @@ async fn a_device_and_a_server_sharing_bases_serve_the_calibrated_codecs() {
             .expect("encode");
         let p = c
             .infer(
-                request(split as u32, &family.to_string(), payload),
+                request(split as u32, &format!("{family}-r{rank}"), payload),
                 Duration::from_secs(30),
             )
             .await
@@ -191,8 +198,8 @@ async fn without_the_devices_bases_a_server_refuses_and_keeps_serving() {
 
     let (server, addr) = start(&model, config(), None).await;
     let c = client(addr, "phone").await;
-    let m = refused(&c, 1, "cpca", payload.clone()).await;
-    assert!(m.contains("started without --bases"), "{m}");
+    let m = refused(&c, 1, "cpca-r8", payload.clone()).await;
+    assert!(m.contains("no bases are loaded"), "{m}");
     let (f32_payload, logits) = activation_payload(&model, 5, 1);
     let p = c
         .infer(
@@ -212,7 +219,7 @@ async fn without_the_devices_bases_a_server_refuses_and_keeps_serving() {
     };
     let (server, addr) = start(&model, config, None).await;
     let c = client(addr, "phone").await;
-    let m = refused(&c, 1, "cpca", payload).await;
+    let m = refused(&c, 1, "cpca-r8", payload).await;
     assert!(m.contains("basis"), "{m}");
     c.infer(request(1, "f32", f32_payload), Duration::from_secs(30))
         .await

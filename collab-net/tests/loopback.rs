@@ -36,7 +36,7 @@ async fn client(addr: std::net::SocketAddr, device: &str) -> DeviceClient {
 fn request(payload: Vec<u8>, split: u32) -> Outgoing {
     Outgoing {
         split,
-        codec: "f32".into(),
+        codec: "f32".parse().expect("codec id"),
         payload,
         budget: Duration::from_secs(20),
         max_loss: 0.0,
@@ -112,7 +112,8 @@ async fn hostile_frames_get_typed_goodbyes_and_the_server_keeps_serving() {
     // A body that is not a message.
     let mut f = raw(addr).await;
     let mut frame = 6u32.to_be_bytes().to_vec();
-    frame.extend([0, 1, 250, 250, 250, 250]);
+    frame.extend(collab_net::wire::PROTOCOL_VERSION.to_be_bytes());
+    frame.extend([250, 250, 250, 250]);
     f.get_mut().write_all(&frame).await.expect("write");
     assert!(matches!(
         next(&mut f).await,
@@ -129,7 +130,7 @@ async fn hostile_frames_get_typed_goodbyes_and_the_server_keeps_serving() {
     f.send(Message::InferRequest(InferRequest {
         request_id: 5,
         split: 99,
-        codec: "f32".into(),
+        codec: "f32".parse().expect("codec id"),
         payload: vec![1, 2, 3],
         budget_ms: 100,
         max_loss: 0.0,
@@ -300,7 +301,7 @@ async fn overload_answers_every_request_explicitly() {
     let model = tiny_model();
     let mut cfg = config();
     cfg.capacity = 4;
-    cfg.batch = 2;
+    cfg.policy = Arc::new(collab_policies::batch::SharedModelConfig::new(2));
     let (server, addr) = start(&model, cfg, None).await;
     let (payload, _) = activation_payload(&model, 4, 1);
     let mut tasks = tokio::task::JoinSet::new();

@@ -5,7 +5,8 @@
 #![no_main]
 
 use bytes::BytesMut;
-use collab_net::wire::validate::{ModelFacts, check_request};
+use collab_net::wire::validate::{ModelFacts, check_and_decode};
+use collab_policies::codec::CodecRegistry;
 use collab_net::wire::{FrameCodec, Message, decode_frame};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
@@ -18,9 +19,10 @@ fuzz_target!(|data: &[u8]| {
         features: 192,
         image_side: 224,
     };
+    let registry = CodecRegistry::builtin();
     let check = |m: &Message| {
         if let Message::InferRequest(r) = m {
-            let _ = check_request(&facts, r);
+            let _ = check_and_decode(&facts, &registry, None, r.clone());
         }
     };
     if let Ok(m) = decode_frame(data) {

@@ -2,7 +2,7 @@
 //!
 //! For each image: read the link estimate (probing at the first request, then refreshing it
 //! in the background every `probe_every`), estimate the server's queue from its latest pushed
-//! load ([`queue_estimate`]), let the [`SplitSelector`] pick `(k, codec)`, run the device's
+//! load ([`queue_estimate`]), let the [`SplitStrategy`] pick `(k, codec)`, run the device's
 //! part on a blocking thread ([`tokio::task::spawn_blocking`]; compute never runs on the async
 //! runtime), and send with the budget the deadline leaves
 //! ([`server_budget`]`(deadline, elapsed, rtt)`). The batch sizes the server reports are fed
@@ -12,17 +12,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use collab_backends::candle::CandleBackend;
+use collab_core::Backend;
 use collab_core::model::Transformer;
-use collab_core::split::{Conditions, SplitChoice};
-use collab_policies::split::SplitSelector;
+use collab_core::split::{CodecId, Conditions, SplitStrategy};
+use collab_policies::codec::CodecRegistry;
 use collab_policies::svd::SplitBases;
 use tokio::sync::Mutex;
 
 use super::error::ClientError;
 use super::handle::{DeviceClient, LinkEstimate, Outgoing};
 use super::head::run_head;
-use super::plan::{Plan, parse_plan, queue_estimate, server_budget};
+use super::plan::{Plan, plan_for, queue_estimate, server_budget};
 use crate::wire::RemoteError;
 
 /// How long past the deadline a call still waits for its answer (a late answer is reported,
@@ -33,7 +33,7 @@ const GRACE: Duration = Duration::from_secs(1);
 const MAX_BANDWIDTH: f64 = 1e12;
 
 /// How a device behaves.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct DeviceConfig {
     /// End-to-end latency budget of one request (default 300 ms).
     pub deadline: Duration,
@@ -50,6 +50,9 @@ pub struct DeviceConfig {
     /// What the calibrated codecs need at each split point (default none: the device sends
     /// only basis-free codecs). Must be the file the server was started with.
     pub bases: Option<Arc<SplitBases>>,
+    /// The codecs the device encodes with (default [`CodecRegistry::builtin`]); the server
+    /// must decode the same families.
+    pub codecs: Arc<CodecRegistry>,
 }
 
 impl Default for DeviceConfig {
@@ -61,6 +64,7 @@ impl Default for DeviceConfig {
             probe_every: Duration::from_secs(2),
             probe_bytes: 32 * 1024,
             bases: None,
+            codecs: Arc::new(CodecRegistry::builtin()),
         }
     }
 }
@@ -72,8 +76,8 @@ pub struct Classified {
     pub top: Vec<(u32, f32)>,
     /// The split point used.
     pub split: usize,
-    /// The selector's codec name (`raw`, `f32`, `svd-int8-r55`, `none`, ...).
-    pub codec: String,
+    /// The strategy's codec ([`CodecId::raw`], `f32`, `svd-int8-r55`, [`CodecId::none`], ...).
+    pub codec: CodecId,
     /// Payload bytes sent (0 for device-only).
     pub bytes: usize,
     /// Device milliseconds: crop, compute, emulated slowdown and encoding.
@@ -93,11 +97,11 @@ struct LinkState {
     refreshing: bool,
 }
 
-/// A device: the model's head part, a split selector and a client.
+/// A device: the model's head part on any backend, a split strategy and a client.
 #[derive(Debug)]
-pub struct Device {
-    model: Arc<Transformer<CandleBackend>>,
-    selector: Arc<SplitSelector>,
+pub struct Device<B: Backend> {
+    model: Arc<Transformer<B>>,
+    strategy: Box<dyn SplitStrategy>,
     client: DeviceClient,
     config: DeviceConfig,
     link: Arc<Mutex<LinkState>>,
@@ -105,18 +109,20 @@ pub struct Device {
     batch: AtomicU32,
 }
 
-impl Device {
-    /// A device running `model`'s head part, choosing splits with `selector` (built for the
-    /// same model) and sending through `client`.
+impl<B: Backend> Device<B> {
+    /// A device running `model`'s head part, choosing splits with `strategy` (built for the
+    /// same model; any [`SplitStrategy`], wrapped as the caller likes, e.g.
+    /// `Hysteresis::new(Fallback::new(selector, FastestWithinLoss::new(selector)))`) and
+    /// sending through `client`.
     pub fn new(
-        model: Arc<Transformer<CandleBackend>>,
-        selector: Arc<SplitSelector>,
+        model: Arc<Transformer<B>>,
+        strategy: impl SplitStrategy + 'static,
         client: DeviceClient,
         config: DeviceConfig,
     ) -> Self {
         Self {
             model,
-            selector,
+            strategy: Box::new(strategy),
             client,
             config,
             link: Arc::new(Mutex::new(LinkState::default())),
@@ -178,29 +184,6 @@ impl Device {
         }
     }
 
-    /// The selector's choice; when no candidate meets both the deadline and the loss limit,
-    /// the fastest candidate within the loss limit (the server then answers in time or says
-    /// the deadline was missed).
-    fn choose(&self, c: &Conditions) -> Result<SplitChoice, ClientError> {
-        match self.selector.observe(c) {
-            Ok((choice, _)) => Ok(choice),
-            Err(collab_core::Error::NoPrediction { .. }) => self
-                .selector
-                .candidates(c)?
-                .into_iter()
-                .map(|x| x.choice)
-                .filter(|x| x.loss <= c.max_loss)
-                .min_by(|a, b| a.latency.total_cmp(&b.latency))
-                .ok_or_else(|| {
-                    ClientError::Local(format!(
-                        "no split point meets the accuracy-loss limit {}",
-                        c.max_loss
-                    ))
-                }),
-            Err(e) => Err(e.into()),
-        }
-    }
-
     /// Classifies one decoded RGB image (see the module docs for the steps). The first call
     /// also waits for the first link probe; its time counts against the deadline.
     ///
@@ -212,16 +195,18 @@ impl Device {
     pub async fn classify(&self, image: &image::RgbImage) -> Result<Classified, ClientError> {
         let start = Instant::now();
         let link = self.link().await?;
-        let choice = self.choose(&self.conditions(&link))?;
+        let choice = self.strategy.choose(&self.conditions(&link))?;
         let layers = self.model.num_blocks();
         let bases = self.config.bases.clone();
-        let plan = parse_plan(choice.split, &choice.codec, layers, bases.as_deref())?;
-        let (model, owned) = (self.model.clone(), image.clone());
+        let codecs = self.config.codecs.clone();
+        let plan = plan_for(&choice, layers, &codecs, bases.as_deref())?;
+        let (model, owned, head_plan) = (self.model.clone(), image.clone(), plan.clone());
         let head_start = Instant::now();
-        let head =
-            tokio::task::spawn_blocking(move || run_head(&model, &owned, &plan, bases.as_deref()))
-                .await
-                .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;
+        let head = tokio::task::spawn_blocking(move || {
+            run_head(&model, &owned, &head_plan, &codecs, bases.as_deref())
+        })
+        .await
+        .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;
         let slowdown = self.config.slowdown;
         if slowdown.is_finite() && slowdown > 1.0 {
             tokio::time::sleep(head.compute.mul_f64(slowdown - 1.0)).await;

@@ -22,8 +22,9 @@ use crate::wire::{InferRequest, Prediction, ServerLoad, Welcome};
 pub struct Outgoing {
     /// Split point `k` (the device ran blocks `0..k`; 0 is server-only).
     pub split: u32,
-    /// The payload's codec: [`crate::wire::RAW_RGB8`] at split 0, else a codec family name.
-    pub codec: String,
+    /// The payload's codec: [`crate::wire::raw_rgb8`] at split 0, else the codec that encoded
+    /// it.
+    pub codec: collab_core::split::CodecId,
     /// The encoded input or activation.
     pub payload: Vec<u8>,
     /// The server's time budget, rounded up to whole milliseconds on the wire.

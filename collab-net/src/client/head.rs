@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, ModelConfig, Transformer};
 use collab_core::split::Activation;
+use collab_policies::codec::{CodecContext, CodecRegistry};
 use collab_policies::svd::SplitBases;
 
 use super::error::ClientError;
@@ -33,7 +33,7 @@ pub(super) struct HeadOutput {
 ///
 /// # Errors
 /// [`ClientError::Local`] for a model that does not take images.
-pub(super) fn image_side(model: &Transformer<CandleBackend>) -> Result<u32, ClientError> {
+pub(super) fn image_side<B: Backend>(model: &Transformer<B>) -> Result<u32, ClientError> {
     match model.config() {
         ModelConfig::Vit(v) => u32::try_from(v.image_size)
             .map_err(|_| ClientError::Local(format!("image size {} too large", v.image_size))),
@@ -47,12 +47,13 @@ pub(super) fn image_side(model: &Transformer<CandleBackend>) -> Result<u32, Clie
 /// ([`ImagePreprocess::imagenet`] at the model's side), then as the plan says.
 ///
 /// # Errors
-/// [`ClientError::Local`] for an empty image, a compute or encoding failure, or a codec whose
-/// shared basis `bases` does not hold at the split.
-pub(super) fn run_head(
-    model: &Transformer<CandleBackend>,
+/// [`ClientError::Local`] for an empty image, a compute or encoding failure, or a codec that
+/// `codecs` cannot build at the split with `bases`.
+pub(super) fn run_head<B: Backend>(
+    model: &Transformer<B>,
     image: &image::RgbImage,
     plan: &Plan,
+    codecs: &CodecRegistry,
     bases: Option<&SplitBases>,
 ) -> Result<HeadOutput, ClientError> {
     let side = image_side(model)?;
@@ -75,24 +76,19 @@ pub(super) fn run_head(
         top: vec![],
         compute: Duration::ZERO,
     };
-    match *plan {
+    match plan {
         Plan::ServerOnly => {}
         Plan::DeviceOnly => {
             let logits = be.to_vec(&model.forward(&input)?)?;
             out.top = top_k(&logits, TOP_K);
         }
-        Plan::Split {
-            split,
-            family,
-            rank,
-        } => {
+        Plan::Split { split, codec } => {
+            let split = *split;
             let hidden = model.run_blocks(model.embed(&input)?, 0..split)?;
             let (_, tokens, features) = hidden.dims3(be)?;
             let activation = Activation::new(tokens, features, be.to_vec(&hidden.x)?)?;
-            let shared = SplitBases::lookup(bases, split, family).ok_or_else(|| {
-                ClientError::Local(format!("codec `{family}` needs a basis at split {split}"))
-            })?;
-            out.payload = family.build_with(rank, shared)?.encode(&activation)?;
+            let context = CodecContext { split, bases };
+            out.payload = codecs.build(codec, &context)?.encode(&activation)?;
         }
     }
     out.compute = start.elapsed();

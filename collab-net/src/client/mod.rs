@@ -6,10 +6,11 @@
 //!   the server's latest pushed [`crate::wire::ServerLoad`], and reconnects with backoff,
 //!   re-sending every unanswered request with its same id so that the server can deduplicate
 //!   the retry. Every call ends with one result or one typed [`ClientError`].
-//! - [`Device`]: the head part of a split model on the device (candle backend). For each
-//!   image it picks the split point and codec with a [`collab_policies::split::SplitSelector`]
-//!   from the measured link and the server's load, runs the embedding and the first blocks on
-//!   a blocking thread, encodes, sends with the remaining budget and reports what it did.
+//! - [`Device`]: the head part of a split model on the device (any backend). For each image
+//!   it picks the split point and codec with its [`collab_core::split::SplitStrategy`] from
+//!   the measured link and the server's load, runs the embedding and the first blocks on a
+//!   blocking thread, encodes with its codec registry, sends with the remaining budget and
+//!   reports what it did.
 //!
 //! [`cli`] is the device process (`collab-device`, and the demo's `device` subcommand).
 
@@ -28,7 +29,7 @@ pub use config::{Backoff, ClientConfig};
 pub use device::{Classified, Device, DeviceConfig};
 pub use error::ClientError;
 pub use handle::{DeviceClient, LinkEstimate, Outgoing};
-pub use plan::{Plan, parse_plan, queue_estimate, server_budget, top_k};
+pub use plan::{Plan, plan_for, queue_estimate, server_budget, top_k};
 
 #[cfg(test)]
 mod tests;

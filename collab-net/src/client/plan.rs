@@ -1,41 +1,41 @@
-//! From a split choice to what the device does, as pure functions: parsing the selector's
-//! codec names, the server's queueing estimate, the budget left for the server, top-k.
+//! From a split choice to what the device does, as pure functions: checking the strategy's
+//! choice against the model and the codecs the device holds, the server's queueing estimate,
+//! the budget left for the server, top-k.
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use collab_policies::svd::{Family, SplitBases};
+use collab_core::split::{CodecId, SplitChoice};
+use collab_policies::codec::{CodecContext, CodecRegistry};
+use collab_policies::svd::SplitBases;
 
 use super::error::ClientError;
-use crate::wire::{RAW_RGB8, ServerLoad};
+use crate::wire::{RAW_RGB8, ServerLoad, raw_rgb8};
 
 /// What the device does for one request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
     /// Split 0: send the cropped image as [`RAW_RGB8`] pixels; the server runs everything.
     ServerOnly,
-    /// Run the embedding and blocks `0..split`, encode the activation with `family` at `rank`
-    /// (ignored by plain codecs) and send it.
+    /// Run the embedding and blocks `0..split`, encode the activation with `codec` and send
+    /// it.
     Split {
         /// The split point, `1..L`.
         split: usize,
-        /// The codec family (one whose shared basis the device holds, if it needs one).
-        family: Family,
-        /// The rank of SVD codecs.
-        rank: usize,
+        /// The codec (one the device's registry builds at `split` with the bases it holds).
+        codec: CodecId,
     },
     /// Split `L`: run the whole model on the device; nothing is sent.
     DeviceOnly,
 }
 
 impl Plan {
-    /// The codec name a request carries on the wire (`rgb8`, or the family without its rank:
-    /// the rank travels in the payload); `none` for device-only.
-    pub fn wire_codec(&self) -> String {
+    /// The codec id a request carries on the wire ([`raw_rgb8`] for server-only, the
+    /// strategy's codec for a split); [`CodecId::none`] for device-only, which sends nothing.
+    pub fn wire_codec(&self) -> CodecId {
         match self {
-            Plan::ServerOnly => RAW_RGB8.into(),
-            Plan::Split { family, .. } => family.to_string(),
-            Plan::DeviceOnly => "none".into(),
+            Plan::ServerOnly => raw_rgb8(),
+            Plan::Split { codec, .. } => codec.clone(),
+            Plan::DeviceOnly => CodecId::none(),
         }
     }
 
@@ -49,64 +49,44 @@ impl Plan {
     }
 }
 
-/// Parses a [`collab_core::split::SplitChoice`]'s split point and codec name, as
-/// [`collab_policies::split::SplitSelector`] writes them: `raw` (or `rgb8`) at split 0, `none`
-/// at split `layers`, and in between a family name (`f32`, `int8`, `svd-int8`, ...) with an
-/// optional `-r<rank>` (`svd-int8-r55`, `int8-r192`); SVD families need the rank.
-///
-/// The calibrated families (`cpca`, `mpca`, `tpca`, ...) need `bases` holding that split
-/// point (the file the server was started with, see [`SplitBases`]).
+/// The plan for a split strategy's `choice` on a model of `layers` blocks: server-only at
+/// split 0 (codec [`CodecId::raw`] or [`RAW_RGB8`]), device-only at `layers`
+/// ([`CodecId::none`]), and in between the chosen codec, which `codecs` must build at that
+/// split with `bases` (the file the server was started with, for the calibrated codecs).
 ///
 /// # Errors
 /// [`ClientError::Local`] for a split past the model, a codec that does not fit its split
-/// point, an unknown codec, a missing rank, or a family that needs a shared basis the device
-/// does not hold at that split (`wsvd` never: its basis is not in the file).
-pub fn parse_plan(
-    split: usize,
-    codec: &str,
+/// point, a codec family the registry does not know, a missing rank, or a shared basis the
+/// device does not hold at that split.
+pub fn plan_for(
+    choice: &SplitChoice,
     layers: usize,
+    codecs: &CodecRegistry,
     bases: Option<&SplitBases>,
 ) -> Result<Plan, ClientError> {
     let local = |m: String| Err(ClientError::Local(m));
+    let (split, codec) = (choice.split, &choice.codec);
     if split > layers {
         return local(format!("split {split} is past the model's {layers} blocks"));
     }
-    let server_only = codec == "raw" || codec == RAW_RGB8;
-    match (split, codec) {
-        (0, _) if server_only => return Ok(Plan::ServerOnly),
-        (0, _) => return local(format!("split 0 sends the raw image, not `{codec}`")),
-        (_, "none") if split == layers => return Ok(Plan::DeviceOnly),
-        (_, "none") => return local(format!("codec `none` (device-only) at split {split}")),
-        _ if split == layers => {
-            return local(format!("split {split} = L is device-only, not `{codec}`"));
-        }
-        _ if server_only => return local(format!("codec `{codec}` at split {split}")),
+    let raw = *codec == CodecId::raw() || codec.family() == RAW_RGB8;
+    let none = *codec == CodecId::none();
+    match split {
+        0 if raw => return Ok(Plan::ServerOnly),
+        0 => return local(format!("split 0 sends the raw image, not `{codec}`")),
+        k if k == layers && none => return Ok(Plan::DeviceOnly),
+        k if k == layers => return local(format!("split {k} = L is device-only, not `{codec}`")),
+        _ if none => return local(format!("codec `none` (device-only) at split {split}")),
+        _ if raw => return local(format!("codec `{codec}` (the raw input) at split {split}")),
         _ => {}
     }
-    let (name, rank) = match codec.rsplit_once("-r") {
-        Some((name, r)) if !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()) => {
-            let rank = r
-                .parse::<usize>()
-                .map_err(|e| ClientError::Local(format!("rank of `{codec}`: {e}")))?;
-            (name, Some(rank))
-        }
-        _ => (codec, None),
-    };
-    let family = Family::from_str(name).map_err(|e| ClientError::Local(e.to_string()))?;
-    if SplitBases::lookup(bases, split, family).is_none() {
-        return local(format!(
-            "codec `{codec}` needs a shared basis at split {split} this device does not hold"
-        ));
-    }
-    let rank = match (family, rank) {
-        (Family::Plain(_), r) => r.unwrap_or(0),
-        (_, Some(r)) if r > 0 => r,
-        _ => return local(format!("codec `{codec}` needs a rank: `{name}-r<rank>`")),
-    };
+    let context = CodecContext { split, bases };
+    codecs
+        .build(codec, &context)
+        .map_err(|e| ClientError::Local(format!("split {split}: {e}")))?;
     Ok(Plan::Split {
         split,
-        family,
-        rank,
+        codec: codec.clone(),
     })
 }
 

@@ -1,6 +1,10 @@
 //! The `collab-server` command line: loads a checkpoint, serves devices on `--listen` and
 //! health/metrics on `--metrics`, until SIGTERM or Ctrl-C, then shuts down gracefully.
 //!
+//! `--config FILE` takes everything from a pipeline config file instead (see
+//! [`crate::pipeline`]): the file's `[model]`, `[[codecs]]` and `[server]` replace the other
+//! options (only `--ready-file` still applies).
+//!
 //! Once bound it prints `listening on ADDR` on stdout and, with `--ready-file PATH`, writes
 //! the address to `PATH` (atomically), so a parent that passed `--listen 127.0.0.1:0` learns
 //! the port. Logs go to stderr through `tracing` (filter `COLLAB_LOG`, default `info`).
@@ -12,18 +16,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use collab_backends::candle::CandleBackend;
+use collab_backends::any::{BackendName, BackendTask};
+use collab_core::Backend;
+use collab_core::batch::BatchPolicyConfig;
 use collab_core::fixtures;
 use collab_core::model::{ModelConfig, Transformer};
 use collab_policies::svd::SplitBases;
 use tracing::info;
 
-use super::{PolicyKind, Server, ServerConfig, serve_http};
+use super::{Server, ServerConfig, serve_http};
+use crate::pipeline::PipelineConfig;
 use crate::transport::TcpAcceptor;
 
 /// Options of the cloud server process.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServerArgs {
+    /// A pipeline config file (TOML): its `[model]`, `[[codecs]]` and `[server]` sections
+    /// replace the options below (except `--ready-file`).
+    #[arg(long = "config", value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
     /// Address devices connect to (port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7878")]
     pub listen: SocketAddr,
@@ -45,12 +56,18 @@ pub struct ServerArgs {
     /// Admission limit: requests accepted and not yet answered.
     #[arg(long, default_value_t = 64)]
     pub capacity: usize,
-    /// Budget batch size of the worker.
+    /// Budget batch size of the worker (the `budget` of `--policy NAME`).
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Batch policy.
-    #[arg(long, value_enum, default_value_t = PolicyKind::Shared)]
-    pub policy: PolicyKind,
+    /// Batch policy: a registered kind (`shared`, `per-split`, `server-only`, or one a linked
+    /// crate registers), built with `budget = --batch`; or its whole config as JSON,
+    /// `{"kind": "shared", "budget": 16, "major_share": 0.5}`.
+    #[arg(long, default_value = "shared")]
+    pub policy: String,
+    /// The backend the server computes on: `candle-cpu`, `candle-cuda[:N]`, `tch-cpu`,
+    /// `tch-cuda[:N]`, `arm-q8`, ... (those compiled into this build).
+    #[arg(long, default_value = "candle-cpu")]
+    pub backend: BackendName,
     /// Open device connections at most.
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
@@ -90,8 +107,7 @@ impl ServerArgs {
             max_connections: self.max_connections,
             hello_timeout: seconds("hello-timeout-s", self.hello_timeout_s)?,
             frame_timeout: seconds("frame-timeout-s", self.frame_timeout_s)?,
-            policy: self.policy,
-            batch: self.batch,
+            policy: policy_config(&self.policy, self.batch)?,
             bases: match &self.bases {
                 Some(path) => Some(Arc::new(SplitBases::load(path)?)),
                 None => None,
@@ -101,22 +117,91 @@ impl ServerArgs {
     }
 }
 
+/// The batch policy `--policy` names: a kind with `budget`, or a JSON object.
+///
+/// # Errors
+/// Bad JSON, an unregistered kind (the message lists the registered ones), a field the kind
+/// does not take.
+pub fn policy_config(policy: &str, budget: usize) -> Result<Arc<dyn BatchPolicyConfig>> {
+    let value = if policy.trim_start().starts_with('{') {
+        serde_json::from_str(policy).context("--policy is not a JSON object")?
+    } else {
+        serde_json::json!({ "kind": policy, "budget": budget })
+    };
+    let config: Box<dyn BatchPolicyConfig> =
+        serde_json::from_value(value).with_context(|| format!("--policy {policy}"))?;
+    Ok(Arc::from(config))
+}
+
 /// Runs the server process (see the module docs): returns after a graceful shutdown.
 ///
 /// # Errors
-/// A missing or broken checkpoint, an unknown preset, a bad option, an address that cannot
-/// be bound, or a ready file that cannot be written.
+/// A missing or broken checkpoint, an unknown preset, a bad option, a backend that cannot be
+/// opened, an address that cannot be bound, or a ready file that cannot be written.
 pub fn main(args: ServerArgs) -> Result<()> {
     init_tracing();
-    let config = args.config()?;
+    let (args, config) = match &args.pipeline {
+        Some(path) => {
+            let pipeline = PipelineConfig::load(path)?;
+            from_pipeline(args.clone(), &pipeline)?
+        }
+        None => {
+            let config = args.config()?;
+            (args, config)
+        }
+    };
     config.validate()?;
-    let model = Arc::new(load_model(&args)?);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("collab-net")
-        .build()
-        .context("starting the tokio runtime")?;
-    runtime.block_on(serve(args, config, model))
+    let backend = args.backend.open()?;
+    backend.run(Serve { args, config })
+}
+
+/// The options and the server config a pipeline file gives (its addresses, backend and model
+/// replace those of `args`).
+///
+/// # Errors
+/// A file without `[server]`, or a value that cannot be used (see
+/// [`PipelineConfig::server_config`]).
+pub fn from_pipeline(
+    mut args: ServerArgs,
+    pipeline: &PipelineConfig,
+) -> Result<(ServerArgs, ServerConfig)> {
+    let config = pipeline.server_config()?;
+    let model = &pipeline.model;
+    args.model_id = model.id.clone();
+    args.preset = Some(model.preset().to_owned());
+    args.checkpoint = model.checkpoint.clone();
+    if let Some(server) = &pipeline.server {
+        if let Some(listen) = server.listen {
+            args.listen = listen;
+        }
+        if let Some(metrics) = server.metrics {
+            args.metrics = metrics;
+        }
+        if let Some(backend) = &server.backend {
+            args.backend = backend.clone();
+        }
+    }
+    Ok((args, config))
+}
+
+/// The server on whichever backend `--backend` opened.
+struct Serve {
+    args: ServerArgs,
+    config: ServerConfig,
+}
+
+impl BackendTask for Serve {
+    type Output = Result<()>;
+
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        let model = Arc::new(load_model(&self.args, backend.clone())?);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("collab-net")
+            .build()
+            .context("starting the tokio runtime")?;
+        runtime.block_on(serve(self.args, self.config, model))
+    }
 }
 
 fn init_tracing() {
@@ -129,7 +214,7 @@ fn init_tracing() {
         .try_init();
 }
 
-fn load_model(args: &ServerArgs) -> Result<Transformer<CandleBackend>> {
+fn load_model<B: Backend>(args: &ServerArgs, backend: B) -> Result<Transformer<B>> {
     let path = match &args.checkpoint {
         Some(p) => p.clone(),
         None => fixtures::deit_tiny_checkpoint()
@@ -138,15 +223,15 @@ fn load_model(args: &ServerArgs) -> Result<Transformer<CandleBackend>> {
     let preset = args.preset.as_deref().unwrap_or(&args.model_id);
     let config = ModelConfig::preset(preset)
         .with_context(|| format!("preset `{preset}` (set --preset when --model-id is not one)"))?;
-    info!(checkpoint = %path.display(), preset, "loading the model");
-    Transformer::from_safetensors(CandleBackend::cpu(), config, &path)
+    info!(checkpoint = %path.display(), preset, backend = %backend.name(), "loading the model");
+    Transformer::from_safetensors(backend, config, &path)
         .with_context(|| format!("loading {}", path.display()))
 }
 
-async fn serve(
+async fn serve<B: Backend>(
     args: ServerArgs,
     config: ServerConfig,
-    model: Arc<Transformer<CandleBackend>>,
+    model: Arc<Transformer<B>>,
 ) -> Result<()> {
     let acceptor = TcpAcceptor::bind(args.listen)
         .await

@@ -2,6 +2,11 @@
 //! a channel of [`Command`]s, answering through [`Shared::finish`]. No async here: the tokio
 //! runtime only moves bytes.
 //!
+//! Payloads are decoded here, not on the connection tasks: a request's decoder was built and
+//! its cheap facts checked on arrival ([`crate::wire::validate::check_request`]), and the
+//! thread decodes it ([`decode_activation`]) as it takes the job, answering `Invalid` if the
+//! payload does not decode to what the model expects. The connection tasks only move bytes.
+//!
 //! The loop blocks on the channel while the worker holds nothing; otherwise it takes every
 //! waiting command without blocking and runs one [`Worker::step`] (one position of a pass),
 //! timing it into [`super::timing::Timing`], whose estimate lets the worker answer
@@ -17,21 +22,18 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
-use collab_core::batch::{BatchPolicy, Outcome, Response};
+use collab_core::batch::{BatchPolicy, BatchPolicyConfig, Outcome, Response};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Hidden, Input, Transformer};
 use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
 use tracing::{debug, error, info};
 
-use super::config::PolicyKind;
 use super::state::{Command, Job, Key, Shared};
-use crate::wire::validate::Decoded;
+use crate::wire::validate::{Checked, decode_activation};
 use crate::wire::{InferResponse, Prediction, RemoteError};
 
-type B = CandleBackend;
-type ServerWorker = Worker<Box<dyn BatchPolicy>, ModelExecutor<B>>;
+type ServerWorker<B> = Worker<Box<dyn BatchPolicy>, ModelExecutor<B>>;
 
 /// Classes reported per prediction, best first.
 const TOP: usize = 5;
@@ -55,16 +57,15 @@ struct Meta {
 ///
 /// # Errors
 /// The OS refused to spawn the thread.
-pub(crate) fn spawn(
+pub(crate) fn spawn<B: Backend>(
     model: Arc<Transformer<B>>,
-    policy: (PolicyKind, usize),
+    policy: Arc<dyn BatchPolicyConfig>,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
 ) -> std::io::Result<JoinHandle<()>> {
-    let (kind, batch) = policy;
     // Validated by the caller: building the same policy again cannot fail.
-    let first = kind
-        .build(batch)
+    let first = policy
+        .build()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     std::thread::Builder::new()
         .name("collab-compute".into())
@@ -85,22 +86,22 @@ pub(crate) fn spawn(
         })
 }
 
-fn new_worker(
+fn new_worker<B: Backend>(
     policy: Box<dyn BatchPolicy>,
     model: &Arc<Transformer<B>>,
     shared: &Arc<Shared>,
-) -> ServerWorker {
+) -> ServerWorker<B> {
     let estimate = shared.clone();
     Worker::new(policy, ModelExecutor::new(model.clone()), move |p, b| {
         estimate.timing.remaining(p, b)
     })
 }
 
-struct Compute {
+struct Compute<B: Backend> {
     model: Arc<Transformer<B>>,
-    worker: ServerWorker,
+    worker: ServerWorker<B>,
     shared: Arc<Shared>,
-    policy: (PolicyKind, usize),
+    policy: Arc<dyn BatchPolicyConfig>,
     /// Time zero of the worker's clock.
     origin: Instant,
     jobs: HashMap<u64, Meta>,
@@ -109,7 +110,7 @@ struct Compute {
     passes_before: u64,
 }
 
-impl Compute {
+impl<B: Backend> Compute<B> {
     fn run(&mut self, commands: &Receiver<Command>) {
         loop {
             if self.shared.killed() {
@@ -182,11 +183,10 @@ impl Compute {
             received: job.received,
             budget_ms: job.budget_ms,
         };
-        let payload = match self.payload(job.decoded) {
+        let payload = match self.payload(job.entry, job.checked) {
             Ok(p) => p,
-            Err(e) => {
-                let outcome = Err(RemoteError::Failed(format!("cannot build the input: {e}")));
-                self.reply(&meta, outcome);
+            Err(outcome) => {
+                self.reply(&meta, Err(outcome));
                 return;
             }
         };
@@ -200,20 +200,30 @@ impl Compute {
         self.publish_queues();
     }
 
-    /// The worker's payload for a validated request.
-    fn payload(&self, decoded: Decoded) -> collab_core::Result<Payload<B>> {
+    /// The worker's payload for a checked request entering at `entry`: the payload decoded
+    /// (`Invalid` if it does not decode to what the model expects) and moved to the backend
+    /// (`Failed` if that fails).
+    fn payload(&self, entry: usize, checked: Checked) -> Result<Payload<B>, RemoteError> {
         let be = self.model.backend();
-        match decoded {
-            Decoded::Pixels(rgb) => {
+        let failed =
+            |e: collab_core::Error| RemoteError::Failed(format!("cannot build the input: {e}"));
+        match checked {
+            Checked::Pixels(rgb) => {
                 let side = self.shared.facts.image_side;
                 let crop = u32::try_from(side)
-                    .map_err(|_| collab_core::Error::InvalidInput("image side too large".into()))?;
-                let values = ImagePreprocess::imagenet(crop).normalize(&rgb)?;
-                let x = be.from_vec(values, &[1, 3, side, side])?;
+                    .map_err(|_| RemoteError::Failed("image side too large".into()))?;
+                let values = ImagePreprocess::imagenet(crop)
+                    .normalize(&rgb)
+                    .map_err(failed)?;
+                let x = be.from_vec(values, &[1, 3, side, side]).map_err(failed)?;
                 Ok(Payload::Input(Input::Images(x)))
             }
-            Decoded::Activation(a) => {
-                let x = be.from_vec(a.values, &[1, a.tokens, a.features])?;
+            Checked::Encoded { codec, payload } => {
+                let facts = &self.shared.facts;
+                let a = decode_activation(facts, entry, codec.as_ref(), &payload)?;
+                let x = be
+                    .from_vec(a.values, &[1, a.tokens, a.features])
+                    .map_err(failed)?;
                 Ok(Payload::Hidden(Hidden::new(x, VIT_PROTECTED)))
             }
         }
@@ -304,7 +314,7 @@ impl Compute {
             self.reply(&meta, Err(outcome.clone()));
         }
         self.passes_before += self.worker.stats().passes as u64;
-        match self.policy.0.build(self.policy.1) {
+        match self.policy.build() {
             Ok(policy) => self.worker = new_worker(policy, &self.model, &self.shared),
             Err(e) => {
                 // Cannot happen (the same policy built at start); stop taking work.

@@ -1,51 +1,20 @@
-//! What a server is started with: who may connect, its limits and timeouts, and the batch
-//! policy its compute thread runs.
+//! What a server is started with: who may connect, its limits and timeouts, the batch
+//! policy its compute thread runs and the codecs it decodes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use collab_core::batch::BatchPolicy;
-use collab_policies::batch::{PerSplit, ServerOnly, SharedModel};
+use collab_core::batch::BatchPolicyConfig;
+use collab_policies::batch::SharedModelConfig;
+use collab_policies::codec::CodecRegistry;
 use collab_policies::svd::SplitBases;
-use serde::{Deserialize, Serialize};
 
 use super::ServerError;
 use crate::wire::DEFAULT_MAX_FRAME;
 
-/// Which [`BatchPolicy`] the compute thread runs (all from `collab_policies::batch`).
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum PolicyKind {
-    /// [`SharedModel`]: requests entering at different blocks share the later blocks' batches.
-    #[default]
-    Shared,
-    /// [`PerSplit`]: each split point's queue is batched on its own (the Graft-style baseline).
-    PerSplit,
-    /// [`ServerOnly`]: the server runs the whole model; only split 0 (`rgb8`) is served.
-    ServerOnly,
-}
-
-impl PolicyKind {
-    /// The policy with budget batch size `batch`.
-    ///
-    /// # Errors
-    /// [`ServerError::Config`] if `batch == 0`.
-    pub fn build(self, batch: usize) -> Result<Box<dyn BatchPolicy>, ServerError> {
-        let config = |e: collab_core::Error| ServerError::Config(e.to_string());
-        let policy: Box<dyn BatchPolicy> = match self {
-            PolicyKind::Shared => Box::new(SharedModel::new(batch).map_err(config)?),
-            PolicyKind::PerSplit => Box::new(PerSplit::new(batch).map_err(config)?),
-            PolicyKind::ServerOnly => Box::new(ServerOnly::new(batch).map_err(config)?),
-        };
-        Ok(policy)
-    }
-}
-
 /// A server's settings. [`ServerConfig::default`] gives the documented defaults; a test or
 /// a CLI overrides the fields it cares about (`ServerConfig { capacity: 4, ..default() }`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct ServerConfig {
     /// What `Hello.model_id` must equal (default `deit_tiny_patch16_224`).
     pub model_id: String,
@@ -67,15 +36,17 @@ pub struct ServerConfig {
     pub frame_timeout: Duration,
     /// How often each session is sent a `ServerLoad` (default 250 ms).
     pub load_interval: Duration,
-    /// The batch policy (default [`PolicyKind::Shared`]).
-    pub policy: PolicyKind,
-    /// The budget batch size `B` (default 8).
-    pub batch: usize,
+    /// The batch policy, as a config the compute thread builds it from (at start, and again
+    /// after a fault); any registered [`BatchPolicyConfig`], a user's own included (default
+    /// [`SharedModelConfig`] with budget 8).
+    pub policy: Arc<dyn BatchPolicyConfig>,
+    /// The codecs the server decodes (default [`CodecRegistry::builtin`]); a request naming a
+    /// family outside it is answered `Invalid` naming the family.
+    pub codecs: Arc<CodecRegistry>,
     /// What the calibrated codecs (`cpca`, `mpca`, `tpca`, ...) need at each split point
     /// (default none: only basis-free codecs are decoded). Devices must hold the same bases;
-    /// a payload encoded with others is refused by its fingerprint. Not serialised: load it
-    /// with [`SplitBases::load`].
-    #[serde(skip)]
+    /// a payload encoded with others is refused by its fingerprint. Load it with
+    /// [`SplitBases::load`].
     pub bases: Option<Arc<SplitBases>>,
 }
 
@@ -90,8 +61,8 @@ impl Default for ServerConfig {
             hello_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(10),
             load_interval: Duration::from_millis(250),
-            policy: PolicyKind::Shared,
-            batch: 8,
+            policy: Arc::new(SharedModelConfig::new(8)),
+            codecs: Arc::new(CodecRegistry::builtin()),
             bases: None,
         }
     }
@@ -101,15 +72,16 @@ impl ServerConfig {
     /// Checks that every limit is usable.
     ///
     /// # Errors
-    /// [`ServerError::Config`] naming the field: a zero capacity, batch, connection limit or
-    /// interval, or a frame limit too small for a request's framing.
+    /// [`ServerError::Config`] naming the field: a zero capacity, connection limit or
+    /// interval, a frame limit too small for a request's framing, or a batch policy config
+    /// that does not build.
     pub fn validate(&self) -> Result<(), ServerError> {
         let bad = |m: String| Err(ServerError::Config(m));
         if self.capacity == 0 {
             return bad("capacity must be at least 1 request".into());
         }
-        if self.batch == 0 {
-            return bad("batch must be at least 1".into());
+        if let Err(e) = self.policy.build() {
+            return bad(format!("policy {:?}: {e}", self.policy));
         }
         if self.max_connections == 0 {
             return bad("max_connections must be at least 1".into());

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use collab_backends::candle::CandleBackend;
+use collab_core::Backend;
 use collab_core::model::{ModelConfig, Transformer};
 use collab_policies::svd::SplitBases;
 use tracing::{info, warn};
@@ -21,7 +21,8 @@ use crate::wire::validate::ModelFacts;
 pub struct Server;
 
 impl Server {
-    /// Starts the compute thread over `model` and serves connections from `listener` until
+    /// Starts the compute thread over `model` (on any backend: pick one by name at the process
+    /// boundary with `collab_backends::any`) and serves connections from `listener` until
     /// [`ServerHandle::shutdown`] or [`ServerHandle::kill`] (or the handle is dropped, which
     /// kills). Must be called inside a tokio runtime; the connection tasks run on it, the
     /// compute on its own thread.
@@ -31,8 +32,8 @@ impl Server {
     /// config, a model that is not a 3-channel ViT classifier, or split bases that do not fit
     /// the model (another feature width, a split point at or past its last block);
     /// [`ServerError::Thread`] if the compute thread cannot be spawned.
-    pub fn start(
-        model: Arc<Transformer<CandleBackend>>,
+    pub fn start<B: Backend>(
+        model: Arc<Transformer<B>>,
         config: ServerConfig,
         listener: impl Listener,
     ) -> Result<ServerHandle, ServerError> {
@@ -42,16 +43,20 @@ impl Server {
         if let Some(bases) = &config.bases {
             check_bases(bases, &facts)?;
         }
-        let policy = config.policy.build(config.batch)?;
+        let policy = config
+            .policy
+            .build()
+            .map_err(|e| ServerError::Config(format!("policy {:?}: {e}", config.policy)))?;
         let serves = (0..=facts.layers)
             .map(|k| policy.accepts(k, facts.layers))
             .collect();
         let policy_name = policy.name();
         let (commands, receiver) = std::sync::mpsc::channel();
-        let kind = (config.policy, config.batch);
+        let kind = config.policy.clone();
         info!(
             model = %config.model_id,
             policy = %policy_name,
+            codecs = config.codecs.families().count(),
             capacity = config.capacity,
             layers = facts.layers,
             "server starting"
@@ -89,7 +94,7 @@ fn check_bases(bases: &SplitBases, facts: &ModelFacts) -> Result<(), ServerError
 }
 
 /// What the server needs to know of its model; only ViT classifiers on RGB images serve.
-fn facts_of(model: &Transformer<CandleBackend>, model_id: &str) -> Result<ModelFacts, ServerError> {
+fn facts_of<B: Backend>(model: &Transformer<B>, model_id: &str) -> Result<ModelFacts, ServerError> {
     match model.config() {
         ModelConfig::Vit(v) if v.channels == 3 => Ok(ModelFacts {
             model_id: model_id.to_owned(),

@@ -40,7 +40,7 @@ mod stats;
 mod timing;
 mod writer;
 
-pub use config::{PolicyKind, ServerConfig};
+pub use config::ServerConfig;
 pub use error::ServerError;
 pub use handle::{Server, ServerHandle, ServerMonitor};
 pub use http::{HttpReply, MAX_HEAD, READ_TIMEOUT, route, serve_http};

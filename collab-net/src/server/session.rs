@@ -262,40 +262,41 @@ impl Session<'_> {
     /// Validates, admits and queues one request; refusals are answered at once.
     async fn request(&mut self, request: InferRequest) -> Result<(), Close> {
         let received = Instant::now();
-        let id = request.request_id;
+        let (id, split, budget_ms) = (
+            request.request_id,
+            request.split as usize,
+            request.budget_ms,
+        );
         let shared = self.shared;
-        let refusal = match check_request(&shared.facts, shared.config.bases.as_deref(), &request) {
+        let config = &shared.config;
+        let checked = check_request(
+            &shared.facts,
+            &config.codecs,
+            config.bases.as_deref(),
+            request,
+        );
+        let refusal = match checked {
             Err(e) => Some(e),
-            Ok(decoded) => {
-                let split = request.split as usize;
-                if !shared.serves.get(split).copied().unwrap_or(false) {
-                    Some(RemoteError::Invalid(format!(
-                        "split {split} is not served by this server's policy `{}`",
-                        shared.policy_name
-                    )))
-                } else {
-                    let key = (self.device.clone(), id);
-                    let admit = shared.admit(
-                        key,
-                        &self.answers,
-                        split,
-                        decoded,
-                        received,
-                        request.budget_ms,
-                    );
-                    match admit {
-                        Admit::Accepted => None,
-                        Admit::Retry => {
-                            debug!(device = %self.device, request = id, "retry of a held request");
-                            None
-                        }
-                        Admit::Refused(e) => Some(e),
+            Ok(_) if !shared.serves.get(split).copied().unwrap_or(false) => {
+                Some(RemoteError::Invalid(format!(
+                    "split {split} is not served by this server's policy `{}`",
+                    shared.policy_name
+                )))
+            }
+            Ok(checked) => {
+                let key = (self.device.clone(), id);
+                match shared.admit(key, &self.answers, split, checked, received, budget_ms) {
+                    Admit::Accepted => None,
+                    Admit::Retry => {
+                        debug!(device = %self.device, request = id, "retry of a held request");
+                        None
                     }
+                    Admit::Refused(e) => Some(e),
                 }
             }
         };
         let Some(error) = refusal else {
-            debug!(device = %self.device, request = id, split = request.split, "accepted");
+            debug!(device = %self.device, request = id, split, "accepted");
             return Ok(());
         };
         debug!(device = %self.device, request = id, %error, "refused");

@@ -25,7 +25,7 @@ use super::config::ServerConfig;
 use super::metrics::Metrics;
 use super::stats::{Counters, ServerStats, bump};
 use super::timing::Timing;
-use crate::wire::validate::{Decoded, ModelFacts};
+use crate::wire::validate::{Checked, ModelFacts};
 use crate::wire::{InferResponse, Message, RemoteError, ServerLoad};
 
 /// A held request's identity: `(device_id, request_id)`.
@@ -42,7 +42,8 @@ pub(crate) struct Job {
     pub(crate) key: Key,
     /// Its split point.
     pub(crate) entry: usize,
-    pub(crate) decoded: Decoded,
+    /// The checked payload and its decoder (decoded on the compute thread).
+    pub(crate) checked: Checked,
     /// When the connection read it.
     pub(crate) received: Instant,
     pub(crate) budget_ms: u32,
@@ -162,7 +163,7 @@ impl Shared {
         key: Key,
         reply: &Reply,
         entry: usize,
-        decoded: Decoded,
+        checked: Checked,
         received: Instant,
         budget_ms: u32,
     ) -> Admit {
@@ -189,7 +190,7 @@ impl Shared {
             id,
             key: key.clone(),
             entry,
-            decoded,
+            checked,
             received,
             budget_ms,
         };
@@ -225,6 +226,11 @@ impl Shared {
                 bump(&self.counters.deadline_missed);
                 self.metrics.deadline_misses.inc();
                 "deadline_missed"
+            }
+            Err(RemoteError::Invalid(_)) => {
+                bump(&self.counters.undecodable);
+                bump(&self.counters.invalid);
+                "invalid"
             }
             Err(_) => {
                 bump(&self.counters.failed);

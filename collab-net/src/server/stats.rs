@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 /// What a server has done since it started (a snapshot; see `ServerHandle::stats`).
 ///
 /// After a graceful shutdown every accepted request has been answered:
-/// `accepted == done + deadline_missed + failed`. Refusals (`invalid`, `overloaded`,
-/// `shutting_down`) are answered at once and never accepted.
+/// `accepted == done + deadline_missed + failed + undecodable`. Refusals (`invalid` less
+/// `undecodable`, `overloaded`, `shutting_down`) are answered at once and never accepted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStats {
     /// Requests admitted and handed to the compute thread (a retry of a request still held
@@ -22,8 +22,12 @@ pub struct ServerStats {
     /// Accepted requests answered with another error: their compute failed (`Failed`), or
     /// the worker refused them (which the connection's checks make unreachable).
     pub failed: u64,
-    /// Requests refused as invalid (bad split, codec, payload, budget...).
+    /// Requests answered `Invalid`: refused at once (bad split, codec id, budget...), or
+    /// accepted and then found `undecodable`.
     pub invalid: u64,
+    /// Accepted requests whose payload did not decode to what the model expects (answered
+    /// `Invalid` by the compute thread, which decodes; also counted in `invalid`).
+    pub undecodable: u64,
     /// Requests refused by admission control (answered `Overloaded`).
     pub overloaded: u64,
     /// Requests refused because the server was shutting down.
@@ -58,6 +62,7 @@ pub(crate) struct Counters {
     pub(crate) done: AtomicU64,
     pub(crate) deadline_missed: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) undecodable: AtomicU64,
     pub(crate) invalid: AtomicU64,
     pub(crate) overloaded: AtomicU64,
     pub(crate) shutting_down: AtomicU64,
@@ -87,6 +92,7 @@ impl Counters {
             deadline_missed: get(&self.deadline_missed),
             failed: get(&self.failed),
             invalid: get(&self.invalid),
+            undecodable: get(&self.undecodable),
             overloaded: get(&self.overloaded),
             shutting_down: get(&self.shutting_down),
             retries: get(&self.retries),

@@ -6,16 +6,23 @@
 //! [`InferResponse`] per request, in completion order (matched by `request_id`). The server
 //! pushes [`ServerLoad`] now and then, and answers every [`Ping`] with a [`Pong`].
 
+use collab_core::split::CodecId;
 use serde::{Deserialize, Serialize};
 
-/// The protocol version this build speaks; every frame carries it.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks; every frame carries it. Version 2: a request's
+/// codec is a [`CodecId`] (family and rank), not a name.
+pub const PROTOCOL_VERSION: u16 = 2;
 
-/// The codec id of a server-only request's payload: the resized, centre-cropped image as
-/// interleaved 8-bit RGB (`3 * side * side` bytes). Activations use the codec family names of
-/// `collab_policies::svd::Family` (`f32`, `f16`, `int8`, `svd-int8`, ...); their payload
-/// carries its own shape and rank.
+/// The codec family of a server-only request's payload: the resized, centre-cropped image as
+/// interleaved 8-bit RGB (`3 * side * side` bytes). Activations name a family of the codec
+/// registry both sides build from (`f32`, `int8`, `tpca`, a user's own, ...); our payloads
+/// also carry their own shape and rank.
 pub const RAW_RGB8: &str = "rgb8";
+
+/// The codec id of a server-only request: [`RAW_RGB8`], no rank.
+pub fn raw_rgb8() -> CodecId {
+    CodecId::plain(RAW_RGB8).unwrap_or_else(|_| CodecId::raw())
+}
 
 /// One frame's message.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,8 +97,9 @@ pub struct InferRequest {
     pub request_id: u64,
     /// Split point `k`: the device ran the embedding and blocks `0..k`; `0` is server-only.
     pub split: u32,
-    /// How the payload is encoded: [`RAW_RGB8`] at split 0, else a codec family name.
-    pub codec: String,
+    /// How the payload is encoded: [`raw_rgb8`] at split 0, else the codec the device's split
+    /// strategy chose (the server builds its decoder from its codec registry).
+    pub codec: CodecId,
     /// The encoded input or activation.
     #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,

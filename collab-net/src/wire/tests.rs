@@ -10,7 +10,7 @@ fn request(payload: Vec<u8>) -> Message {
     Message::InferRequest(InferRequest {
         request_id: 7,
         split: 3,
-        codec: "int8".into(),
+        codec: "int8".parse().expect("codec id"),
         payload,
         budget_ms: 250,
         max_loss: 0.01,
@@ -178,10 +178,21 @@ fn framing_overhead_is_small() {
 
 mod validation {
     use collab_core::split::{Activation, ActivationCodec};
+    use collab_policies::codec::CodecRegistry;
     use collab_policies::svd::{Family, PlainCodec, Precision, SplitBases, SplitBasis, SvdCodec};
 
-    use super::super::validate::{Decoded, ModelFacts, check_request};
+    use super::super::validate::{Decoded, ModelFacts};
     use super::*;
+
+    /// The two validation steps with the built-in codecs.
+    fn check_request(
+        facts: &ModelFacts,
+        bases: Option<&SplitBases>,
+        request: &InferRequest,
+    ) -> Result<Decoded, RemoteError> {
+        let registry = CodecRegistry::builtin();
+        super::super::validate::check_and_decode(facts, &registry, bases, request.clone())
+    }
 
     fn facts() -> ModelFacts {
         ModelFacts {
@@ -197,7 +208,7 @@ mod validation {
         InferRequest {
             request_id: 1,
             split,
-            codec: codec.into(),
+            codec: codec.parse().expect("codec id"),
             payload,
             budget_ms: 100,
             max_loss: 0.0,
@@ -235,7 +246,11 @@ mod validation {
         let ok = check_request(
             &facts(),
             None,
-            &req(4, &name, svd.encode(&act(5, 8)).expect("enc")),
+            &req(
+                4,
+                &format!("{name}-r3"),
+                svd.encode(&act(5, 8)).expect("enc"),
+            ),
         );
         assert!(ok.is_ok(), "{ok:?}");
         let ok = check_request(&facts(), None, &req(0, RAW_RGB8, vec![0; 48]));
@@ -321,7 +336,11 @@ mod validation {
             let codec = family.build_with(3, shared).expect("build");
             let x = act(5, 8);
             let payload = codec.encode(&x).expect("encode");
-            let ok = check_request(&facts(), Some(&held), &req(2, &family.to_string(), payload));
+            let ok = check_request(
+                &facts(),
+                Some(&held),
+                &req(2, &format!("{family}-r3"), payload),
+            );
             let Ok(Decoded::Activation(y)) = ok else {
                 panic!("{family}: {ok:?}");
             };
@@ -340,10 +359,10 @@ mod validation {
             .build_with(3, device.shared(1, cpca).expect("held"))
             .expect("build");
         let payload = codec.encode(&act(5, 8)).expect("encode");
-        let request = req(1, "cpca", payload);
+        let request = req(1, "cpca-r3", payload);
         invalid(
             check_request(&facts(), None, &request),
-            "started without --bases",
+            "no bases are loaded",
         );
         // A server holding bases fitted on other activations refuses by fingerprint.
         let other = bases(5);
@@ -354,10 +373,10 @@ mod validation {
             check_request(&facts(), Some(&device), &at_three),
             "cover splits [1, 2]",
         );
-        let wsvd = req(1, "wsvd", vec![0; 40]);
+        let wsvd = req(1, "wsvd-r2", vec![0; 40]);
         invalid(
             check_request(&facts(), Some(&device), &wsvd),
-            "no weight bases",
+            "hold no weight bases",
         );
     }
 }

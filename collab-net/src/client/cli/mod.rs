@@ -1,8 +1,9 @@
 //! The device process: `collab-device` and the demo's `device` subcommand.
 //!
-//! It loads DeiT-Tiny, builds a split selector from an accuracy table and cost profiles,
-//! connects to the server through an emulated link, classifies ImageNet sample images, and
-//! reports on stdout, one JSON object per line:
+//! It loads DeiT-Tiny (or the ViT `--model-id`/`--preset` names), builds its split strategy
+//! (by default the SPEC §1 selector from an accuracy table and cost profiles), connects to the
+//! server through an emulated link, classifies ImageNet sample images, and reports on stdout,
+//! one JSON object per line:
 //!
 //! ```text
 //! {"device":"device-0","image":3,"label":3,"ok":true,"top1":3,"split":6,"codec":"int8-r192",
@@ -13,21 +14,44 @@
 //!
 //! `error` is one of [`crate::client::ClientError::kind`]'s kinds. Logs go to stderr
 //! (`COLLAB_LOG`, an env-filter directive, default `warn`).
+//!
+//! `--config FILE` reads a pipeline config file (see [`crate::pipeline`]): its `[model]`,
+//! `[[codecs]]` and `[device]` sections (the server's address, id, backend, deadline, loss
+//! limit, slowdown, table, bases, token and the split strategy `[device.split]`) replace those
+//! options; the workload options (`--images`, `--rate`, the link emulation, ...) still apply.
 
 mod run;
 mod setup;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Args;
+use collab_backends::any::{BackendName, BackendTask};
+use collab_core::Backend;
+use collab_policies::codec::CodecRegistry;
+use collab_policies::split::{SelectorStrategy, SplitStrategyConfig};
+
+use crate::pipeline::PipelineConfig;
 
 /// Options of a device process.
 #[derive(Args, Debug, Clone, PartialEq)]
 pub struct DeviceArgs {
-    /// The server's address.
+    /// A pipeline config file (TOML): its `[model]`, `[[codecs]]` and `[device]` sections
+    /// replace the matching options.
+    #[arg(long = "config", value_name = "FILE")]
+    pub pipeline: Option<PathBuf>,
+    /// The server's address (required without `--config`).
+    #[arg(long, required_unless_present = "pipeline")]
+    pub server: Option<SocketAddr>,
+    /// The model id announced to the server (a ViT classifier).
+    #[arg(long, default_value = "deit_tiny_patch16_224")]
+    pub model_id: String,
+    /// The architecture preset (default: `--model-id`).
     #[arg(long)]
-    pub server: SocketAddr,
+    pub preset: Option<String>,
     /// This device's id (labels its lines, the server's metrics and retries).
     #[arg(long, default_value = "device-0")]
     pub device_id: String,
@@ -96,6 +120,10 @@ pub struct DeviceArgs {
     /// Seed of the arrivals and the link's jitter and loss (mixed with the device id).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The backend the device computes on: `candle-cpu`, `arm-q8`, `arm-q4`, `tch-cpu`, ...
+    /// (those compiled into this build).
+    #[arg(long, default_value = "candle-cpu")]
+    pub backend: BackendName,
 }
 
 /// Runs a device process to completion: sets up logging, loads everything, classifies
@@ -111,10 +139,89 @@ pub fn main(args: DeviceArgs) -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let setup = setup::Setup::load(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(run::run(args, setup))
+    let parts = match &args.pipeline {
+        Some(path) => from_pipeline(args.clone(), &PipelineConfig::load(path)?)?,
+        None => Parts {
+            args,
+            strategy: Arc::new(SelectorStrategy::default()),
+            codecs: Arc::new(CodecRegistry::builtin()),
+        },
+    };
+    let backend = parts.args.backend.open()?;
+    backend.run(Run(parts))
+}
+
+/// What a device process runs with: its options, split strategy and codecs.
+#[derive(Debug)]
+pub struct Parts {
+    /// The options (after a pipeline file replaced its keys).
+    pub args: DeviceArgs,
+    /// The split strategy to build once the cost models are measured.
+    pub strategy: Arc<dyn SplitStrategyConfig>,
+    /// The codecs the device encodes with.
+    pub codecs: Arc<CodecRegistry>,
+}
+
+/// The options, strategy and codecs a pipeline file gives (its `[model]` and `[device]` keys
+/// replace those of `args`).
+///
+/// # Errors
+/// A file without `[device]`, or a value that cannot be used (see
+/// [`PipelineConfig::device_config`]).
+pub fn from_pipeline(mut args: DeviceArgs, pipeline: &PipelineConfig) -> anyhow::Result<Parts> {
+    let (config, strategy) = pipeline.device_config()?;
+    let device = pipeline
+        .device
+        .as_ref()
+        .context("the pipeline config has no [device] section")?;
+    args.server = Some(device.server);
+    args.model_id = pipeline.model.id.clone();
+    args.preset = Some(pipeline.model.preset().to_owned());
+    if let Some(path) = &pipeline.model.checkpoint {
+        args.checkpoint = Some(path.clone());
+    }
+    if let Some(id) = &device.id {
+        args.device_id = id.clone();
+    }
+    if let Some(backend) = &device.backend {
+        args.backend = backend.clone();
+    }
+    if let Some(token) = pipeline.device_token()? {
+        args.token = token;
+    }
+    args.deadline_ms = config.deadline.as_secs_f64() * 1e3;
+    args.max_loss = config.max_loss;
+    args.slowdown = config.slowdown;
+    if device.accuracy_table.is_some() {
+        args.accuracy_table = device.accuracy_table.clone();
+    }
+    if device.bases.is_some() {
+        args.bases = device.bases.clone();
+    }
+    Ok(Parts {
+        args,
+        strategy,
+        codecs: config.codecs,
+    })
+}
+
+/// The device process on whichever backend `--backend` opened.
+struct Run(Parts);
+
+impl BackendTask for Run {
+    type Output = anyhow::Result<()>;
+
+    fn run<B: Backend>(self, backend: &B) -> anyhow::Result<()> {
+        let Parts {
+            args,
+            strategy,
+            codecs,
+        } = self.0;
+        let (setup, strategy) = setup::Setup::load(&args, backend.clone(), strategy, codecs)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        runtime.block_on(run::run(args, setup, strategy))
+    }
 }

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use collab_core::Backend;
+use collab_core::split::SplitStrategy;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand_distr::{Distribution, Exp};
@@ -15,7 +17,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::DeviceArgs;
-use super::setup::{MODEL_ID, Setup, seed};
+use super::setup::{Setup, seed};
 use crate::client::{Classified, ClientConfig, ClientError, Device, DeviceClient, DeviceConfig};
 
 /// Counts for the final line.
@@ -44,7 +46,7 @@ fn report(
             s.total_ms.push(c.total_ms);
             json!({
                 "device": device, "image": image, "label": label, "ok": true, "top1": top1,
-                "split": c.split, "codec": c.codec, "bytes": c.bytes, "device_ms": c.device_ms,
+                "split": c.split, "codec": c.codec.to_string(), "bytes": c.bytes, "device_ms": c.device_ms,
                 "total_ms": c.total_ms, "server_ms": c.server_ms, "batch": c.batch,
             })
         }
@@ -66,9 +68,9 @@ fn emit(line: &Value) {
 }
 
 /// Decodes sample `index` and classifies it.
-async fn classify_one(
-    device: &Device,
-    setup: &Setup,
+async fn classify_one<B: Backend>(
+    device: &Device<B>,
+    setup: &Setup<B>,
     index: usize,
 ) -> (usize, Result<Classified, ClientError>) {
     let sample = &setup.samples[index % setup.samples.len()];
@@ -87,11 +89,15 @@ async fn classify_one(
 }
 
 /// Connects, classifies `args.images` images and prints the lines.
-pub(super) async fn run(args: DeviceArgs, setup: Setup) -> Result<()> {
+pub(super) async fn run<B: Backend>(
+    args: DeviceArgs,
+    setup: Setup<B>,
+    strategy: Box<dyn SplitStrategy>,
+) -> Result<()> {
     let id = args.device_id.clone();
     let config = ClientConfig {
         device_id: id.clone(),
-        model_id: MODEL_ID.into(),
+        model_id: args.model_id.clone(),
         auth_token: args.token.clone(),
         ..ClientConfig::default()
     };
@@ -112,11 +118,12 @@ pub(super) async fn run(args: DeviceArgs, setup: Setup) -> Result<()> {
         probe_every: Duration::from_millis(args.probe_every_ms),
         probe_bytes: args.probe_bytes,
         bases: setup.bases.clone(),
+        codecs: setup.codecs.clone(),
     };
     let setup = Arc::new(setup);
     let device = Arc::new(Device::new(
         setup.model.clone(),
-        setup.selector.clone(),
+        strategy,
         client.clone(),
         device_config,
     ));

@@ -1,83 +1,97 @@
-//! What a device process loads before it connects: the model, the split selector, the sample
-//! images and the (shaped) transport.
+//! What a device process loads before it connects: the model, its split strategy (built from
+//! its config with the measured cost models and the accuracy table), the sample images and
+//! the (shaped) transport.
 
-use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
 use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, profile_model};
 use collab_core::fixtures::{self, LabelledImage};
 use collab_core::model::{Input, ModelConfig, Transformer};
-use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
-use collab_policies::svd::{Family, SplitBases};
+use collab_core::split::CodecId;
+use collab_core::split::SplitStrategy;
+use collab_policies::codec::{CodecContext, CodecRegistry};
+use collab_policies::split::{AccuracyTable, SelectorConfig, SplitStrategyConfig, StrategyContext};
+use collab_policies::svd::SplitBases;
 
 use super::DeviceArgs;
 use crate::transport::{Link, Shaped, Tcp, Transport};
-
-/// The model preset a device process runs.
-pub(super) const MODEL_ID: &str = "deit_tiny_patch16_224";
 
 /// Bytes of a response (top-5 classes with logits, framing) for the selector.
 const RESPONSE_BYTES: usize = 64;
 
 /// Everything loaded.
 #[derive(Debug)]
-pub(super) struct Setup {
-    pub(super) model: Arc<Transformer<CandleBackend>>,
-    pub(super) selector: Arc<SplitSelector>,
+pub(super) struct Setup<B: Backend> {
+    pub(super) model: Arc<Transformer<B>>,
+    pub(super) codecs: Arc<CodecRegistry>,
     pub(super) samples: Vec<LabelledImage>,
     pub(super) transport: Arc<dyn Transport>,
     pub(super) bases: Option<Arc<SplitBases>>,
 }
 
-impl Setup {
-    /// Loads (and, without a device profile, measures) everything `args` names.
-    pub(super) fn load(args: &DeviceArgs) -> Result<Self> {
+impl<B: Backend> Setup<B> {
+    /// Loads (and, without a device profile, measures) everything `args` names, the model on
+    /// `backend`, and builds the split strategy from `strategy` with the codecs `codecs`.
+    pub(super) fn load(
+        args: &DeviceArgs,
+        backend: B,
+        strategy: Arc<dyn SplitStrategyConfig>,
+        codecs: Arc<CodecRegistry>,
+    ) -> Result<(Self, Box<dyn SplitStrategy>)> {
         if !(args.slowdown.is_finite() && args.slowdown >= 1.0) {
             bail!("--slowdown must be a number >= 1, got {}", args.slowdown);
         }
-        let config = ModelConfig::preset(MODEL_ID)?;
+        let preset = args.preset.as_deref().unwrap_or(&args.model_id);
+        let config = ModelConfig::preset(preset).with_context(|| {
+            format!("preset `{preset}` (set --preset when --model-id is not one)")
+        })?;
         let path = match &args.checkpoint {
             Some(p) => p.clone(),
             None => fixtures::deit_tiny_checkpoint()?,
         };
-        let model = Transformer::from_safetensors(CandleBackend::cpu(), config, &path)
+        let model = Transformer::from_safetensors(backend, config, &path)
             .with_context(|| format!("loading {}", path.display()))?;
         let model = Arc::new(model);
         let bases = match &args.bases {
             Some(p) => Some(Arc::new(SplitBases::load(p)?)),
             None => None,
         };
-        let selector = Arc::new(selector(&model, args, bases.as_deref())?);
+        let context = strategy_context(&model, args, &codecs, bases.as_deref())?;
+        let strategy = strategy
+            .build(&context)
+            .with_context(|| format!("building the split strategy {strategy:?}"))?;
         let samples = fixtures::imagenet_sample()?;
         if samples.is_empty() {
             bail!("the ImageNet sample folder holds no images");
         }
-        Ok(Self {
+        let setup = Self {
             model,
-            selector,
+            codecs,
             samples,
-            transport: transport(args),
+            transport: transport(args)?,
             bases,
-        })
+        };
+        Ok((setup, strategy))
     }
 }
 
-/// The SPEC §1 selector for DeiT-Tiny on this device.
+/// What the split strategy is built from on this device: the model's sizes, the measured (and
+/// scaled) cost models, and the accuracy table.
 ///
 /// Device-only is not a candidate: the demo measures what the server serves, and a device
-/// that ran the whole model would send nothing. Table entries whose codec needs a shared basis
-/// that `bases` does not hold at the entry's split (all of them without `--bases`; `wsvd`
+/// that ran the whole model would send nothing. Table entries whose codec `codecs` cannot
+/// build at the entry's split with `bases` (the calibrated ones without `--bases`; `wsvd`
 /// always) are dropped.
-fn selector(
-    model: &Transformer<CandleBackend>,
+fn strategy_context<B: Backend>(
+    model: &Transformer<B>,
     args: &DeviceArgs,
+    codecs: &CodecRegistry,
     bases: Option<&SplitBases>,
-) -> Result<SplitSelector> {
+) -> Result<StrategyContext> {
     let ModelConfig::Vit(vit) = model.config() else {
-        bail!("{MODEL_ID} is not a vision model");
+        bail!("{} is not a vision model", args.model_id);
     };
     let config = SelectorConfig {
         layers: vit.encoder.layers,
@@ -91,7 +105,7 @@ fn selector(
     let mut table = match &args.accuracy_table {
         Some(p) => AccuracyTable::load(p)?,
         None => AccuracyTable {
-            model: MODEL_ID.into(),
+            model: args.model_id.clone(),
             metric: "top1".into(),
             baseline: 0.0,
             tokens: config.tokens,
@@ -101,11 +115,16 @@ fn selector(
         },
     };
     table.entries.retain(|e| {
-        Family::from_str(&e.codec).is_ok_and(|f| SplitBases::lookup(bases, e.split, f).is_some())
+        let context = CodecContext {
+            split: e.split,
+            bases,
+        };
+        let rank = u32::try_from(e.rank).ok();
+        CodecId::new(e.codec.clone(), rank).is_ok_and(|id| codecs.build(&id, &context).is_ok())
     });
     let measured = match &args.device_profile {
         Some(p) => MeasuredProfile::load(p)?,
-        None => measure(model)?,
+        None => measure(model, &args.model_id)?,
     };
     let server: Arc<dyn CostModel> = match &args.server_profile {
         Some(p) => Arc::new(MeasuredProfile::load(p)?),
@@ -116,13 +135,18 @@ fn selector(
         factor: args.slowdown,
         label: format!("{} x{}", args.device_id, args.slowdown),
     });
-    Ok(SplitSelector::new(device, server, table, config)?)
+    Ok(StrategyContext {
+        selector: config,
+        device,
+        server,
+        table,
+    })
 }
 
 /// A quick profile of `model` at batch 1 and its own token count.
-fn measure(model: &Transformer<CandleBackend>) -> Result<MeasuredProfile> {
+fn measure<B: Backend>(model: &Transformer<B>, model_id: &str) -> Result<MeasuredProfile> {
     let ModelConfig::Vit(vit) = model.config() else {
-        bail!("{MODEL_ID} is not a vision model");
+        bail!("{model_id} is not a vision model");
     };
     let spec = ProfileSpec {
         batches: vec![1],
@@ -133,23 +157,26 @@ fn measure(model: &Transformer<CandleBackend>) -> Result<MeasuredProfile> {
     let s = vit.image_size;
     let be = model.backend().clone();
     let input = move |b: usize| Ok(Input::Images(be.zeros(&[b, 3, s, s])?));
-    Ok(profile_model(model, MODEL_ID, &spec, &input)?)
+    Ok(profile_model(model, model_id, &spec, &input)?)
 }
 
 /// TCP to the server, behind the emulated link when one is asked for.
-fn transport(args: &DeviceArgs) -> Arc<dyn Transport> {
-    let tcp = Tcp::new(args.server);
+fn transport(args: &DeviceArgs) -> Result<Arc<dyn Transport>> {
+    let server = args
+        .server
+        .context("no server address: give --server or a --config with [device].server")?;
+    let tcp = Tcp::new(server);
     let link = Link {
         bandwidth: args.mbit.map_or(f64::INFINITY, |m| m * 1e6 / 8.0),
         rtt: args.rtt_ms / 1e3,
         jitter: args.jitter_ms / 1e3,
         loss: args.loss,
     };
-    if link == Link::IDEAL {
+    Ok(if link == Link::IDEAL {
         Arc::new(tcp)
     } else {
         Arc::new(Shaped::new(tcp, link, seed(args)))
-    }
+    })
 }
 
 /// The process's seed: `--seed` mixed with the device id (FNV-1a), so devices differ.

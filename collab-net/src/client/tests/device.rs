@@ -9,8 +9,9 @@ use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::split::ActivationCodec;
-use collab_policies::split::SplitSelector;
-use collab_policies::svd::{Family, PlainCodec, Precision};
+use collab_policies::codec::CodecRegistry;
+use collab_policies::split::{DeviceDefault, device_default};
+use collab_policies::svd::{PlainCodec, Precision};
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::super::head::run_head;
 use super::*;
-use crate::wire::validate::{Decoded, ModelFacts, check_request};
+use crate::wire::validate::{Decoded, ModelFacts, check_and_decode};
 
 const SIDE: usize = crate::testing::TINY_SIDE;
 const TOKENS: usize = crate::testing::TINY_TOKENS;
@@ -31,8 +32,9 @@ fn tiny_model() -> Model {
     Arc::new(crate::testing::tiny_vit(5).expect("tiny model"))
 }
 
-fn selector(device_stage_s: f64) -> Arc<SplitSelector> {
-    Arc::new(crate::testing::tiny_selector(device_stage_s, vec![]).expect("selector"))
+fn selector(device_stage_s: f64) -> DeviceDefault {
+    let selector = crate::testing::tiny_selector(device_stage_s, vec![]).expect("selector");
+    device_default(Arc::new(selector))
 }
 
 fn image(seed: u64) -> image::RgbImage {
@@ -63,7 +65,7 @@ fn finish(model: &Model, r: &InferRequest) -> Result<Prediction, RemoteError> {
     };
     let be = model.backend();
     let failed = |e: collab_core::Error| RemoteError::Failed(e.to_string());
-    let out = match check_request(&facts, None, r)? {
+    let out = match check_and_decode(&facts, &CodecRegistry::builtin(), None, r.clone())? {
         Decoded::Pixels(p) => {
             let v = ImagePreprocess::imagenet(SIDE as u32)
                 .normalize(&p)
@@ -122,7 +124,7 @@ async fn device(
     device_stage_s: f64,
     deadline: Duration,
     load: Option<ServerLoad>,
-) -> (Device, mpsc::UnboundedReceiver<InferRequest>) {
+) -> (Device<CandleBackend>, mpsc::UnboundedReceiver<InferRequest>) {
     let (client, conn, acceptor) = session().await;
     let (tx, rx) = mpsc::unbounded_channel();
     let served = model.clone();
@@ -153,7 +155,7 @@ async fn a_fast_device_runs_most_blocks_and_gets_the_whole_models_answer() {
         let img = image(seed);
         let c = device.classify(&img).await.expect("classified");
         // Most blocks on the device: L - 1 (device-only is off), uncompressed (no table).
-        assert_eq!((c.split, c.codec.as_str()), (LAYERS - 1, "f32"));
+        assert_eq!((c.split, c.codec.to_string().as_str()), (LAYERS - 1, "f32"));
         let f32_len = PlainCodec {
             precision: Precision::F32,
         }
@@ -163,7 +165,10 @@ async fn a_fast_device_runs_most_blocks_and_gets_the_whole_models_answer() {
         assert_eq!((c.server_ms, c.batch), (2.0, 2));
         assert!(c.total_ms >= c.device_ms && c.device_ms > 0.0, "{c:?}");
         let r = seen.recv().await.expect("request");
-        assert_eq!((r.split as usize, r.codec.as_str()), (LAYERS - 1, "f32"));
+        assert_eq!(
+            (r.split as usize, r.codec.to_string().as_str()),
+            (LAYERS - 1, "f32")
+        );
         assert!(
             (4000..=5000).contains(&r.budget_ms),
             "budget {}",
@@ -180,12 +185,15 @@ async fn a_slow_device_sends_the_cropped_image() {
     let img = image(7);
     let c = device.classify(&img).await.expect("classified");
     assert_eq!(
-        (c.split, c.codec.as_str(), c.bytes),
+        (c.split, c.codec.to_string().as_str(), c.bytes),
         (0, "raw", 3 * SIDE * SIDE)
     );
     assert_eq!(c.top[0].0, argmax(&logits(&model, &img)));
     let r = seen.recv().await.expect("request");
-    assert_eq!((r.split, r.codec.as_str()), (0, crate::wire::RAW_RGB8));
+    assert_eq!(
+        (r.split, r.codec.to_string().as_str()),
+        (0, crate::wire::RAW_RGB8)
+    );
 }
 
 #[tokio::test]
@@ -205,7 +213,10 @@ async fn the_servers_load_moves_the_split() {
     // Nothing meets the deadline any more: the device falls back to the fastest choice,
     // which for this slow device is to send the image.
     let second = device.classify(&image(2)).await.expect("second");
-    assert_eq!((second.split, second.codec.as_str()), (0, "raw"));
+    assert_eq!(
+        (second.split, second.codec.to_string().as_str()),
+        (0, "raw")
+    );
 }
 
 #[tokio::test]
@@ -229,11 +240,12 @@ fn the_head_part_does_what_each_plan_says() {
     let img = image(11);
     let reference = logits(&model, &img);
 
-    let local = run_head(&model, &img, &Plan::DeviceOnly, None).expect("device-only");
+    let codecs = CodecRegistry::builtin();
+    let local = run_head(&model, &img, &Plan::DeviceOnly, &codecs, None).expect("device-only");
     assert_eq!(local.top, top_k(&reference, 5));
     assert!(local.payload.is_empty());
 
-    let raw = run_head(&model, &img, &Plan::ServerOnly, None).expect("server-only");
+    let raw = run_head(&model, &img, &Plan::ServerOnly, &codecs, None).expect("server-only");
     let crop = ImagePreprocess::imagenet(SIDE as u32)
         .crop_rgb(&img)
         .expect("crop");
@@ -245,26 +257,32 @@ fn the_head_part_does_what_each_plan_says() {
         .expect("x");
     let h = model.run_blocks(model.embed(&Input::Images(x)).expect("embed"), 0..2);
     let want = be.to_vec(&h.expect("blocks").x).expect("values");
-    for (family, rank) in [
-        (Family::Plain(Precision::F32), 0),
-        (Family::Plain(Precision::Int8), 0),
-        (Family::Svd(Precision::Int8), 4),
-    ] {
+    let context = collab_policies::codec::CodecContext {
+        split: 2,
+        bases: None,
+    };
+    for name in ["f32", "int8", "svd-int8-r4"] {
+        let codec: collab_core::split::CodecId = name.parse().expect("id");
         let plan = Plan::Split {
             split: 2,
-            family,
-            rank,
+            codec: codec.clone(),
         };
-        let out = run_head(&model, &img, &plan, None).expect("split");
-        let codec = family.build(rank.max(1), None).expect("codec");
-        let act = codec.decode(&out.payload).expect("decodes");
+        let out = run_head(&model, &img, &plan, &codecs, None).expect("split");
+        let decoder = codecs.build(&codec, &context).expect("codec");
+        let act = decoder.decode(&out.payload).expect("decodes");
         assert_eq!((act.tokens, act.features), (TOKENS, FEATURES));
-        if family == Family::Plain(Precision::F32) {
+        if name == "f32" {
             assert_eq!(act.values, want);
         }
     }
     assert!(matches!(
-        run_head(&model, &image::RgbImage::new(0, 0), &Plan::ServerOnly, None),
+        run_head(
+            &model,
+            &image::RgbImage::new(0, 0),
+            &Plan::ServerOnly,
+            &codecs,
+            None
+        ),
         Err(ClientError::Local(_))
     ));
 }

@@ -52,7 +52,7 @@ fn config() -> ClientConfig {
 fn outgoing(payload: Vec<u8>) -> Outgoing {
     Outgoing {
         split: 2,
-        codec: "f32".into(),
+        codec: "f32".parse().expect("codec id"),
         payload,
         budget: Duration::from_micros(250_400),
         max_loss: 0.01,
@@ -168,7 +168,10 @@ async fn a_request_round_trips_with_its_fields() {
     assert_eq!(p.top, vec![(7, 3.0)]);
     assert_eq!((p.server_ms, p.batch), (1.5, 3));
     let (r, _conn) = server.await.expect("server");
-    assert_eq!((r.split, r.codec.as_str(), r.max_loss), (2, "f32", 0.01));
+    assert_eq!(
+        (r.split, r.codec.to_string().as_str(), r.max_loss),
+        (2, "f32", 0.01)
+    );
     // 250.4 ms rounds up: the server never gets less time than the caller gave.
     assert_eq!(r.budget_ms, 251);
     assert_eq!(r.payload, vec![7, 1, 2]);

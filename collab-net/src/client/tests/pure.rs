@@ -2,41 +2,54 @@
 
 use std::time::Duration;
 
-use collab_policies::svd::{Family, Precision, SplitBases, SplitBasis};
+use collab_core::split::{CodecId, SplitChoice};
+use collab_policies::codec::CodecRegistry;
+use collab_policies::svd::{SplitBases, SplitBasis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use super::super::*;
 use crate::wire::{RemoteError, ServerLoad};
 
-#[test]
-fn selector_codec_names_become_plans() {
-    let split = |k, family, rank| Plan::Split {
-        split: k,
-        family,
-        rank,
+fn choice(split: usize, codec: &str) -> SplitChoice {
+    let codec = match codec {
+        "raw" => CodecId::raw(),
+        "none" => CodecId::none(),
+        c => c.parse().expect("codec id"),
     };
-    let ok = |k, c: &str| parse_plan(k, c, 12, None).expect(c);
+    SplitChoice {
+        split,
+        codec,
+        rho: 0.0,
+        bytes: 0,
+        latency: 0.0,
+        loss: 0.0,
+    }
+}
+
+#[test]
+fn strategy_choices_become_plans() {
+    let registry = CodecRegistry::builtin();
+    let split = |k, c: &str| Plan::Split {
+        split: k,
+        codec: c.parse().expect("codec id"),
+    };
+    let ok = |k, c: &str| plan_for(&choice(k, c), 12, &registry, None).expect(c);
     assert_eq!(ok(0, "raw"), Plan::ServerOnly);
     assert_eq!(ok(0, "rgb8"), Plan::ServerOnly);
     assert_eq!(ok(12, "none"), Plan::DeviceOnly);
-    assert_eq!(ok(3, "f32"), split(3, Family::Plain(Precision::F32), 0));
+    assert_eq!(ok(3, "f32"), split(3, "f32"));
+    assert_eq!(ok(5, "int8-r192"), split(5, "int8-r192"));
+    assert_eq!(ok(6, "svd-int8-r55"), split(6, "svd-int8-r55"));
     assert_eq!(
-        ok(5, "int8-r192"),
-        split(5, Family::Plain(Precision::Int8), 192)
+        ok(6, "svd-int8-r55").wire_codec().to_string(),
+        "svd-int8-r55"
     );
-    assert_eq!(
-        ok(6, "svd-int8-r55"),
-        split(6, Family::Svd(Precision::Int8), 55)
-    );
-    assert_eq!(ok(1, "svd-r24"), split(1, Family::Svd(Precision::F32), 24));
-    assert_eq!(ok(6, "svd-int8-r55").wire_codec(), "svd-int8");
-    assert_eq!(ok(5, "int8-r192").wire_codec(), "int8");
-    assert_eq!(ok(0, "raw").wire_codec(), "rgb8");
+    assert_eq!(ok(0, "raw").wire_codec().to_string(), "rgb8");
     assert_eq!(ok(12, "none").split(12), 12);
     assert_eq!(ok(6, "svd-int8-r55").split(12), 6);
 
-    let err = |k, c: &str, needle: &str| match parse_plan(k, c, 12, None) {
+    let err = |k, c: &str, needle: &str| match plan_for(&choice(k, c), 12, &registry, None) {
         Err(ClientError::Local(m)) => assert!(m.contains(needle), "{c}: {m}"),
         other => panic!("{c} at {k}: {other:?}"),
     };
@@ -45,7 +58,7 @@ fn selector_codec_names_become_plans() {
     err(3, "raw", "at split 3");
     err(3, "none", "device-only");
     err(12, "f32", "device-only");
-    err(4, "zip-r3", "unknown codec");
+    err(4, "zip-r3", "unknown codec `zip-r3`");
     err(4, "svd-int8", "needs a rank");
     err(4, "svd-r0", "needs a rank");
     err(4, "pca-int8-r64", "shared basis");
@@ -62,19 +75,13 @@ fn selector_codec_names_become_plans() {
     let mut bases = SplitBases::new("m");
     let basis = SplitBasis::fit(&items, "block 4").expect("fit");
     bases.insert(4, basis).expect("insert");
-    let with = |k, c: &str| parse_plan(k, c, 12, Some(&bases));
-    assert_eq!(
-        with(4, "mpca-r40").expect("mpca"),
-        split(4, Family::MaskedPca, 40)
-    );
+    let with = |k, c: &str| plan_for(&choice(k, c), 12, &registry, Some(&bases));
+    assert_eq!(with(4, "mpca-r40").expect("mpca"), split(4, "mpca-r40"));
     assert_eq!(
         with(4, "cpca-int8-r3").expect("cpca"),
-        split(4, Family::CentredPca(Precision::Int8), 3)
+        split(4, "cpca-int8-r3")
     );
-    assert_eq!(
-        with(4, "f32").expect("f32"),
-        split(4, Family::Plain(Precision::F32), 0)
-    );
+    assert_eq!(with(4, "f32").expect("f32"), split(4, "f32"));
     for (k, c) in [(5, "mpca-r40"), (4, "wsvd-r8")] {
         match with(k, c) {
             Err(ClientError::Local(m)) => assert!(m.contains(&format!("at split {k}")), "{m}"),

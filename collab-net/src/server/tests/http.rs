@@ -9,7 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::*;
 use crate::server::cli::ServerArgs;
-use crate::server::{PolicyKind, route, serve_http};
+use crate::server::{route, serve_http};
 
 /// Sends `request` raw and reads the whole answer.
 async fn http(addr: SocketAddr, request: &[u8]) -> String {
@@ -104,7 +104,8 @@ fn command_line_defaults_and_config() {
         ("deit_tiny_patch16_224", "collab-demo")
     );
     let config = args.config().expect("config");
-    assert_eq!(config, ServerConfig::default());
+    let default = ServerConfig::default();
+    assert_eq!(format!("{config:?}"), format!("{default:?}"));
 
     let args = Cli::try_parse_from([
         "collab-server",
@@ -126,9 +127,10 @@ fn command_line_defaults_and_config() {
     .expect("options")
     .server;
     let config = args.config().expect("config");
+    let policy = config.policy.build().expect("policy");
     assert_eq!(
-        (config.policy, config.batch, config.capacity),
-        (PolicyKind::PerSplit, 4, 9)
+        (policy.name(), policy.budget(), config.capacity),
+        ("per-split(B=4)".to_owned(), 4, 9)
     );
     assert_eq!(
         (config.auth_token.as_str(), config.frame_timeout),
@@ -138,5 +140,57 @@ fn command_line_defaults_and_config() {
 
     let bad = Cli::try_parse_from(["collab-server", "--hello-timeout-s", "0"]).expect("parses");
     assert!(bad.server.config().is_err());
-    assert!(Cli::try_parse_from(["collab-server", "--policy", "nope"]).is_err());
+    let nope = Cli::try_parse_from(["collab-server", "--policy", "nope"]).expect("parses");
+    let e = format!("{:#}", nope.server.config().expect_err("unknown policy"));
+    assert!(e.contains("nope") && e.contains("per-split"), "{e}");
+    let json = r#"{"kind": "shared", "budget": 3, "major_share": 0.5}"#;
+    let custom = Cli::try_parse_from(["collab-server", "--policy", json]).expect("parses");
+    let policy = custom
+        .server
+        .config()
+        .expect("config")
+        .policy
+        .build()
+        .expect("policy");
+    assert_eq!(policy.budget(), 3);
+}
+
+#[test]
+fn a_pipeline_file_replaces_the_options() {
+    let text = r#"
+[model]
+id = "vit-small"
+preset = "deit_tiny_patch16_224"
+[server]
+listen = "127.0.0.1:7001"
+backend = "reference"
+capacity = 5
+[server.batch]
+kind = "server-only"
+budget = 2
+"#;
+    let path = std::env::temp_dir().join(format!("collab-pipeline-{}.toml", std::process::id()));
+    std::fs::write(&path, text).expect("write");
+    let path_arg = path.display().to_string();
+    let args = Cli::try_parse_from(["collab-server", "--config", &path_arg, "--capacity", "99"])
+        .expect("options")
+        .server;
+    let pipeline = crate::pipeline::PipelineConfig::load(&path).expect("load");
+    let (args, config) = crate::server::cli::from_pipeline(args, &pipeline).expect("apply");
+    std::fs::remove_file(&path).expect("remove");
+    assert_eq!(
+        args.listen,
+        "127.0.0.1:7001".parse::<SocketAddr>().expect("addr")
+    );
+    assert_eq!(args.backend.as_str(), "reference");
+    assert_eq!(
+        (args.model_id.as_str(), args.preset.as_deref()),
+        ("vit-small", Some("deit_tiny_patch16_224"))
+    );
+    assert_eq!(
+        (config.capacity, config.model_id.as_str()),
+        (5, "vit-small")
+    );
+    let policy = config.policy.build().expect("policy");
+    assert_eq!(policy.name(), "server-only(B=2)");
 }

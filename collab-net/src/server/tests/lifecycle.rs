@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use collab_policies::batch::SharedModelConfig;
+
 use super::*;
 use crate::server::state::{Admit, Command, Shared};
-use crate::wire::validate::{Decoded, ModelFacts};
+use crate::wire::validate::{Checked, ModelFacts};
 
 /// Polls `done` every 5 ms for up to 10 s.
 async fn eventually(mut done: impl FnMut() -> bool) {
@@ -20,7 +22,7 @@ async fn eventually(mut done: impl FnMut() -> bool) {
 async fn overload_answers_every_request_exactly_once() {
     let f = start(ServerConfig {
         capacity: 2,
-        batch: 1,
+        policy: Arc::new(SharedModelConfig::new(1)),
         ..config()
     });
     let (mut conn, _) = session(&f.transport, "burst").await;
@@ -74,7 +76,7 @@ async fn overload_answers_every_request_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_cannot_make_their_deadline_are_answered_so() {
     let f = start(ServerConfig {
-        batch: 1,
+        policy: Arc::new(SharedModelConfig::new(1)),
         ..config()
     });
     let (mut conn, _) = session(&f.transport, "hurry").await;
@@ -157,7 +159,7 @@ fn admission_holds_capacity_repoints_retries_and_closes_for_shutdown() {
     let (b, mut b_rx) = tokio::sync::mpsc::unbounded_channel();
     let now = Instant::now();
     let admit = |device: &str, id: u64, reply| {
-        let rgb = Decoded::Pixels(vec![0; 3 * SIDE * SIDE]);
+        let rgb = Checked::Pixels(vec![0; 3 * SIDE * SIDE]);
         shared.admit((device.into(), id), reply, 0, rgb, now, 100)
     };
     assert_eq!(admit("d", 1, &a), Admit::Accepted);
@@ -203,7 +205,7 @@ fn admission_holds_capacity_repoints_retries_and_closes_for_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_shutdown_answers_every_accepted_request() {
     let f = start(ServerConfig {
-        batch: 2,
+        policy: Arc::new(SharedModelConfig::new(2)),
         ..config()
     });
     let monitor = f.server.monitor();

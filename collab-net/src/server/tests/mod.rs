@@ -115,7 +115,7 @@ pub(super) fn request(id: u64, split: u32, codec: &str, payload: Vec<u8>) -> Mes
     Message::InferRequest(InferRequest {
         request_id: id,
         split,
-        codec: codec.into(),
+        codec: codec.parse().expect("codec id"),
         payload,
         budget_ms: 30_000,
         max_loss: 0.0,

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
+use collab_policies::batch::ServerOnlyConfig;
+
 use super::*;
-use crate::server::PolicyKind;
 use crate::wire::{Ping, Pong};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,7 +131,7 @@ async fn invalid_requests_are_refused_and_the_session_goes_on() {
     let bad: Vec<(Message, &str)> = vec![
         (request(1, 2, "f32", vec![1, 2, 3]), "split 2"),
         (request(2, 9, "f32", good.clone()), "split 9"),
-        (request(3, 2, "zstd", good.clone()), "zstd"),
+        (request(3, 2, "zstd", good.clone()), "unknown codec `zstd`"),
         (request(4, 0, RGB8, vec![0; 10]), "rgb8"),
         (
             request(
@@ -145,7 +146,7 @@ async fn invalid_requests_are_refused_and_the_session_goes_on() {
             Message::InferRequest(InferRequest {
                 request_id: 6,
                 split: 2,
-                codec: "f32".into(),
+                codec: "f32".parse().expect("codec id"),
                 payload: good.clone(),
                 budget_ms: 0,
                 max_loss: 0.0,
@@ -177,9 +178,11 @@ async fn invalid_requests_are_refused_and_the_session_goes_on() {
     send(&mut conn, request(7, 2, "f32", good)).await;
     assert!(response(&mut conn).await.outcome.is_ok());
     let stats = f.server.shutdown().await;
+    // The two payloads that do not decode (requests 1 and 5) were admitted and refused by the
+    // compute thread, which decodes; the others were refused on arrival.
     assert_eq!(
-        (stats.invalid, stats.accepted, stats.done),
-        (n, 1, 1),
+        (stats.invalid, stats.undecodable, stats.accepted, stats.done),
+        (n, 2, 3, 1),
         "{stats:?}"
     );
 }
@@ -187,7 +190,7 @@ async fn invalid_requests_are_refused_and_the_session_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_only_policy_refuses_activations() {
     let f = start(ServerConfig {
-        policy: PolicyKind::ServerOnly,
+        policy: Arc::new(ServerOnlyConfig { budget: 8 }),
         ..config()
     });
     let (mut conn, _) = session(&f.transport, "d0").await;
@@ -239,7 +242,7 @@ async fn violations_in_session_end_it_with_a_typed_goodbye() {
     // A body that is not a message.
     let (mut conn, _) = session(&f.transport, "d2").await;
     conn.get_mut()
-        .write_all(&[0, 0, 0, 6, 0, 1, 250, 250, 250, 250])
+        .write_all(&[0, 0, 0, 6, 0, PROTOCOL_VERSION as u8, 250, 250, 250, 250])
         .await
         .expect("write");
     assert!(matches!(

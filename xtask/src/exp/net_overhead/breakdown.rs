@@ -4,10 +4,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use collab_core::cost::median;
-use collab_net::wire::validate::{ModelFacts, check_request};
+use collab_net::wire::validate::{ModelFacts, check_and_decode};
 use collab_net::wire::{
     InferRequest, InferResponse, Message, Prediction, decode_frame, encode_frame,
 };
+use collab_policies::codec::CodecRegistry;
 
 use super::modes::Load;
 
@@ -40,7 +41,7 @@ pub(super) fn measure(load: &Load) -> Result<Costs> {
     let request = Message::InferRequest(InferRequest {
         request_id: 1,
         split: load.split as u32,
-        codec: "int8".into(),
+        codec: "int8".parse()?,
         payload: load.payload.clone(),
         budget_ms: 1000,
         max_loss: 1.0,
@@ -71,8 +72,12 @@ pub(super) fn measure(load: &Load) -> Result<Costs> {
     let Message::InferRequest(req) = &request else {
         unreachable!("built above")
     };
+    // Both steps (the cheap checks, then the decode the compute thread does); the request is
+    // cloned per repeat, since validation takes it (one payload copy, timed with it).
+    let codecs = CodecRegistry::builtin();
     let validate = time(500, || {
-        std::hint::black_box(check_request(&facts, None, req).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let checked = check_and_decode(&facts, &codecs, None, req.clone());
+        std::hint::black_box(checked.map_err(|e| anyhow::anyhow!("{e}"))?);
         Ok(())
     })?;
     let copies = 4;

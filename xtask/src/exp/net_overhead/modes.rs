@@ -13,7 +13,7 @@ use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::split::{Activation, ActivationCodec};
 use collab_core::{Backend, fixtures};
 use collab_net::client::{ClientConfig, DeviceClient, Outgoing};
-use collab_net::server::{PolicyKind, Server, ServerConfig};
+use collab_net::server::{Server, ServerConfig};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport, in_process};
 use collab_policies::batch::{ModelExecutor, Payload, SharedModel, Worker};
 use collab_policies::svd::{PlainCodec, Precision};
@@ -130,8 +130,7 @@ impl Load {
     ) -> Result<Run> {
         let config = ServerConfig {
             capacity: 4 * self.concurrency,
-            batch: self.batch,
-            policy: PolicyKind::Shared,
+            policy: Arc::new(collab_policies::batch::SharedModelConfig::new(self.batch)),
             ..ServerConfig::default()
         };
         let handle = Server::start(self.model.clone(), config, listener)?;
@@ -150,7 +149,7 @@ impl Load {
                 while next.fetch_add(1, Ordering::Relaxed) < n {
                     let request = Outgoing {
                         split,
-                        codec: "int8".into(),
+                        codec: "int8".parse()?,
                         payload: payload.clone(),
                         budget: Duration::from_secs(60),
                         max_loss: 1.0,
