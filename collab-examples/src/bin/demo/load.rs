@@ -88,7 +88,7 @@ async fn run(args: LoadArgs) -> Result<()> {
         let payload = codec.encode(&Activation::new(args.tokens, args.features, values)?)?;
         let request = Outgoing {
             split: args.split,
-            codec: "int8".into(),
+            codec: "int8".parse()?,
             payload,
             budget: Duration::from_millis(args.budget_ms),
             max_loss: 1.0,

@@ -19,6 +19,7 @@
 mod fleet;
 mod load;
 mod orchestrate;
+mod pipeline;
 mod stats;
 mod summary;
 mod view;

@@ -14,6 +14,7 @@ use collab_core::fixtures;
 use serde_json::Value;
 
 use super::fleet::{self, Profile};
+use super::pipeline::{DeviceFile, Template};
 use super::stats::Tally;
 use super::view::View;
 
@@ -45,21 +46,31 @@ pub(crate) struct DemoArgs {
     /// RTT of every device's link, ms (default: each profile's own).
     #[arg(long)]
     rtt_ms: Option<f64>,
-    /// End-to-end deadline per request, ms.
-    #[arg(long, default_value_t = 400.0)]
-    deadline_ms: f64,
-    /// Largest accuracy loss a split choice may cost (0.02 = two points of top-1).
-    #[arg(long, default_value_t = 0.02)]
-    max_loss: f64,
+    /// End-to-end deadline per request, ms (default: the pipeline file's `[device]
+    /// deadline_ms`, 400 in the shipped one).
+    #[arg(long)]
+    deadline_ms: Option<f64>,
+    /// Largest accuracy loss a split choice may cost, 0.02 = two points of top-1 (default: the
+    /// pipeline file's, 0.02 in the shipped one).
+    #[arg(long)]
+    max_loss: Option<f64>,
     /// Background load, requests per second (0: none).
     #[arg(long, default_value_t = 5.0)]
     load_rate: f64,
-    /// Server batch budget.
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Server admission limit (requests in flight).
-    #[arg(long, default_value_t = 64)]
-    capacity: usize,
+    /// Server batch budget (default: the pipeline file's `[server.batch] budget`, 8 in the
+    /// shipped one).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Server admission limit, requests in flight (default: the pipeline file's, 64 in the
+    /// shipped one).
+    #[arg(long)]
+    capacity: Option<usize>,
+    /// The pipeline config file the server and devices start from (batch policy, codecs,
+    /// backends, split strategy, limits; see `collab_net::pipeline`). Default: the shipped
+    /// `collab-examples/pipelines/deit-tiny.toml`, embedded in the binary. The demo writes in
+    /// the addresses, device ids and each device's slowdown, and the options given here.
+    #[arg(long)]
+    pipeline: Option<PathBuf>,
     /// Give up and stop everything after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
@@ -189,22 +200,20 @@ fn wait_ready(server: &mut Proc, ready: &Path) -> Result<SocketAddr> {
     }
 }
 
+/// Device `i`'s command line: its copy of the pipeline file, and the workload and link
+/// options.
 fn device_args(
     i: usize,
     p: &Profile,
     a: &DemoArgs,
-    server: SocketAddr,
+    config: &Path,
     assets: &(PathBuf, PathBuf),
 ) -> Vec<String> {
     let s = |v: &dyn ToString| v.to_string();
-    let mut args: Vec<String> = [
+    [
         "device",
-        "--server",
-        &s(&server),
-        "--device-id",
-        &format!("device-{i}"),
-        "--accuracy-table",
-        &s(&assets.0.display()),
+        "--config",
+        &s(&config.display()),
         "--device-profile",
         &s(&assets.1.display()),
         "--server-profile",
@@ -219,10 +228,6 @@ fn device_args(
         &s(&p.jitter_ms),
         "--loss",
         &s(&p.loss),
-        "--deadline-ms",
-        &s(&a.deadline_ms),
-        "--max-loss",
-        &s(&a.max_loss),
         "--images",
         &s(&a.images),
         "--offset",
@@ -232,11 +237,7 @@ fn device_args(
     ]
     .iter()
     .map(|x| x.to_string())
-    .collect();
-    if let Some(bases) = &a.bases {
-        args.extend(["--bases".into(), bases.display().to_string()]);
-    }
-    args
+    .collect()
 }
 
 /// Runs the demo.
@@ -260,27 +261,29 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         }
     }
     let assets = write_assets(&dir, a.accuracy_table.as_deref())?;
+    let template = Template::load(a.pipeline.as_deref())?;
+    let deadline_ms = template.deadline_ms(a.deadline_ms);
     let ready = dir.join("server.addr");
     let metrics_addr = free_port()?;
-    let mut server_args: Vec<String> = vec![
+    let server_file = dir.join("server.toml");
+    template.write_server(
+        &server_file,
+        metrics_addr,
+        a.capacity,
+        a.batch,
+        a.bases.as_deref(),
+    )?;
+    let server_args: Vec<String> = vec![
         "serve".into(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--metrics".into(),
-        metrics_addr.to_string(),
+        "--config".into(),
+        server_file.display().to_string(),
         "--ready-file".into(),
         ready.display().to_string(),
-        "--batch".into(),
-        a.batch.to_string(),
-        "--capacity".into(),
-        a.capacity.to_string(),
     ];
-    if let Some(bases) = &a.bases {
-        server_args.extend(["--bases".into(), bases.display().to_string()]);
-    }
     let mut server = Proc::spawn("server", &server_args, &dir.join("server.log"), false, None)?;
     eprintln!(
-        "collab demo: starting the server (logs in {})",
+        "collab demo: starting the server from {} (logs and pipeline copies in {})",
+        template.origin(),
         dir.display()
     );
     let addr = wait_ready(&mut server, &ready)?;
@@ -289,14 +292,27 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         .collect();
     eprintln!(
         "collab demo: server on {addr}, metrics on http://{metrics_addr}/metrics; {} devices, {} images each, deadline {} ms",
-        a.devices, a.images, a.deadline_ms
+        a.devices, a.images, deadline_ms
     );
     let (tx, rx) = mpsc::channel();
     let mut devices = Vec::new();
     for (i, p) in profiles.iter().enumerate() {
+        let config = dir.join(format!("device-{i}.toml"));
+        template.write_device(
+            &config,
+            &DeviceFile {
+                server: addr,
+                id: format!("device-{i}"),
+                profile: p,
+                deadline_ms,
+                max_loss: a.max_loss,
+                accuracy_table: assets.0.clone(),
+                bases: a.bases.as_deref(),
+            },
+        )?;
         let mut d = Proc::spawn(
             &format!("device-{i}"),
-            &device_args(i, p, &a, addr, &assets),
+            &device_args(i, p, &a, &config, &assets),
             &dir.join(format!("device-{i}.log")),
             false,
             Some(1),
@@ -336,13 +352,13 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
             break;
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((i, Some(v))) if i < a.devices => tallies[i].record(&v, a.deadline_ms),
+            Ok((i, Some(v))) if i < a.devices => tallies[i].record(&v, deadline_ms),
             Ok((_, Some(v))) => load_tally.record(&v, f64::INFINITY),
             Ok((i, None)) if i < a.devices => open[i] = false,
             Ok((_, None)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        view.update(&tallies, &load_tally, start.elapsed(), a.deadline_ms);
+        view.update(&tallies, &load_tally, start.elapsed(), deadline_ms);
     }
     let wall = start.elapsed();
     view.finish();
