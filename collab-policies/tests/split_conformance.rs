@@ -7,8 +7,8 @@ use collab_core::cost::{CostModel, Workload};
 use collab_policies::codec::conformance::CodecSpec;
 use collab_policies::split::conformance::SplitSpec;
 use collab_policies::split::{
-    AccuracyEntry, AccuracyTable, Fallback, FastestWithinLoss, Hysteresis, SelectorConfig,
-    SplitSelector,
+    AccuracyEntry, AccuracyTable, Fallback, FastestWithinLoss, FixedSplit, Hysteresis,
+    SelectorConfig, SplitSelector,
 };
 use collab_policies::svd::{PlainCodec, Precision, SvdCodec};
 use collab_policies::{codec_conformance, split_strategy_conformance};
@@ -91,6 +91,17 @@ split_strategy_conformance!(
         selector(),
         FastestWithinLoss::new(selector())
     )),
+    SplitSpec::new(L)
+);
+
+split_strategy_conformance!(
+    fixed_server_only,
+    || FixedSplit::new(0, "int8".parse().expect("id"), L).expect("fixed"),
+    SplitSpec::new(L)
+);
+split_strategy_conformance!(
+    fixed_int8,
+    || FixedSplit::new(6, "int8".parse().expect("id"), L).expect("fixed"),
     SplitSpec::new(L)
 );
 

@@ -1,5 +1,6 @@
 //! Proof from outside the crates: a user's own batch policy (earliest deadline first), codec
-//! (top-k sparsification) and split strategy (a fixed split), written here against the public
+//! (top-k sparsification) and split strategy (a step on the measured bandwidth: loopback is
+//! fast, so the devices take the early split with top-k), written here against the public
 //! API only, registered with `typetag`, named in one pipeline config file next to nothing of
 //! ours, and served over real loopback TCP: a real server on DeiT-Tiny and two devices. Every
 //! request is answered exactly once, with the unsplit model's top-1. The three are also held
@@ -203,23 +204,37 @@ codec_conformance!(
 );
 codec_conformance!(top_k_few, || TopK { k: 2 });
 
-// ----- a split strategy: always the same split and codec --------------------------------------
+// ----- a split strategy: one split below a bandwidth, another above ----------------------
 
+/// Below `threshold` bytes/s of uplink, `low` (an early split and a small codec); at or above
+/// it, `high`.
 #[derive(Debug)]
-struct FixedSplit {
-    split: usize,
-    codec: CodecId,
+struct BandwidthStep {
+    threshold: f64,
+    low: (usize, CodecId),
+    high: (usize, CodecId),
 }
 
-impl SplitStrategy for FixedSplit {
+impl SplitStrategy for BandwidthStep {
     fn name(&self) -> String {
-        format!("fixed({}, {})", self.split, self.codec)
+        format!(
+            "bandwidth-step({} B/s: {} {} / {} {})",
+            self.threshold, self.low.0, self.low.1, self.high.0, self.high.1
+        )
     }
 
-    fn choose(&self, _: &Conditions) -> Result<SplitChoice> {
+    fn choose(&self, c: &Conditions) -> Result<SplitChoice> {
+        if c.bandwidth.is_nan() {
+            return Err(Error::InvalidInput("bandwidth is NaN".into()));
+        }
+        let (split, codec) = if c.bandwidth < self.threshold {
+            &self.low
+        } else {
+            &self.high
+        };
         Ok(SplitChoice {
-            split: self.split,
-            codec: self.codec.clone(),
+            split: *split,
+            codec: codec.clone(),
             rho: 0.0,
             bytes: 0,
             latency: 0.0,
@@ -230,33 +245,39 @@ impl SplitStrategy for FixedSplit {
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FixedSplitConfig {
-    split: usize,
-    codec: String,
+struct BandwidthStepConfig {
+    threshold_mbit: f64,
+    low_split: usize,
+    low_codec: String,
+    high_split: usize,
+    high_codec: String,
 }
 
-#[typetag::serde(name = "fixed")]
-impl SplitStrategyConfig for FixedSplitConfig {
+#[typetag::serde(name = "bandwidth-step")]
+impl SplitStrategyConfig for BandwidthStepConfig {
     fn build(&self, context: &StrategyContext) -> Result<Box<dyn SplitStrategy>> {
         let layers = context.selector.layers;
-        if self.split == 0 || self.split >= layers {
-            return Err(Error::Config(format!(
-                "fixed: split {} must be in 1..{layers}",
-                self.split
-            )));
+        for split in [self.low_split, self.high_split] {
+            if split == 0 || split >= layers {
+                return Err(Error::Config(format!(
+                    "bandwidth-step: split {split} must be in 1..{layers}"
+                )));
+            }
         }
-        Ok(Box::new(FixedSplit {
-            split: self.split,
-            codec: self.codec.parse()?,
+        Ok(Box::new(BandwidthStep {
+            threshold: self.threshold_mbit * 1e6 / 8.0,
+            low: (self.low_split, self.low_codec.parse()?),
+            high: (self.high_split, self.high_codec.parse()?),
         }))
     }
 }
 
 split_strategy_conformance!(
-    fixed,
-    || FixedSplit {
-        split: 2,
-        codec: "top-k-r8".parse().expect("id")
+    bandwidth_step,
+    || BandwidthStep {
+        threshold: 1e6,
+        low: (2, "top-k-r8".parse().expect("id")),
+        high: (9, "int8".parse().expect("id")),
     },
     SplitSpec {
         registry: CodecRegistry::builtin()
@@ -288,14 +309,17 @@ budget = 4
 server = "{server}"
 deadline_ms = 60000
 [device.split]
-kind = "fixed"
-split = 2
-codec = "top-k-r192"
+kind = "bandwidth-step"
+threshold_mbit = 1
+low_split = 9
+low_codec = "int8"
+high_split = 2
+high_codec = "top-k-r192"
 "#
     )
 }
 
-/// What a device knows when it builds its strategy (the fixed split ignores most of it).
+/// What a device knows when it builds its strategy (the bandwidth step needs only the layers).
 fn strategy_context() -> StrategyContext {
     StrategyContext {
         selector: SelectorConfig {
@@ -378,7 +402,11 @@ async fn a_users_policy_codec_and_strategy_serve_from_one_config_file() {
     for name in ["phone", "board"] {
         let (config, strategy) = pipeline.device_config().expect("device config");
         let strategy = strategy.build(&strategy_context()).expect("strategy");
-        assert!(strategy.name().starts_with("fixed(2, top-k-r192)"));
+        assert!(
+            strategy.name().starts_with("bandwidth-step"),
+            "{}",
+            strategy.name()
+        );
         let device = Device::new(model.clone(), strategy, client(addr, name).await, config);
         let (images, expected) = (images.clone(), expected.clone());
         devices.push(tokio::spawn(async move {

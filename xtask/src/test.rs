@@ -103,7 +103,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                 "-p",
                 "collab-tests",
                 "--features",
-                "collab-backends/tch,collab-backends/arm,collab-tests/tch",
+                "collab-backends/tch,collab-backends/arm,collab-tests/tch,collab-tests/arm",
                 // Only the tests about tch (the rest already ran in stage 1): the conformance
                 // module `tch_cpu`, the unit tests in `tch::`, and tests named `.._tch..`.
                 "--",

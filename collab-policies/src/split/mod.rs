@@ -8,8 +8,10 @@
 //!   second strategy when the first finds nothing, and [`FastestWithinLoss`] is the usual
 //!   second; [`device_default`] is the three together, what a device runs unless told
 //!   otherwise;
+//! - [`FixedSplit`]: one split and codec whatever the conditions (baselines such as
+//!   server-only, tests);
 //! - [`SplitStrategyConfig`]: a strategy named in a pipeline config (`kind = "selector"` is
-//!   [`SelectorStrategy`]), registered with `typetag` so a user's own is named the same way;
+//!   [`SelectorStrategy`], `kind = "fixed"` [`FixedSplitConfig`]), registered with `typetag` so a user's own is named the same way;
 //! - [`conformance`]: the suite every split strategy must pass, as
 //!   [`split_strategy_conformance!`].
 //!
@@ -21,6 +23,7 @@ pub mod conformance;
 mod device_default;
 mod fallback;
 mod fastest;
+mod fixed;
 mod hysteresis;
 mod selector;
 mod table;
@@ -29,6 +32,7 @@ pub use config::{SelectorStrategy, SplitStrategyConfig, StrategyContext};
 pub use device_default::{DeviceDefault, device_default};
 pub use fallback::Fallback;
 pub use fastest::FastestWithinLoss;
+pub use fixed::{FixedSplit, FixedSplitConfig};
 pub use hysteresis::Hysteresis;
 pub use selector::{Candidate, SelectorConfig, SplitSelector};
 pub use table::{AccuracyEntry, AccuracyTable};
