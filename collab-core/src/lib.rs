@@ -15,6 +15,7 @@
 //! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
 //! - [`json`]: pretty JSON files for profiles, calibrations and tables;
 //! - [`seed`]: seeds and round counts of the randomised conformance suites;
+//! - [`stats`]: rank correlation and cosine similarity for evaluations;
 //! - [`fixtures`]: where the real checkpoints and evaluation data are found.
 //!
 //! collab-core depends on no backend, no transport and no async runtime.
@@ -31,6 +32,7 @@ pub mod json;
 pub mod model;
 pub mod seed;
 pub mod split;
+pub mod stats;
 pub mod token;
 
 pub use backend::{Backend, shape};

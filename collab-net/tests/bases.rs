@@ -67,6 +67,7 @@ fn request(split: u32, codec: &str, payload: Vec<u8>) -> Outgoing {
         payload,
         budget: Duration::from_secs(20),
         max_loss: 0.0,
+        meta: None,
     }
 }
 

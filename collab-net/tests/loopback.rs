@@ -40,6 +40,7 @@ fn request(payload: Vec<u8>, split: u32) -> Outgoing {
         payload,
         budget: Duration::from_secs(20),
         max_loss: 0.0,
+        meta: None,
     }
 }
 
@@ -134,6 +135,7 @@ async fn hostile_frames_get_typed_goodbyes_and_the_server_keeps_serving() {
         payload: vec![1, 2, 3],
         budget_ms: 100,
         max_loss: 0.0,
+        meta: None,
     }))
     .await
     .expect("send");

@@ -438,6 +438,7 @@ async fn a_users_policy_codec_and_strategy_serve_from_one_config_file() {
         payload: vec![1, 2, 3],
         budget: Duration::from_secs(10),
         max_loss: 0.0,
+        meta: None,
     };
     match c.infer(outgoing, Duration::from_secs(30)).await {
         Err(ClientError::Remote(RemoteError::Invalid(m))) => {

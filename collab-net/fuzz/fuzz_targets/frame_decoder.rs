@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
         layers: 12,
         tokens: 197,
         features: 192,
-        image_side: 224,
+        input: collab_net::wire::validate::InputFacts::Image { side: 224 },
     };
     let registry = CodecRegistry::builtin();
     let check = |m: &Message| {

@@ -21,9 +21,9 @@ use tokio::sync::Mutex;
 
 use super::error::ClientError;
 use super::handle::{DeviceClient, LinkEstimate, Outgoing};
-use super::head::run_head;
+use super::head::{DeviceInput, run_head};
 use super::plan::{Plan, plan_for, queue_estimate, server_budget};
-use crate::wire::RemoteError;
+use crate::wire::{RemoteError, raw_tokens};
 
 /// How long past the deadline a call still waits for its answer (a late answer is reported,
 /// as late, rather than lost).
@@ -69,11 +69,13 @@ impl Default for DeviceConfig {
     }
 }
 
-/// One classified image and what it took.
+/// One answered request and what it took.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Classified {
-    /// The best classes with their logits, best first.
+    /// The best classes with their logits, best first (a classifier; empty for an encoder).
     pub top: Vec<(u32, f32)>,
+    /// The pooled embedding (a sentence encoder; empty for a classifier).
+    pub embedding: Vec<f32>,
     /// The split point used.
     pub split: usize,
     /// The strategy's codec ([`CodecId::raw`], `f32`, `svd-int8-r55`, [`CodecId::none`], ...).
@@ -184,15 +186,24 @@ impl<B: Backend> Device<B> {
         }
     }
 
-    /// Classifies one decoded RGB image (see the module docs for the steps). The first call
-    /// also waits for the first link probe; its time counts against the deadline.
+    /// Classifies one decoded RGB image: [`Device::infer`] of [`DeviceInput::Image`].
+    ///
+    /// # Errors
+    /// As [`Device::infer`].
+    pub async fn classify(&self, image: &image::RgbImage) -> Result<Classified, ClientError> {
+        self.infer(DeviceInput::Image(image.clone())).await
+    }
+
+    /// Runs one request (see the module docs for the steps): an image for a classifier, token
+    /// ids for a sentence encoder. The first call also waits for the first link probe; its
+    /// time counts against the deadline.
     ///
     /// # Errors
     /// Any [`ClientError`] of [`DeviceClient::infer`] and [`DeviceClient::probe`];
-    /// [`ClientError::Local`] for a compute or encoding failure; and
-    /// `Remote(DeadlineMissed { budget_ms: 0 })`, without sending, when the device's part
-    /// left no time for the server.
-    pub async fn classify(&self, image: &image::RgbImage) -> Result<Classified, ClientError> {
+    /// [`ClientError::Local`] for an input the model does not take, a compute or encoding
+    /// failure; and `Remote(DeadlineMissed { budget_ms: 0 })`, without sending, when the
+    /// device's part left no time for the server.
+    pub async fn infer(&self, input: DeviceInput) -> Result<Classified, ClientError> {
         let start = Instant::now();
         let link = self.link().await?;
         let choice = self.strategy.choose(&self.conditions(&link))?;
@@ -200,10 +211,14 @@ impl<B: Backend> Device<B> {
         let bases = self.config.bases.clone();
         let codecs = self.config.codecs.clone();
         let plan = plan_for(&choice, layers, &codecs, bases.as_deref())?;
-        let (model, owned, head_plan) = (self.model.clone(), image.clone(), plan.clone());
+        let wire_codec = match (&plan, &input) {
+            (Plan::ServerOnly, DeviceInput::Tokens(_)) => raw_tokens(),
+            _ => plan.wire_codec(),
+        };
+        let (model, head_plan) = (self.model.clone(), plan.clone());
         let head_start = Instant::now();
         let head = tokio::task::spawn_blocking(move || {
-            run_head(&model, &owned, &head_plan, &codecs, bases.as_deref())
+            run_head(&model, &input, &head_plan, &codecs, bases.as_deref())
         })
         .await
         .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;
@@ -214,6 +229,7 @@ impl<B: Backend> Device<B> {
         let device_ms = ms(head_start.elapsed());
         let mut done = Classified {
             top: head.top,
+            embedding: head.embedding,
             split: plan.split(layers),
             codec: choice.codec,
             bytes: head.payload.len(),
@@ -228,10 +244,11 @@ impl<B: Backend> Device<B> {
             )?;
             let request = Outgoing {
                 split: u32::try_from(done.split).unwrap_or(u32::MAX),
-                codec: plan.wire_codec(),
+                codec: wire_codec,
                 payload: head.payload,
                 budget,
                 max_loss: self.config.max_loss as f32,
+                meta: head.meta,
             };
             let prediction = self
                 .client
@@ -241,6 +258,7 @@ impl<B: Backend> Device<B> {
                 self.batch.store(prediction.batch, Ordering::Relaxed);
             }
             done.top = prediction.top;
+            done.embedding = prediction.embedding;
             done.server_ms = f64::from(prediction.server_ms);
             done.batch = prediction.batch;
         }

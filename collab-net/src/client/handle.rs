@@ -31,6 +31,9 @@ pub struct Outgoing {
     pub budget: Duration,
     /// The accuracy loss the split choice accepted.
     pub max_loss: f32,
+    /// The activation's per-token facts when they are not the default (see
+    /// [`crate::wire::TokenMeta`]).
+    pub meta: Option<crate::wire::TokenMeta>,
 }
 
 /// A measured link.
@@ -155,6 +158,7 @@ impl DeviceClient {
             payload: request.payload,
             budget_ms: u32::try_from(budget_ms).unwrap_or(u32::MAX),
             max_loss: request.max_loss,
+            meta: request.meta,
         };
         let (reply, answer) = oneshot::channel();
         self.inner

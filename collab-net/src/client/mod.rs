@@ -29,6 +29,7 @@ pub use config::{Backoff, ClientConfig};
 pub use device::{Classified, Device, DeviceConfig};
 pub use error::ClientError;
 pub use handle::{DeviceClient, LinkEstimate, Outgoing};
+pub use head::DeviceInput;
 pub use plan::{Plan, plan_for, queue_estimate, server_budget, top_k};
 
 #[cfg(test)]

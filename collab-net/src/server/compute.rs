@@ -25,12 +25,12 @@ use std::time::{Duration, Instant};
 use collab_core::Backend;
 use collab_core::batch::{BatchPolicy, BatchPolicyConfig, Outcome, Response};
 use collab_core::input::ImagePreprocess;
-use collab_core::model::{Hidden, Input, Transformer};
+use collab_core::model::{Input, Transformer};
 use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
 use tracing::{debug, error, info};
 
 use super::state::{Command, Job, Key, Shared};
-use crate::wire::validate::{Checked, decode_activation};
+use crate::wire::validate::{Checked, InputFacts, decode_activation};
 use crate::wire::{InferResponse, Prediction, RemoteError};
 
 type ServerWorker<B> = Worker<Box<dyn BatchPolicy>, ModelExecutor<B>>;
@@ -40,10 +40,6 @@ const TOP: usize = 5;
 
 /// How long the thread waits for news when the policy stays idle with requests queued.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
-
-/// Leading tokens of a ViT's hidden states that token adapters keep (the class token), as
-/// `Transformer::embed` sets them.
-const VIT_PROTECTED: usize = 1;
 
 /// What the thread keeps of a request while the worker holds it.
 #[derive(Debug)]
@@ -209,7 +205,9 @@ impl<B: Backend> Compute<B> {
             |e: collab_core::Error| RemoteError::Failed(format!("cannot build the input: {e}"));
         match checked {
             Checked::Pixels(rgb) => {
-                let side = self.shared.facts.image_side;
+                let InputFacts::Image { side } = self.shared.facts.input else {
+                    return Err(RemoteError::Failed("pixels for a text model".into()));
+                };
                 let crop = u32::try_from(side)
                     .map_err(|_| RemoteError::Failed("image side too large".into()))?;
                 let values = ImagePreprocess::imagenet(crop)
@@ -218,13 +216,16 @@ impl<B: Backend> Compute<B> {
                 let x = be.from_vec(values, &[1, 3, side, side]).map_err(failed)?;
                 Ok(Payload::Input(Input::Images(x)))
             }
-            Checked::Encoded { codec, payload } => {
+            Checked::Tokens(ids) => Ok(Payload::Input(Input::Tokens(vec![ids]))),
+            Checked::Encoded {
+                codec,
+                payload,
+                meta,
+            } => {
                 let facts = &self.shared.facts;
-                let a = decode_activation(facts, entry, codec.as_ref(), &payload)?;
-                let x = be
-                    .from_vec(a.values, &[1, a.tokens, a.features])
-                    .map_err(failed)?;
-                Ok(Payload::Hidden(Hidden::new(x, VIT_PROTECTED)))
+                let hidden =
+                    decode_activation(facts, entry, codec.as_ref(), &payload, meta.as_ref())?;
+                Ok(Payload::Hidden(hidden.to_backend(be).map_err(failed)?))
             }
         }
     }
@@ -280,11 +281,20 @@ impl<B: Backend> Compute<B> {
             return;
         };
         let outcome = match r.outcome {
-            Outcome::Done(logits) => Ok(Prediction {
-                top: top_k(&logits, TOP),
-                server_ms: (meta.received.elapsed().as_secs_f64() * 1e3) as f32,
-                batch: u32::try_from(batch).unwrap_or(u32::MAX),
-            }),
+            Outcome::Done(output) => {
+                // A classifier's logits are answered as its best classes, an encoder's
+                // pooled embedding as it is.
+                let (top, embedding) = match self.shared.facts.input {
+                    InputFacts::Image { .. } => (top_k(&output, TOP), vec![]),
+                    InputFacts::Text { .. } => (vec![], output),
+                };
+                Ok(Prediction {
+                    top,
+                    embedding,
+                    server_ms: (meta.received.elapsed().as_secs_f64() * 1e3) as f32,
+                    batch: u32::try_from(batch).unwrap_or(u32::MAX),
+                })
+            }
             Outcome::DeadlineMissed => Err(RemoteError::DeadlineMissed {
                 budget_ms: meta.budget_ms,
             }),

@@ -14,7 +14,7 @@ use super::config::ServerConfig;
 use super::state::{Phase, Shared};
 use super::stats::ServerStats;
 use crate::transport::Listener;
-use crate::wire::validate::ModelFacts;
+use crate::wire::validate::{InputFacts, ModelFacts};
 
 /// The cloud server: see [`Server::start`].
 #[derive(Debug)]
@@ -29,7 +29,8 @@ impl Server {
     ///
     /// # Errors
     /// [`ServerError::NoRuntime`] outside a runtime; [`ServerError::Config`] for an unusable
-    /// config, a model that is not a 3-channel ViT classifier, or split bases that do not fit
+    /// config, a model that is neither a 3-channel ViT classifier nor a BERT-family encoder,
+    /// or split bases that do not fit
     /// the model (another feature width, a split point at or past its last block);
     /// [`ServerError::Thread`] if the compute thread cannot be spawned.
     pub fn start<B: Backend>(
@@ -93,23 +94,31 @@ fn check_bases(bases: &SplitBases, facts: &ModelFacts) -> Result<(), ServerError
     Ok(())
 }
 
-/// What the server needs to know of its model; only ViT classifiers on RGB images serve.
+/// What the server needs to know of its model: ViT classifiers on RGB images and BERT-family
+/// sentence encoders serve.
 fn facts_of<B: Backend>(model: &Transformer<B>, model_id: &str) -> Result<ModelFacts, ServerError> {
+    let layers = model.num_blocks();
     match model.config() {
         ModelConfig::Vit(v) if v.channels == 3 => Ok(ModelFacts {
             model_id: model_id.to_owned(),
-            layers: model.num_blocks(),
+            layers,
             tokens: v.num_tokens(),
             features: v.encoder.hidden,
-            image_side: v.image_size,
+            input: InputFacts::Image { side: v.image_size },
         }),
         ModelConfig::Vit(v) => Err(ServerError::Config(format!(
             "the server takes RGB images; this ViT has {} channels",
             v.channels
         ))),
-        ModelConfig::Bert(_) => Err(ServerError::Config(
-            "the server serves ViT classifiers; this model is a BERT encoder".into(),
-        )),
+        ModelConfig::Bert(b) => Ok(ModelFacts {
+            model_id: model_id.to_owned(),
+            layers,
+            tokens: b.max_positions,
+            features: b.encoder.hidden,
+            input: InputFacts::Text {
+                vocab: b.vocab_size,
+            },
+        }),
     }
 }
 

@@ -19,9 +19,18 @@ pub const PROTOCOL_VERSION: u16 = 2;
 /// also carry their own shape and rank.
 pub const RAW_RGB8: &str = "rgb8";
 
-/// The codec id of a server-only request: [`RAW_RGB8`], no rank.
+/// The codec family of a server-only request to a text model: the token ids, each a
+/// little-endian `u32` (the tokenizer's output, `[CLS]` and `[SEP]` included).
+pub const RAW_TOKENS: &str = "tokens";
+
+/// The codec id of a server-only request to an image model: [`RAW_RGB8`], no rank.
 pub fn raw_rgb8() -> CodecId {
     CodecId::plain(RAW_RGB8).unwrap_or_else(|_| CodecId::raw())
+}
+
+/// The codec id of a server-only request to a text model: [`RAW_TOKENS`], no rank.
+pub fn raw_tokens() -> CodecId {
+    CodecId::plain(RAW_TOKENS).unwrap_or_else(|_| CodecId::raw())
 }
 
 /// One frame's message.
@@ -107,6 +116,22 @@ pub struct InferRequest {
     pub budget_ms: u32,
     /// The largest accuracy loss the caller accepts (what the device's split choice used).
     pub max_loss: f32,
+    /// What the hidden states carry besides their values, when it is not the default (no
+    /// padding, every token of size 1, the model's own protected tokens): after a device-side
+    /// token adapter merged tokens, their sizes; for padded text, the mask. `None` at split 0.
+    pub meta: Option<TokenMeta>,
+}
+
+/// The per-token facts of an activation beyond its values (see `collab_core::model::Hidden`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenMeta {
+    /// Leading tokens that token adapters must keep (the class token).
+    pub protected: u32,
+    /// Per token, 1 for a real token and 0 for padding; `None`: every token is real.
+    #[serde(with = "serde_bytes")]
+    pub mask: Option<Vec<u8>>,
+    /// Per token, how many input tokens it stands for after merging; `None`: all 1.
+    pub sizes: Option<Vec<f32>>,
 }
 
 /// The answer to one request.
@@ -118,11 +143,13 @@ pub struct InferResponse {
     pub outcome: Result<Prediction, RemoteError>,
 }
 
-/// A classification result.
+/// A result: a classifier's best classes, or an encoder's embedding.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
-    /// The best classes with their logits, best first.
+    /// The best classes with their logits, best first (a classifier; empty for an encoder).
     pub top: Vec<(u32, f32)>,
+    /// The pooled embedding (a sentence encoder such as MiniLM; empty for a classifier).
+    pub embedding: Vec<f32>,
     /// Milliseconds the request spent in the server (queue and compute).
     pub server_ms: f32,
     /// Size of the batch its head ran in.

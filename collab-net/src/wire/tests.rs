@@ -14,6 +14,7 @@ fn request(payload: Vec<u8>) -> Message {
         payload,
         budget_ms: 250,
         max_loss: 0.01,
+        meta: None,
     })
 }
 
@@ -23,6 +24,19 @@ fn any_message() -> impl Strategy<Value = Message> {
             .prop_map(|(n, pad)| { Message::Ping(Ping { nonce: n, pad }) }),
         any::<u64>().prop_map(|nonce| Message::Pong(Pong { nonce })),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(request),
+        (1u32..20, any::<bool>()).prop_map(|(n, masked)| {
+            let Message::InferRequest(r) = request(vec![1; n as usize]) else {
+                unreachable!("a request")
+            };
+            Message::InferRequest(InferRequest {
+                meta: Some(TokenMeta {
+                    protected: 1,
+                    mask: masked.then(|| vec![1; n as usize]),
+                    sizes: Some(vec![2.0; n as usize]),
+                }),
+                ..r
+            })
+        }),
         (
             any::<u64>(),
             proptest::collection::vec((any::<u32>(), -10f32..10.0), 0..6)
@@ -31,6 +45,7 @@ fn any_message() -> impl Strategy<Value = Message> {
                 request_id: id,
                 outcome: Ok(Prediction {
                     top,
+                    embedding: vec![0.25; (id % 4) as usize],
                     server_ms: 1.5,
                     batch: 4
                 }),
@@ -200,7 +215,7 @@ mod validation {
             layers: 4,
             tokens: 5,
             features: 8,
-            image_side: 4,
+            input: super::super::validate::InputFacts::Image { side: 4 },
         }
     }
 
@@ -212,6 +227,7 @@ mod validation {
             payload,
             budget_ms: 100,
             max_loss: 0.0,
+            meta: None,
         }
     }
 
@@ -237,7 +253,7 @@ mod validation {
             None,
             &req(2, "int8", int8.encode(&act(5, 8)).expect("enc")),
         );
-        assert!(matches!(ok, Ok(Decoded::Activation(a)) if a.tokens == 5 && a.features == 8));
+        assert!(matches!(ok, Ok(Decoded::Hidden(h)) if h.dims == [1, 5, 8] && h.protected == 1));
         let svd = SvdCodec {
             rank: 3,
             precision: Precision::Int8,
@@ -341,12 +357,15 @@ mod validation {
                 Some(&held),
                 &req(2, &format!("{family}-r3"), payload),
             );
-            let Ok(Decoded::Activation(y)) = ok else {
+            let Ok(Decoded::Hidden(y)) = ok else {
                 panic!("{family}: {ok:?}");
             };
             assert_eq!(
-                y,
-                codec.decode(&codec.encode(&x).expect("enc")).expect("dec")
+                y.x,
+                codec
+                    .decode(&codec.encode(&x).expect("enc"))
+                    .expect("dec")
+                    .values
             );
         }
     }

@@ -3,17 +3,36 @@
 //! 1. [`check_request`], on the connection task, cheap and allocation-free beyond the codec
 //!    it builds: the split point exists, the budget and loss limit are usable, and the codec
 //!    id names a family the server's [`CodecRegistry`] builds at that split (with the bases it
-//!    holds); a server-only payload has exactly the image's bytes;
-//! 2. [`decode_activation`], on the compute thread: the payload decodes, to exactly the shape
-//!    the model expects at that split, with finite values.
+//!    holds); a server-only payload is exactly the image's bytes, or token ids the model takes;
+//! 2. [`decode_activation`], on the compute thread: the payload decodes, to the shape the
+//!    model expects at that split (an image model's token count unless tokens were merged, at
+//!    most the model's positions for text), with finite values and per-token facts
+//!    ([`TokenMeta`]) that fit it.
 //!
 //! Every failure is a [`RemoteError::Invalid`] naming the problem.
 
-use collab_core::split::{Activation, ActivationCodec};
+use collab_core::model::HostHidden;
+use collab_core::split::ActivationCodec;
 use collab_policies::codec::{CodecContext, CodecRegistry};
 use collab_policies::svd::SplitBases;
 
-use super::message::{InferRequest, RAW_RGB8, RemoteError};
+use super::message::{InferRequest, RAW_RGB8, RAW_TOKENS, RemoteError, TokenMeta};
+
+/// What a server-only request sends, by the model's family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputFacts {
+    /// An image classifier (ViT, DeiT): the cropped image, `3 * side * side` bytes of RGB.
+    Image {
+        /// Side of the square input image.
+        side: usize,
+    },
+    /// A sentence encoder (BERT, MiniLM): token ids below `vocab`, at most the model's
+    /// positions of them.
+    Text {
+        /// The vocabulary size.
+        vocab: usize,
+    },
+}
 
 /// What the server's model expects of a request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -22,35 +41,54 @@ pub struct ModelFacts {
     pub model_id: String,
     /// Blocks `L`.
     pub layers: usize,
-    /// Tokens entering the blocks.
+    /// Tokens entering the blocks: exactly this many for an image model's unmerged request, at
+    /// most this many otherwise (a text model's positions; an image after merging).
     pub tokens: usize,
     /// Hidden features.
     pub features: usize,
-    /// Side of the square input image (server-only requests send `3 * side * side` bytes).
-    pub image_side: usize,
+    /// What a server-only request sends.
+    pub input: InputFacts,
+}
+
+impl ModelFacts {
+    /// Leading tokens of a request's hidden states that token adapters keep unless the
+    /// request says otherwise: the class token of an image model, none for text.
+    pub fn protected(&self) -> usize {
+        match self.input {
+            InputFacts::Image { .. } => 1,
+            InputFacts::Text { .. } => 0,
+        }
+    }
 }
 
 /// A request's payload after [`check_request`].
 #[derive(Debug)]
 pub enum Checked {
-    /// Server-only: interleaved 8-bit RGB pixels of the cropped image.
+    /// Server-only, image model: interleaved 8-bit RGB pixels of the cropped image.
     Pixels(Vec<u8>),
+    /// Server-only, text model: the token ids.
+    Tokens(Vec<u32>),
     /// An encoded activation entering block `split`, with the codec that decodes it.
     Encoded {
         /// The decoder the registry built for the request's codec id.
         codec: Box<dyn ActivationCodec>,
         /// The payload as received.
         payload: Vec<u8>,
+        /// Its per-token facts, if the request gave any.
+        meta: Option<TokenMeta>,
     },
 }
 
 /// A request's payload after validation and decoding.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decoded {
-    /// Server-only: interleaved 8-bit RGB pixels of the cropped image.
+    /// Server-only, image model: interleaved 8-bit RGB pixels of the cropped image.
     Pixels(Vec<u8>),
-    /// The activation entering block `split`.
-    Activation(Activation),
+    /// Server-only, text model: the token ids.
+    Tokens(Vec<u32>),
+    /// The hidden states entering block `split` (batch 1), with their mask, sizes and
+    /// protected tokens.
+    Hidden(HostHidden),
 }
 
 /// Checks `request` against `facts` and builds its decoder from `codecs`, with `bases` for
@@ -60,9 +98,10 @@ pub enum Decoded {
 /// # Errors
 /// [`RemoteError::Invalid`] naming what is wrong: a split past the model, a zero budget, a
 /// loss limit that is not a finite non-negative number, a server-only request that is not
-/// `rgb8` pixels of the model's image size, a codec id whose family the registry does not
-/// know (the message names it and the known ones), or one that needs a shared basis this
-/// server does not hold at that split.
+/// `rgb8` pixels of the model's image size (image model) or `tokens` the model takes (text
+/// model), per-token facts at split 0, a codec id whose family the registry does not know (the
+/// message names it and the known ones), or one that needs a shared basis this server does not
+/// hold at that split.
 pub fn check_request(
     facts: &ModelFacts,
     codecs: &CodecRegistry,
@@ -87,21 +126,10 @@ pub fn check_request(
         ));
     }
     if split == 0 {
-        if request.codec.family() != RAW_RGB8 {
-            return invalid(format!(
-                "split 0 (server-only) takes codec `{RAW_RGB8}`, got `{}`",
-                request.codec
-            ));
+        if request.meta.is_some() {
+            return invalid("split 0 (server-only) carries no per-token facts".into());
         }
-        let want = 3 * facts.image_side * facts.image_side;
-        if request.payload.len() != want {
-            return invalid(format!(
-                "`{RAW_RGB8}` payload of {} bytes; a {side} x {side} RGB image is {want}",
-                request.payload.len(),
-                side = facts.image_side
-            ));
-        }
-        return Ok(Checked::Pixels(request.payload));
+        return server_only(facts, request);
     }
     let context = CodecContext { split, bases };
     let codec = codecs
@@ -110,36 +138,133 @@ pub fn check_request(
     Ok(Checked::Encoded {
         codec,
         payload: request.payload,
+        meta: request.meta,
     })
 }
 
-/// Decodes a checked payload entering block `split` and checks its shape against `facts`.
+/// The checks of a server-only request: the raw input the model's family takes.
+fn server_only(facts: &ModelFacts, request: InferRequest) -> Result<Checked, RemoteError> {
+    let invalid = |m: String| Err(RemoteError::Invalid(m));
+    let (family, n) = (request.codec.family(), request.payload.len());
+    match facts.input {
+        InputFacts::Image { side } => {
+            if family != RAW_RGB8 {
+                return invalid(format!(
+                    "split 0 (server-only) takes codec `{RAW_RGB8}`, got `{}`",
+                    request.codec
+                ));
+            }
+            let want = 3 * side * side;
+            if n != want {
+                return invalid(format!(
+                    "`{RAW_RGB8}` payload of {n} bytes; a {side} x {side} RGB image is {want}"
+                ));
+            }
+            Ok(Checked::Pixels(request.payload))
+        }
+        InputFacts::Text { vocab } => {
+            if family != RAW_TOKENS {
+                return invalid(format!(
+                    "split 0 (server-only) takes codec `{RAW_TOKENS}`, got `{}`",
+                    request.codec
+                ));
+            }
+            if n == 0 || n % 4 != 0 || n / 4 > facts.tokens {
+                return invalid(format!(
+                    "`{RAW_TOKENS}` payload of {n} bytes: 1 to {} token ids of 4 bytes each",
+                    facts.tokens
+                ));
+            }
+            let ids: Vec<u32> = request
+                .payload
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return invalid(format!("token id {bad} outside the vocabulary of {vocab}"));
+            }
+            Ok(Checked::Tokens(ids))
+        }
+    }
+}
+
+/// Decodes a checked payload entering block `split` and checks it, with its per-token facts
+/// `meta`, against `facts`.
 ///
 /// # Errors
 /// [`RemoteError::Invalid`] naming what is wrong: a payload that does not decode (one encoded
-/// with other bases than the server's among them), a decoded shape other than `tokens x
-/// features`, or non-finite values.
+/// with other bases than the server's among them), another feature width, a token count the
+/// model does not take (an image model's unmerged request must have exactly its tokens),
+/// non-finite values, or per-token facts that do not fit the tokens (a mask or sizes of
+/// another length, a mask value other than 0 and 1, a size that is not finite or outside
+/// `1..=tokens`, more protected tokens than tokens).
 pub fn decode_activation(
     facts: &ModelFacts,
     split: usize,
     codec: &dyn ActivationCodec,
     payload: &[u8],
-) -> Result<Activation, RemoteError> {
-    let activation = codec
+    meta: Option<&TokenMeta>,
+) -> Result<HostHidden, RemoteError> {
+    let invalid = |m: String| Err(RemoteError::Invalid(format!("split {split}: {m}")));
+    let a = codec
         .decode(payload)
         .map_err(|e| RemoteError::Invalid(format!("split {split}: {e}")))?;
-    if (activation.tokens, activation.features) != (facts.tokens, facts.features) {
-        return Err(RemoteError::Invalid(format!(
-            "split {split}: payload decodes to {} x {}, the model expects {} x {}",
-            activation.tokens, activation.features, facts.tokens, facts.features
-        )));
+    let n = a.tokens;
+    let exact =
+        matches!(facts.input, InputFacts::Image { .. }) && meta.is_none_or(|m| m.sizes.is_none());
+    let tokens_ok = if exact {
+        n == facts.tokens
+    } else {
+        (1..=facts.tokens).contains(&n)
+    };
+    if a.features != facts.features || !tokens_ok {
+        let want = if exact {
+            format!("{}", facts.tokens)
+        } else {
+            format!("1 to {}", facts.tokens)
+        };
+        return invalid(format!(
+            "payload decodes to {n} x {}, the model expects {want} x {}",
+            a.features, facts.features
+        ));
     }
-    if activation.values.iter().any(|v| !v.is_finite()) {
-        return Err(RemoteError::Invalid(format!(
-            "split {split}: activation holds non-finite values"
-        )));
+    if a.values.iter().any(|v| !v.is_finite()) {
+        return invalid("activation holds non-finite values".into());
     }
-    Ok(activation)
+    let (mut mask, mut sizes, mut protected) = (None, None, facts.protected().min(n));
+    if let Some(m) = meta {
+        protected = m.protected as usize;
+        if protected > n {
+            return invalid(format!("{protected} protected tokens of {n}"));
+        }
+        if let Some(v) = &m.mask {
+            if v.len() != n || v.iter().any(|&b| b > 1) {
+                return invalid(format!(
+                    "a mask of {} values (each 0 or 1) for {n} tokens",
+                    v.len()
+                ));
+            }
+            mask = Some(v.iter().map(|&b| f32::from(b)).collect());
+        }
+        if let Some(v) = &m.sizes {
+            let size_ok = |s: &f32| s.is_finite() && (1.0..=facts.tokens as f32).contains(s);
+            if v.len() != n || !v.iter().all(size_ok) {
+                return invalid(format!(
+                    "{} token sizes (each in 1..={}) for {n} tokens",
+                    v.len(),
+                    facts.tokens
+                ));
+            }
+            sizes = Some(v.clone());
+        }
+    }
+    Ok(HostHidden {
+        dims: [1, n, a.features],
+        x: a.values,
+        mask,
+        sizes,
+        protected,
+    })
 }
 
 /// Both steps at once, [`check_request`] then [`decode_activation`] (for tests and tools that
@@ -156,8 +281,12 @@ pub fn check_and_decode(
     let split = request.split as usize;
     match check_request(facts, codecs, bases, request)? {
         Checked::Pixels(p) => Ok(Decoded::Pixels(p)),
-        Checked::Encoded { codec, payload } => {
-            decode_activation(facts, split, codec.as_ref(), &payload).map(Decoded::Activation)
-        }
+        Checked::Tokens(t) => Ok(Decoded::Tokens(t)),
+        Checked::Encoded {
+            codec,
+            payload,
+            meta,
+        } => decode_activation(facts, split, codec.as_ref(), &payload, meta.as_ref())
+            .map(Decoded::Hidden),
     }
 }

@@ -43,39 +43,68 @@ impl<B: Backend> ModelExecutor<B> {
     }
 }
 
-/// Concatenates hidden states along the batch; masks and sizes are kept (filled with ones
-/// for items that have none).
+/// Concatenates hidden states along the batch. Requests of unequal token counts (texts of
+/// other lengths, images merged to other sizes) are padded at the end to the longest with zero
+/// values and a zero mask, so attention ignores the padding and pooling does not count it;
+/// masks and sizes are kept (filled with ones for items that have none, and for padding's
+/// sizes).
+///
+/// # Errors
+/// [`Error::InvalidInput`] for requests of another hidden size; backend errors.
 fn concat<B: Backend>(be: &B, parts: Vec<Hidden<B>>) -> Result<Hidden<B>> {
     let dims: Vec<(usize, usize, usize)> =
         parts.iter().map(|h| h.dims3(be)).collect::<Result<_>>()?;
-    let (_, n, d) = dims[0];
-    if let Some(bad) = dims.iter().find(|&&(_, n2, d2)| (n2, d2) != (n, d)) {
+    let d = dims[0].2;
+    if let Some(bad) = dims.iter().find(|&&(_, _, d2)| d2 != d) {
         return Err(Error::InvalidInput(format!(
-            "requests with {} tokens x {} features cannot join a batch of {n} x {d} \
-             (pad text requests to one length before they join)",
-            bad.1, bad.2
+            "requests of {} features cannot join a batch of {d}",
+            bad.2
         )));
     }
+    let n = dims.iter().map(|&(_, n, _)| n).max().unwrap_or(0);
+    let padded = dims.iter().any(|&(_, n2, _)| n2 != n);
     let protected = parts.iter().map(|h| h.protected).max().unwrap_or(0);
-    let side = |get: fn(&Hidden<B>) -> Option<&B::Tensor>| -> Result<Option<B::Tensor>> {
-        if parts.iter().all(|h| get(h).is_none()) {
+    // Per token of each item, `[b, n]`: its own values (or `fill` if it has none), then `pad`.
+    let side = |get: fn(&Hidden<B>) -> Option<&B::Tensor>,
+                fill: f32,
+                pad: f32|
+     -> Result<Option<B::Tensor>> {
+        let any = parts.iter().any(|h| get(h).is_some());
+        if !any && !(padded && pad != fill) {
             return Ok(None);
         }
         let pieces = parts
             .iter()
             .zip(&dims)
-            .map(|(h, &(b, n, _))| match get(h) {
-                Some(t) => Ok(t.clone()),
-                None => be.from_vec(vec![1.0; b * n], &[b, n]),
+            .map(|(h, &(b, n2, _))| {
+                let own = match get(h) {
+                    Some(t) => t.clone(),
+                    None => be.from_vec(vec![fill; b * n2], &[b, n2])?,
+                };
+                if n2 == n {
+                    return Ok(own);
+                }
+                let tail = be.from_vec(vec![pad; b * (n - n2)], &[b, n - n2])?;
+                be.cat(&[&own, &tail], 1)
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(Some(be.cat(&pieces.iter().collect::<Vec<_>>(), 0)?))
     };
-    let mask = side(|h| h.mask.as_ref())?;
-    let sizes = side(|h| h.sizes.as_ref())?;
-    let xs: Vec<&B::Tensor> = parts.iter().map(|h| &h.x).collect();
+    let mask = side(|h| h.mask.as_ref(), 1.0, 0.0)?;
+    let sizes = side(|h| h.sizes.as_ref(), 1.0, 1.0)?;
+    let xs = parts
+        .iter()
+        .zip(&dims)
+        .map(|(h, &(b, n2, _))| {
+            if n2 == n {
+                return Ok(h.x.clone());
+            }
+            let tail = be.zeros(&[b, n - n2, d])?;
+            be.cat(&[&h.x, &tail], 1)
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Hidden {
-        x: be.cat(&xs, 0)?,
+        x: be.cat(&xs.iter().collect::<Vec<_>>(), 0)?,
         mask,
         sizes,
         protected,
@@ -120,5 +149,78 @@ impl<B: Backend> Executor for ModelExecutor<B> {
         let values = be.to_vec(&out)?;
         let width = values.len() / rows.max(1);
         Ok(values.chunks(width.max(1)).map(<[f32]>::to_vec).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use collab_backends::candle::CandleBackend;
+    use collab_core::model::weights::SeededRandom;
+    use collab_core::model::{BertConfig, EncoderConfig, ModelConfig, NormPlacement};
+
+    use super::*;
+
+    fn tiny_bert() -> Transformer<CandleBackend> {
+        let cfg = ModelConfig::Bert(BertConfig {
+            encoder: EncoderConfig {
+                hidden: 16,
+                layers: 2,
+                heads: 2,
+                intermediate: 32,
+                layer_norm_eps: 1e-12,
+                norm: NormPlacement::Post,
+            },
+            vocab_size: 50,
+            max_positions: 16,
+            type_vocab_size: 2,
+            normalize: true,
+        });
+        Transformer::new(CandleBackend::cpu(), cfg, &SeededRandom::new(3)).expect("tiny bert")
+    }
+
+    #[test]
+    fn requests_of_unequal_lengths_join_one_batch_padded_and_masked() {
+        let model = Arc::new(tiny_bert());
+        let be = model.backend();
+        let texts: [Vec<u32>; 3] = [vec![1, 7, 9, 2], vec![1, 5, 2], vec![1, 3, 4, 8, 11, 2]];
+        let alone: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| {
+                let out = model
+                    .forward(&Input::Tokens(vec![t.clone()]))
+                    .expect("forward");
+                be.to_vec(&out).expect("values")
+            })
+            .collect();
+        let mut exec = ModelExecutor::new(model.clone());
+        // The first two join at block 1 (after the device ran block 0), the third raw at 0.
+        let at_one = |t: &Vec<u32>| {
+            let h = model.embed(&Input::Tokens(vec![t.clone()])).expect("embed");
+            Payload::Hidden(model.run_blocks(h, 0..1).expect("block 0"))
+        };
+        let batch = exec
+            .join(
+                None,
+                vec![Payload::Input(Input::Tokens(vec![texts[2].clone()]))],
+                0,
+            )
+            .expect("join raw");
+        let batch = exec.run_block(batch, 0).expect("block 0");
+        let batch = exec
+            .join(Some(batch), vec![at_one(&texts[0]), at_one(&texts[1])], 1)
+            .expect("join split requests");
+        let batch = exec.run_block(batch, 1).expect("block 1");
+        let out = exec.finish(batch).expect("head");
+        for (got, want) in out.iter().zip([&alone[2], &alone[0], &alone[1]]) {
+            let diff = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                diff < 1e-5,
+                "padded batch differs from the request alone by {diff}"
+            );
+        }
     }
 }

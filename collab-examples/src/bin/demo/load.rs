@@ -92,6 +92,7 @@ async fn run(args: LoadArgs) -> Result<()> {
             payload,
             budget: Duration::from_millis(args.budget_ms),
             max_loss: 1.0,
+            meta: None,
         };
         let client = client.clone();
         let timeout = Duration::from_millis(args.budget_ms) * 3;

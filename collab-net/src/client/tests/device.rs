@@ -7,7 +7,7 @@ use std::time::Duration;
 use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
-use collab_core::model::{Hidden, Input, Transformer};
+use collab_core::model::{Input, Transformer};
 use collab_core::split::ActivationCodec;
 use collab_policies::codec::CodecRegistry;
 use collab_policies::split::{DeviceDefault, device_default};
@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use super::super::head::run_head;
 use super::*;
+use crate::client::DeviceInput;
 use crate::wire::validate::{Decoded, ModelFacts, check_and_decode};
 
 const SIDE: usize = crate::testing::TINY_SIDE;
@@ -61,7 +62,7 @@ fn finish(model: &Model, r: &InferRequest) -> Result<Prediction, RemoteError> {
         layers: LAYERS,
         tokens: TOKENS,
         features: FEATURES,
-        image_side: SIDE,
+        input: crate::wire::validate::InputFacts::Image { side: SIDE },
     };
     let be = model.backend();
     let failed = |e: collab_core::Error| RemoteError::Failed(e.to_string());
@@ -73,16 +74,16 @@ fn finish(model: &Model, r: &InferRequest) -> Result<Prediction, RemoteError> {
             let x = be.from_vec(v, &[1, 3, SIDE, SIDE]).map_err(failed)?;
             model.forward(&Input::Images(x)).map_err(failed)?
         }
-        Decoded::Activation(a) => {
-            let x = be
-                .from_vec(a.values, &[1, a.tokens, a.features])
-                .map_err(failed)?;
-            let h = model.run_blocks(Hidden::new(x, 1), r.split as usize..LAYERS);
+        Decoded::Hidden(host) => {
+            let h = host.to_backend(be).map_err(failed)?;
+            let h = model.run_blocks(h, r.split as usize..LAYERS);
             model.head(&h.map_err(failed)?).map_err(failed)?
         }
+        Decoded::Tokens(_) => return Err(RemoteError::Invalid("tokens for a ViT".into())),
     };
     Ok(Prediction {
         top: top_k(&be.to_vec(&out).map_err(failed)?, 5),
+        embedding: vec![],
         server_ms: 2.0,
         batch: 2,
     })
@@ -241,11 +242,25 @@ fn the_head_part_does_what_each_plan_says() {
     let reference = logits(&model, &img);
 
     let codecs = CodecRegistry::builtin();
-    let local = run_head(&model, &img, &Plan::DeviceOnly, &codecs, None).expect("device-only");
+    let local = run_head(
+        &model,
+        &DeviceInput::Image(img.clone()),
+        &Plan::DeviceOnly,
+        &codecs,
+        None,
+    )
+    .expect("device-only");
     assert_eq!(local.top, top_k(&reference, 5));
     assert!(local.payload.is_empty());
 
-    let raw = run_head(&model, &img, &Plan::ServerOnly, &codecs, None).expect("server-only");
+    let raw = run_head(
+        &model,
+        &DeviceInput::Image(img.clone()),
+        &Plan::ServerOnly,
+        &codecs,
+        None,
+    )
+    .expect("server-only");
     let crop = ImagePreprocess::imagenet(SIDE as u32)
         .crop_rgb(&img)
         .expect("crop");
@@ -267,7 +282,14 @@ fn the_head_part_does_what_each_plan_says() {
             split: 2,
             codec: codec.clone(),
         };
-        let out = run_head(&model, &img, &plan, &codecs, None).expect("split");
+        let out = run_head(
+            &model,
+            &DeviceInput::Image(img.clone()),
+            &plan,
+            &codecs,
+            None,
+        )
+        .expect("split");
         let decoder = codecs.build(&codec, &context).expect("codec");
         let act = decoder.decode(&out.payload).expect("decodes");
         assert_eq!((act.tokens, act.features), (TOKENS, FEATURES));
@@ -278,7 +300,7 @@ fn the_head_part_does_what_each_plan_says() {
     assert!(matches!(
         run_head(
             &model,
-            &image::RgbImage::new(0, 0),
+            &DeviceInput::Image(image::RgbImage::new(0, 0)),
             &Plan::ServerOnly,
             &codecs,
             None

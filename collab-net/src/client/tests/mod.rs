@@ -56,6 +56,7 @@ fn outgoing(payload: Vec<u8>) -> Outgoing {
         payload,
         budget: Duration::from_micros(250_400),
         max_loss: 0.01,
+        meta: None,
     }
 }
 
@@ -111,6 +112,7 @@ fn answer(r: &InferRequest) -> Message {
         request_id: r.request_id,
         outcome: Ok(Prediction {
             top: vec![(class, r.payload.len() as f32)],
+            embedding: vec![],
             server_ms: 1.5,
             batch: 3,
         }),

@@ -148,7 +148,7 @@ fn admission_holds_capacity_repoints_retries_and_closes_for_shutdown() {
         layers: 3,
         tokens: 17,
         features: 32,
-        image_side: SIDE,
+        input: crate::wire::validate::InputFacts::Image { side: SIDE },
     };
     let config = ServerConfig {
         capacity: 2,

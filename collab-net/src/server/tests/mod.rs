@@ -119,6 +119,7 @@ pub(super) fn request(id: u64, split: u32, codec: &str, payload: Vec<u8>) -> Mes
         payload,
         budget_ms: 30_000,
         max_loss: 0.0,
+        meta: None,
     })
 }
 

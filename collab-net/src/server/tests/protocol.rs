@@ -26,8 +26,13 @@ async fn handshake_welcomes_a_device_with_the_model_facts() {
     );
     let facts = f.server.facts();
     assert_eq!(
-        (facts.layers, facts.tokens, facts.features, facts.image_side),
-        (3, 17, 32, SIDE)
+        (facts.layers, facts.tokens, facts.features, facts.input),
+        (
+            3,
+            17,
+            32,
+            crate::wire::validate::InputFacts::Image { side: SIDE }
+        )
     );
     f.server.shutdown().await;
 }
@@ -150,6 +155,7 @@ async fn invalid_requests_are_refused_and_the_session_goes_on() {
                 payload: good.clone(),
                 budget_ms: 0,
                 max_loss: 0.0,
+                meta: None,
             }),
             "budget",
         ),

@@ -45,11 +45,13 @@ pub(super) fn measure(load: &Load) -> Result<Costs> {
         payload: load.payload.clone(),
         budget_ms: 1000,
         max_loss: 1.0,
+        meta: None,
     });
     let response = Message::InferResponse(InferResponse {
         request_id: 1,
         outcome: Ok(Prediction {
             top: (0..5).map(|i| (i, 1.0)).collect(),
+            embedding: vec![],
             server_ms: 1.0,
             batch: 8,
         }),
@@ -67,7 +69,7 @@ pub(super) fn measure(load: &Load) -> Result<Costs> {
         layers: cfg.layers,
         tokens: 197,
         features: cfg.hidden,
-        image_side: 224,
+        input: collab_net::wire::validate::InputFacts::Image { side: 224 },
     };
     let Message::InferRequest(req) = &request else {
         unreachable!("built above")

@@ -153,6 +153,7 @@ impl Load {
                         payload: payload.clone(),
                         budget: Duration::from_secs(60),
                         max_loss: 1.0,
+                        meta: None,
                     };
                     client.infer(request, Duration::from_secs(120)).await?;
                 }
