@@ -38,7 +38,11 @@ pub fn spearman(a: &[f64], b: &[f64]) -> f64 {
 
 /// Cosine similarity of two vectors, in `f64` (0 when either is all zeros).
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let norm = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let n = norm(a) * norm(b);
     if n > 0.0 { dot / n } else { 0.0 }

@@ -36,8 +36,8 @@ async fn embed_split(
     let client = DeviceClient::connect(transport, client_config)
         .await
         .expect("connect");
-    let strategy = FixedSplit::new(split, codec.parse().expect("id"), model.num_blocks())
-        .expect("split");
+    let strategy =
+        FixedSplit::new(split, codec.parse().expect("id"), model.num_blocks()).expect("split");
     let config = DeviceConfig {
         deadline: Duration::from_secs(120),
         ..DeviceConfig::default()
@@ -63,10 +63,7 @@ async fn embed_split(
 }
 
 fn pair_spearman(embeddings: &[Vec<f32>], gold: &[f64]) -> f64 {
-    let cos: Vec<f64> = embeddings
-        .chunks(2)
-        .map(|p| cosine(&p[0], &p[1]))
-        .collect();
+    let cos: Vec<f64> = embeddings.chunks(2).map(|p| cosine(&p[0], &p[1])).collect();
     spearman(&cos, gold)
 }
 
@@ -122,5 +119,9 @@ async fn minilm_split_over_tcp_keeps_the_unsplit_sts_b_spearman() {
     let stats = server.shutdown().await;
     let requests = (runs * sentences.len()) as u64;
     println!("server: {stats:?}");
-    assert_eq!((stats.accepted, stats.done), (requests, requests), "{stats:?}");
+    assert_eq!(
+        (stats.accepted, stats.done),
+        (requests, requests),
+        "{stats:?}"
+    );
 }

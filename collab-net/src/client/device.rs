@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use collab_core::Backend;
 use collab_core::model::Transformer;
 use collab_core::split::{CodecId, Conditions, SplitStrategy};
+use collab_core::token::TokenAdapter;
 use collab_policies::codec::CodecRegistry;
 use collab_policies::svd::SplitBases;
 use tokio::sync::Mutex;
@@ -104,6 +105,8 @@ struct LinkState {
 pub struct Device<B: Backend> {
     model: Arc<Transformer<B>>,
     strategy: Box<dyn SplitStrategy>,
+    /// Changes the tokens inside the device's blocks (none: the model as it is).
+    adapter: Option<Arc<dyn TokenAdapter<B>>>,
     client: DeviceClient,
     config: DeviceConfig,
     link: Arc<Mutex<LinkState>>,
@@ -125,11 +128,21 @@ impl<B: Backend> Device<B> {
         Self {
             model,
             strategy: Box::new(strategy),
+            adapter: None,
             client,
             config,
             link: Arc::new(Mutex::new(LinkState::default())),
             batch: AtomicU32::new(1),
         }
+    }
+
+    /// The device with `adapter` run inside its blocks (ToMe merging, for one): the merged
+    /// tokens' sizes cross the split with the activation ([`crate::wire::TokenMeta`]), so the
+    /// server's blocks attend and pool by them. A split strategy's cost model should then
+    /// describe the adapted blocks.
+    pub fn with_token_adapter(mut self, adapter: Arc<dyn TokenAdapter<B>>) -> Self {
+        self.adapter = Some(adapter);
+        self
     }
 
     /// The client.
@@ -216,9 +229,18 @@ impl<B: Backend> Device<B> {
             _ => plan.wire_codec(),
         };
         let (model, head_plan) = (self.model.clone(), plan.clone());
+        let adapter = self.adapter.clone();
         let head_start = Instant::now();
         let head = tokio::task::spawn_blocking(move || {
-            run_head(&model, &input, &head_plan, &codecs, bases.as_deref())
+            let adapter = adapter.as_deref();
+            run_head(
+                &model,
+                &input,
+                &head_plan,
+                &codecs,
+                bases.as_deref(),
+                adapter,
+            )
         })
         .await
         .map_err(|e| ClientError::Local(format!("device compute task: {e}")))??;

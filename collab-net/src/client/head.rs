@@ -9,6 +9,7 @@ use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Hidden, Input, ModelConfig, Transformer};
 use collab_core::split::Activation;
+use collab_core::token::{IdentityAdapter, TokenAdapter};
 use collab_policies::codec::{CodecContext, CodecRegistry};
 use collab_policies::svd::SplitBases;
 
@@ -58,7 +59,9 @@ pub(super) fn image_side<B: Backend>(model: &Transformer<B>) -> Result<u32, Clie
     }
 }
 
-/// Runs the device's part of `plan` on `input`, then as the plan says.
+/// Runs the device's part of `plan` on `input`, then as the plan says; `adapter` (if any)
+/// changes the tokens inside the device's blocks (ToMe merging, prompts), and the merged sizes
+/// cross the split with the activation.
 ///
 /// # Errors
 /// [`ClientError::Local`] for an input the model does not take (an image for a text model or
@@ -70,7 +73,9 @@ pub(super) fn run_head<B: Backend>(
     plan: &Plan,
     codecs: &CodecRegistry,
     bases: Option<&SplitBases>,
+    adapter: Option<&dyn TokenAdapter<B>>,
 ) -> Result<HeadOutput, ClientError> {
+    let adapter = adapter.unwrap_or(&IdentityAdapter);
     let mut out = HeadOutput {
         payload: vec![],
         meta: None,
@@ -113,7 +118,9 @@ pub(super) fn run_head<B: Backend>(
     match plan {
         Plan::ServerOnly => {}
         Plan::DeviceOnly => {
-            let output = be.to_vec(&model.forward(&model_input)?)?;
+            let layers = model.num_blocks();
+            let hidden = model.run_blocks_with(model.embed(&model_input)?, 0..layers, adapter)?;
+            let output = be.to_vec(&model.head(&hidden)?)?;
             match model.config() {
                 ModelConfig::Vit(_) => out.top = top_k(&output, TOP_K),
                 ModelConfig::Bert(_) => out.embedding = output,
@@ -121,7 +128,7 @@ pub(super) fn run_head<B: Backend>(
         }
         Plan::Split { split, codec } => {
             let split = *split;
-            let hidden = model.run_blocks(model.embed(&model_input)?, 0..split)?;
+            let hidden = model.run_blocks_with(model.embed(&model_input)?, 0..split, adapter)?;
             let (_, tokens, features) = hidden.dims3(be)?;
             let activation = Activation::new(tokens, features, be.to_vec(&hidden.x)?)?;
             let context = CodecContext { split, bases };

@@ -248,6 +248,7 @@ fn the_head_part_does_what_each_plan_says() {
         &Plan::DeviceOnly,
         &codecs,
         None,
+        None,
     )
     .expect("device-only");
     assert_eq!(local.top, top_k(&reference, 5));
@@ -258,6 +259,7 @@ fn the_head_part_does_what_each_plan_says() {
         &DeviceInput::Image(img.clone()),
         &Plan::ServerOnly,
         &codecs,
+        None,
         None,
     )
     .expect("server-only");
@@ -288,6 +290,7 @@ fn the_head_part_does_what_each_plan_says() {
             &plan,
             &codecs,
             None,
+            None,
         )
         .expect("split");
         let decoder = codecs.build(&codec, &context).expect("codec");
@@ -303,6 +306,7 @@ fn the_head_part_does_what_each_plan_says() {
             &DeviceInput::Image(image::RgbImage::new(0, 0)),
             &Plan::ServerOnly,
             &codecs,
+            None,
             None
         ),
         Err(ClientError::Local(_))
