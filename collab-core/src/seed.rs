@@ -1,5 +1,6 @@
-//! Seeds for the randomised conformance suites (backends, batch policies): one environment
-//! variable replays a failing run, another sets how many rounds each check runs.
+//! Seeds for the randomised conformance suites (backends, batch policies, codecs, split
+//! strategies): one environment variable replays a failing run, another sets how many rounds
+//! each check runs; [`run_rounds`] is the body such a test shares.
 
 /// Environment variable that fixes the seed of a conformance run (decimal or `0x` hex).
 pub const SEED_ENV: &str = "COLLAB_CONFORMANCE_SEED";
@@ -57,4 +58,37 @@ pub fn rounds_from_env(default: usize) -> Result<usize, String> {
             .map_err(|_| format!("{ROUNDS_ENV}={s:?} is not a count")),
         Err(_) => Ok(default),
     }
+}
+
+/// The body of a randomised conformance test: takes the seed ([`SEED_ENV`] or the clock) and
+/// the rounds ([`ROUNDS_ENV`] or `default_rounds`), prints them with how to replay, runs
+/// `check(round_seed)` for each round (round seeds derived with `tag`), and panics with every
+/// failing round's message.
+///
+/// # Panics
+/// When a variable is set but does not parse, or a round fails: that is the test failing.
+pub fn run_rounds(
+    what: &str,
+    tag: u64,
+    default_rounds: usize,
+    mut check: impl FnMut(u64) -> Result<(), String>,
+) {
+    let (seed, rounds) = match (seed_from_env_or_time(), rounds_from_env(default_rounds)) {
+        (Ok(s), Ok(r)) => (s, r),
+        (Err(e), _) | (_, Err(e)) => panic!("{e}"),
+    };
+    println!("{what}: seed {seed}, {rounds} rounds (replay with {SEED_ENV}={seed})");
+    let failures: Vec<String> = (0..rounds)
+        .filter_map(|round| {
+            check(round_seed(seed, tag, round))
+                .err()
+                .map(|e| format!("round {round}: {e}"))
+        })
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{what} failed {} of {rounds} rounds (seed {seed}; replay with {SEED_ENV}={seed}):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -35,7 +35,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use collab_core::seed::{SEED_ENV, round_seed, rounds_from_env, seed_from_env_or_time};
+use collab_core::seed::run_rounds;
 use collab_core::split::{Activation, ActivationCodec};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -124,32 +124,11 @@ macro_rules! codec_conformance {
 /// The body of each test of [`codec_conformance!`](crate::codec_conformance): picks and
 /// prints the seed, runs the rounds, and panics with the failure report.
 pub fn run_test<C: ActivationCodec>(make: impl Fn() -> C, spec: &CodecSpec, check: CodecCheck) {
-    let (seed, rounds) = match (seed_from_env_or_time(), rounds_from_env(DEFAULT_ROUNDS)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => panic!("{e}"),
-    };
     let codec = make();
-    println!(
-        "codec conformance / {} `{}`: seed {seed}, {rounds} rounds (replay with {SEED_ENV}={seed})",
-        check.name(),
-        codec.name()
-    );
-    let failures: Vec<String> = (0..rounds)
-        .filter_map(|round| {
-            check_codec(&codec, spec, check, round_seed(seed, check as u64, round))
-                .err()
-                .map(|e| format!("round {round}: {e}"))
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "codec conformance `{}` / {} failed {} of {rounds} rounds (seed {seed}; replay with \
-         {SEED_ENV}={seed}):\n{}",
-        codec.name(),
-        check.name(),
-        failures.len(),
-        failures.join("\n")
-    );
+    let what = format!("codec conformance / {} `{}`", check.name(), codec.name());
+    run_rounds(&what, check as u64, DEFAULT_ROUNDS, |seed| {
+        check_codec(&codec, spec, check, seed)
+    });
 }
 
 /// Runs `check` once on `codec` for every shape of `spec`, drawing from `seed`.

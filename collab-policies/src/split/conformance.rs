@@ -45,7 +45,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use collab_core::seed::{SEED_ENV, round_seed, rounds_from_env, seed_from_env_or_time};
+use collab_core::seed::run_rounds;
 use collab_core::split::{CodecId, Conditions, SplitChoice, SplitStrategy};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -107,37 +107,12 @@ macro_rules! split_strategy_conformance {
 /// The body of each test of [`split_strategy_conformance!`](crate::split_strategy_conformance):
 /// picks and prints the seed, runs the rounds, and panics with the failure report.
 pub fn run_test<S: SplitStrategy>(make: impl Fn() -> S, spec: &SplitSpec, hostile: bool) {
-    let (seed, rounds) = match (seed_from_env_or_time(), rounds_from_env(DEFAULT_ROUNDS)) {
-        (Ok(s), Ok(r)) => (s, r),
-        (Err(e), _) | (_, Err(e)) => panic!("{e}"),
-    };
     let strategy = make();
     let kind = if hostile { "hostile" } else { "ordinary" };
-    println!(
-        "split strategy conformance / {kind} `{}`: seed {seed}, {rounds} rounds (replay with \
-         {SEED_ENV}={seed})",
-        strategy.name()
-    );
-    let failures: Vec<String> = (0..rounds)
-        .filter_map(|round| {
-            check_strategy(
-                &strategy,
-                spec,
-                hostile,
-                round_seed(seed, u64::from(hostile), round),
-            )
-            .err()
-            .map(|e| format!("round {round}: {e}"))
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "split strategy conformance `{}` / {kind} failed {} of {rounds} rounds (seed {seed}; \
-         replay with {SEED_ENV}={seed}):\n{}",
-        strategy.name(),
-        failures.len(),
-        failures.join("\n")
-    );
+    let what = format!("split strategy conformance / {kind} `{}`", strategy.name());
+    run_rounds(&what, u64::from(hostile), DEFAULT_ROUNDS, |seed| {
+        check_strategy(&strategy, spec, hostile, seed)
+    });
 }
 
 /// Runs the checks on [`PER_ROUND`] conditions drawn from `seed`.
