@@ -69,8 +69,9 @@ fn concat<B: Backend>(be: &B, parts: Vec<Hidden<B>>) -> Result<Hidden<B>> {
                 fill: f32,
                 pad: f32|
      -> Result<Option<B::Tensor>> {
-        let any = parts.iter().any(|h| get(h).is_some());
-        if !any && !(padded && pad != fill) {
+        // Needed when an item has its own, or when padding differs from the fill.
+        let needed = parts.iter().any(|h| get(h).is_some()) || (padded && pad != fill);
+        if !needed {
             return Ok(None);
         }
         let pieces = parts
