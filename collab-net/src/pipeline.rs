@@ -347,7 +347,13 @@ impl PipelineConfig {
             ..DeviceConfig::default()
         };
         if let Some(ms) = d.deadline_ms {
-            config.deadline = positive_seconds("device.deadline_ms", ms / 1e3)?;
+            config.deadline = positive_seconds("device.deadline_ms", ms / 1e3).map_err(|_| {
+                PipelineError::Value {
+                    key: "device.deadline_ms".into(),
+                    value: ms.to_string(),
+                    allowed: "a positive number of milliseconds".into(),
+                }
+            })?;
         }
         if let Some(loss) = d.max_loss {
             if !(loss.is_finite() && loss >= 0.0) {

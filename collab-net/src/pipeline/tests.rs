@@ -110,4 +110,16 @@ fn bad_files_name_the_key_the_value_and_what_is_allowed() {
     );
     let e = parse_error("[server]\n");
     assert!(e.contains("model"), "{e}");
+    let device = PipelineConfig::from_toml(&format!(
+        "{m}[device]\nserver = \"127.0.0.1:1\"\ndeadline_ms = 0\n"
+    ))
+    .expect("parses");
+    let e = device
+        .device_config()
+        .expect_err("zero deadline")
+        .to_string();
+    assert!(
+        e.contains("device.deadline_ms` = 0") && e.contains("milliseconds"),
+        "{e}"
+    );
 }
