@@ -84,7 +84,7 @@ pub(super) fn run_head<B: Backend>(
         compute: Duration::ZERO,
     };
     let be = model.backend();
-    let (model_input, raw) = match input {
+    let model_input = match input {
         DeviceInput::Image(image) => {
             let side = image_side(model)?;
             let pre = ImagePreprocess::imagenet(side);
@@ -95,7 +95,7 @@ pub(super) fn run_head<B: Backend>(
             }
             let s = side as usize;
             let pixels = pre.normalize(crop.as_raw())?;
-            (Input::Images(be.from_vec(pixels, &[1, 3, s, s])?), vec![])
+            Input::Images(be.from_vec(pixels, &[1, 3, s, s])?)
         }
         DeviceInput::Tokens(ids) => {
             if let ModelConfig::Vit(_) = model.config() {
@@ -106,14 +106,13 @@ pub(super) fn run_head<B: Backend>(
             if ids.is_empty() {
                 return Err(ClientError::Local("an empty text".into()));
             }
-            let raw = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
-            (Input::Tokens(vec![ids.clone()]), raw)
+            if *plan == Plan::ServerOnly {
+                out.payload = ids.iter().flat_map(|t| t.to_le_bytes()).collect();
+                return Ok(out);
+            }
+            Input::Tokens(vec![ids.clone()])
         }
     };
-    if *plan == Plan::ServerOnly {
-        out.payload = raw;
-        return Ok(out);
-    }
     let start = Instant::now();
     match plan {
         Plan::ServerOnly => {}

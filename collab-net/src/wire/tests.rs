@@ -273,6 +273,120 @@ mod validation {
         assert!(matches!(ok, Ok(Decoded::Pixels(p)) if p.len() == 48));
     }
 
+    fn text_facts() -> ModelFacts {
+        ModelFacts {
+            input: super::super::validate::InputFacts::Text { vocab: 100 },
+            ..facts()
+        }
+    }
+
+    fn ids(v: &[u32]) -> Vec<u8> {
+        v.iter().flat_map(|t| t.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn text_requests_are_bounded_by_the_model_before_allocating() {
+        let ok = check_request(&text_facts(), None, &req(0, "tokens", ids(&[1, 7, 2])));
+        assert!(
+            matches!(&ok, Ok(Decoded::Tokens(t)) if *t == vec![1, 7, 2]),
+            "{ok:?}"
+        );
+        // More ids than the model's positions, a ragged length, no ids, an id past the
+        // vocabulary, image pixels for a text model.
+        invalid(
+            check_request(&text_facts(), None, &req(0, "tokens", ids(&[1; 6]))),
+            "1 to 5 token ids",
+        );
+        invalid(
+            check_request(&text_facts(), None, &req(0, "tokens", vec![1, 2, 3])),
+            "3 bytes",
+        );
+        invalid(
+            check_request(&text_facts(), None, &req(0, "tokens", vec![])),
+            "0 bytes",
+        );
+        invalid(
+            check_request(&text_facts(), None, &req(0, "tokens", ids(&[1, 100]))),
+            "token id 100",
+        );
+        invalid(
+            check_request(&text_facts(), None, &req(0, RAW_RGB8, vec![0; 48])),
+            "takes codec `tokens`",
+        );
+    }
+
+    #[test]
+    fn token_meta_must_fit_the_decoded_tokens() {
+        let f32c = PlainCodec {
+            precision: Precision::F32,
+        };
+        let payload = f32c.encode(&act(5, 8)).expect("enc");
+        let with = |meta: TokenMeta| InferRequest {
+            meta: Some(meta),
+            ..req(2, "f32", payload.clone())
+        };
+        let good = TokenMeta {
+            protected: 1,
+            mask: Some(vec![1, 1, 1, 0, 0]),
+            sizes: Some(vec![1.0, 2.0, 1.0, 1.0, 1.0]),
+        };
+        let ok = check_request(&facts(), None, &with(good.clone()));
+        assert!(
+            matches!(&ok, Ok(Decoded::Hidden(h)) if h.mask.as_deref() == Some(&[1.0, 1.0, 1.0, 0.0, 0.0][..])),
+            "{ok:?}"
+        );
+        for (meta, needle) in [
+            (
+                TokenMeta {
+                    mask: Some(vec![1; 4]),
+                    ..good.clone()
+                },
+                "a mask of 4 values",
+            ),
+            (
+                TokenMeta {
+                    mask: Some(vec![1, 1, 2, 1, 1]),
+                    ..good.clone()
+                },
+                "each 0 or 1",
+            ),
+            (
+                TokenMeta {
+                    sizes: Some(vec![1.0; 6]),
+                    ..good.clone()
+                },
+                "6 token sizes",
+            ),
+            (
+                TokenMeta {
+                    sizes: Some(vec![1.0, f32::NAN, 1.0, 1.0, 1.0]),
+                    ..good.clone()
+                },
+                "token sizes",
+            ),
+            (
+                TokenMeta {
+                    sizes: Some(vec![1.0, 0.5, 1.0, 1.0, 1.0]),
+                    ..good.clone()
+                },
+                "token sizes",
+            ),
+            (
+                TokenMeta {
+                    protected: 6,
+                    ..good.clone()
+                },
+                "6 protected tokens of 5",
+            ),
+        ] {
+            invalid(check_request(&facts(), None, &with(meta)), needle);
+        }
+        // Per-token facts on a server-only request.
+        let mut raw = req(0, RAW_RGB8, vec![0; 48]);
+        raw.meta = Some(good);
+        invalid(check_request(&facts(), None, &raw), "no per-token facts");
+    }
+
     #[test]
     fn names_what_is_wrong() {
         let f32c = PlainCodec {
