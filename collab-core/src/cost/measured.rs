@@ -44,6 +44,11 @@ pub struct MeasuredProfile {
     pub layers: usize,
     /// The measurements.
     pub points: Vec<ProfilePoint>,
+    /// `None` for a profile timed on real hardware; for one derived from a model of the
+    /// hardware (a roofline, a datasheet), how it was derived. Every report that uses an
+    /// estimated profile must say so; [`MeasuredProfile::provenance`] gives the words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<String>,
 }
 
 /// Times `model`'s stages on `spec`'s grid with random hidden states of the right shape.
@@ -121,6 +126,7 @@ pub fn profile_model<B: Backend>(
         model: name.into(),
         layers: model.num_blocks(),
         points,
+        estimate: None,
     })
 }
 
@@ -142,6 +148,15 @@ impl MeasuredProfile {
     /// [`Error::Io`].
     pub fn save(&self, path: &Path) -> Result<()> {
         crate::json::save(self, path)
+    }
+
+    /// Where the numbers come from, for a report's header: `measured on <backend>` or
+    /// `ESTIMATE (<how>), not measured`.
+    pub fn provenance(&self) -> String {
+        match &self.estimate {
+            None => format!("measured on {}", self.backend),
+            Some(how) => format!("ESTIMATE ({how}), not measured"),
+        }
     }
 
     /// Loads a profile saved by [`MeasuredProfile::save`].
@@ -254,6 +269,7 @@ mod tests {
             model: "m".into(),
             layers: 2,
             points,
+            estimate: None,
         }
     }
 
@@ -280,6 +296,7 @@ mod tests {
                 model: "m".into(),
                 layers: 1,
                 points: vec![point(1, 99), point(1, 197), point(2, 99), point(2, 197)],
+                estimate: None,
             };
             for q in &p.points {
                 assert_eq!(p.seconds(&q.work).expect("predicts"), q.seconds);

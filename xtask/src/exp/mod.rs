@@ -5,6 +5,7 @@ mod accuracy;
 mod arm_quant;
 mod calibrate;
 mod collabtrans;
+mod estimate;
 mod llm_placement;
 mod net_overhead;
 mod otas;
@@ -29,6 +30,8 @@ pub(crate) enum Exp {
     BlockProfile(profile::Args),
     /// Shared-model server vs per-split and server-only batching (SPEC §2, Figure 3).
     CollabtransThroughput(collabtrans::Args),
+    /// A per-block cost profile of a model on an H100, estimated from a roofline (not measured).
+    EstimateProfile(estimate::Args),
     /// Accuracy loss of every activation codec at every split point and ratio (SPEC §1).
     SvdAccuracy(svd_accuracy::Args),
     /// Calibrated-roofline cost model of this CPU: held-out error per operator (SPEC §7).
@@ -54,6 +57,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::Accuracy(a) => accuracy::run(a),
         Exp::ForwardThroughput(a) => throughput::run(a),
         Exp::BlockProfile(a) => profile::run(a),
+        Exp::EstimateProfile(a) => estimate::run(a),
         Exp::SvdAccuracy(a) => svd_accuracy::run(a),
         Exp::CollabtransThroughput(a) => collabtrans::run(a),
         Exp::CalibrateCostModel(a) => calibrate::run(a),

@@ -352,6 +352,7 @@ fn compute_costs_come_from_a_cost_model_and_scale_with_it() {
         model: "m".into(),
         layers: 2,
         points,
+        estimate: None,
     };
     let c = ComputeCosts::from_cost_model(&measured, 20, 0.0002, 99).expect("measured");
     assert_eq!(

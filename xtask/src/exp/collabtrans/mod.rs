@@ -18,25 +18,25 @@
 //! power modes against a GPU server. Session 2 used 2x to 8x: a server barely faster than the
 //! devices, whose deadlines then leave no room to queue or batch.
 
-mod search;
-mod sim;
-
 use std::io::Write;
 use std::sync::Arc;
 
 use anyhow::Result;
 use collab_backends::any::BackendTask;
+use collab_bench::search::RateSearch;
+use collab_bench::serving::{
+    DevicePlan, Load, ProfileClock, ReplayExecutor, StepClock, Trial, WallClock, device_seconds,
+    remaining, run_trial,
+};
 use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, Workload, profile_model};
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Input, ModelConfig, Transformer};
 use collab_core::split::Conditions;
 use collab_core::{Backend, fixtures};
-use collab_policies::batch::{ModelExecutor, Payload, PerSplit, ServerOnly, SharedModel};
+use collab_policies::batch::{Executor, ModelExecutor, Payload, PerSplit, ServerOnly, SharedModel};
 use collab_policies::split::{AccuracyTable, SelectorConfig, SplitSelector};
 
 use super::plot::{Series, line_chart};
-use search::RateSearch;
-use sim::{DevicePlan, Load, device_seconds, remaining, trial};
 
 /// The seed of the first arrival trace at every rate.
 const FIRST_SEED: u64 = 7;
@@ -99,6 +99,12 @@ pub(crate) struct Args {
     /// Accuracy table for deit-tiny (default: results/svd-accuracy/deit-tiny*/table.json).
     #[arg(long)]
     table: Option<std::path::PathBuf>,
+    /// Replay this per-block cost profile (a `MeasuredProfile` JSON: `exp block-profile` on
+    /// the server's machine, or an estimate such as collab-bench/profiles/*.json) instead of
+    /// measuring and computing here: the server's steps cost what the profile says and nothing
+    /// is computed. `--models` and `--backend` are then unused; the profile names the model.
+    #[arg(long)]
+    profile: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,14 +143,22 @@ struct Row {
 pub(crate) fn run(args: Args) -> Result<()> {
     let dir = super::results_dir()?.join("collabtrans-throughput");
     std::fs::create_dir_all(&dir)?;
-    let backend = super::throughput::open(&args.backend)?;
     let mut rows = vec![];
-    for name in &args.models {
-        rows.extend(backend.run(ModelRun {
-            args: &args,
-            name,
-            dir: &dir,
-        })?);
+    let mut source = format!("measured here on {}", args.backend);
+    if let Some(path) = &args.profile {
+        let profile = MeasuredProfile::load(path)?;
+        source = profile.provenance();
+        println!("replaying {} ({source})", path.display());
+        rows.extend(replay(&args, profile, &dir)?);
+    } else {
+        let backend = super::throughput::open(&args.backend)?;
+        for name in &args.models {
+            rows.extend(backend.run(ModelRun {
+                args: &args,
+                name,
+                dir: &dir,
+            })?);
+        }
     }
     let mut csv = std::fs::File::create(dir.join("throughput.csv"))?;
     writeln!(
@@ -190,10 +204,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
     {
         "vit-b16"
     } else {
-        "deit-tiny"
+        rows.first().map_or("deit-tiny", |r| r.model.as_str())
     };
     println!(
-        "shared/per-split={} shared/server-only={} ({model}, deadline factor 0.9)",
+        "shared/per-split={} shared/server-only={} ({model}, deadline factor 0.9; server profile {source})",
         ratio(model, 0.9, Scheme::Shared, Scheme::PerSplit),
         ratio(model, 0.9, Scheme::Shared, Scheme::ServerOnly)
     );
@@ -235,6 +249,8 @@ fn load<B: Backend>(be: B, name: &str) -> Result<Transformer<B>> {
     })
 }
 
+/// Measures the server profile of `model` here, then runs the searches with the real model's
+/// batched compute on the wall clock.
 fn run_model<B: Backend>(
     args: &Args,
     name: &str,
@@ -243,7 +259,6 @@ fn run_model<B: Backend>(
 ) -> Result<Vec<Row>> {
     let model = Arc::new(model);
     let be = model.backend().clone();
-    let (layers, d) = (model.num_blocks(), model.config().encoder().hidden);
     let tokens = 197;
     let spec = ProfileSpec {
         batches: vec![1, 2, 4, 8, 16],
@@ -255,35 +270,132 @@ fn run_model<B: Backend>(
         Ok(Input::Images(be.zeros(&[b, 3, 224, 224])?))
     };
     let profile = Arc::new(profile_model(&model, name, &spec, &make)?);
-    // What batching buys on this server: a block's time per request at each profiled batch.
-    let per_request: Vec<String> = spec
-        .batches
-        .iter()
-        .map(|&b| {
-            let t = profile.blocks_seconds(0..1, b, tokens).unwrap_or(f64::NAN);
-            format!("b={b} {:.2}", t * 1e3 / b as f64)
-        })
-        .collect();
-    println!(
-        "{name}: one block, ms per request: {}",
-        per_request.join(", ")
-    );
-    let table = match (name, &args.table) {
-        (_, Some(path)) => AccuracyTable::load(path)?,
-        ("deit-tiny", None) => find_table(),
-        _ => empty_table(name, tokens, d, layers),
-    };
-    println!(
-        "{name}: server profile measured; accuracy table with {} entries",
-        table.entries.len()
-    );
+    print_batch_costs(name, &profile, &spec.batches, tokens);
     let image = be.from_vec(
         (0..3 * 224 * 224)
             .map(|i| ((i % 251) as f32 / 125.0) - 1.0)
             .collect(),
         &[1, 3, 224, 224],
     )?;
-    let pass = remaining(&profile, tokens)(0, args.budget);
+    let payload = |split: usize| -> Result<Payload<B>> {
+        Ok(if split == 0 {
+            Payload::Input(Input::Images(image.clone()))
+        } else {
+            let h = model.embed(&Input::Images(image.clone()))?;
+            Payload::Hidden(model.run_blocks(h, 0..split)?)
+        })
+    };
+    let sync_be = be.clone();
+    let mut clock = WallClock::new(move || sync_be.synchronize());
+    let facts = Facts {
+        name,
+        layers: model.num_blocks(),
+        features: model.config().encoder().hidden,
+        tokens,
+    };
+    search_all(
+        args,
+        &facts,
+        &profile,
+        &payload,
+        &|| ModelExecutor::new(model.clone()),
+        &mut clock,
+        dir,
+    )
+}
+
+/// Replays `profile` (measured elsewhere, or estimated) with nothing computed.
+fn replay(args: &Args, profile: MeasuredProfile, dir: &std::path::Path) -> Result<Vec<Row>> {
+    let config = ModelConfig::preset(&profile.model).map_err(|e| {
+        anyhow::anyhow!(
+            "the profile's model `{}` must be a preset name: {e}",
+            profile.model
+        )
+    })?;
+    let tokens = match &config {
+        ModelConfig::Vit(v) => v.num_tokens(),
+        ModelConfig::Bert(_) => anyhow::bail!("collabtrans-throughput replays image models"),
+    };
+    let name = match profile.model.as_str() {
+        "deit_tiny_patch16_224" => "deit-tiny",
+        "vit_base_patch16_224" => "vit-b16",
+        other => other,
+    }
+    .to_string();
+    let batches: Vec<usize> = {
+        let mut b: Vec<usize> = profile.points.iter().map(|p| p.work.batch()).collect();
+        b.sort_unstable();
+        b.dedup();
+        b
+    };
+    let profile = Arc::new(profile);
+    print_batch_costs(&name, &profile, &batches, tokens);
+    let mut clock = ProfileClock::new(profile.clone(), tokens);
+    let facts = Facts {
+        name: &name,
+        layers: profile.layers,
+        features: config.encoder().hidden,
+        tokens,
+    };
+    let layers = profile.layers;
+    search_all(
+        args,
+        &facts,
+        &profile,
+        &|_| Ok(()),
+        &|| ReplayExecutor::new(layers),
+        &mut clock,
+        dir,
+    )
+}
+
+/// What batching buys on the server: a block's time per request at each profiled batch.
+fn print_batch_costs(name: &str, profile: &MeasuredProfile, batches: &[usize], tokens: usize) {
+    let per_request: Vec<String> = batches
+        .iter()
+        .map(|&b| {
+            let t = profile.blocks_seconds(0..1, b, tokens).unwrap_or(f64::NAN);
+            format!("b={b} {:.3}", t * 1e3 / b as f64)
+        })
+        .collect();
+    println!(
+        "{name}: one block, ms per request: {}",
+        per_request.join(", ")
+    );
+}
+
+/// The served model's sizes.
+struct Facts<'a> {
+    name: &'a str,
+    layers: usize,
+    features: usize,
+    tokens: usize,
+}
+
+/// The three schemes' rate searches at every deadline factor, on any executor and clock.
+fn search_all<E: Executor>(
+    args: &Args,
+    facts: &Facts<'_>,
+    profile: &Arc<MeasuredProfile>,
+    payload: &dyn Fn(usize) -> Result<E::Payload>,
+    executor: &dyn Fn() -> E,
+    clock: &mut dyn StepClock,
+    dir: &std::path::Path,
+) -> Result<Vec<Row>>
+where
+    E::Payload: Clone,
+{
+    let (name, tokens) = (facts.name, facts.tokens);
+    let table = match (name, &args.table) {
+        (_, Some(path)) => AccuracyTable::load(path)?,
+        ("deit-tiny", None) => find_table(),
+        _ => empty_table(name, tokens, facts.features, facts.layers),
+    };
+    println!(
+        "{name}: server profile ready; accuracy table with {} entries",
+        table.entries.len()
+    );
+    let pass = remaining(profile, tokens)(0, args.budget);
     let factors = if name == "vit-b16" {
         &args.vitb_factors
     } else {
@@ -297,12 +409,8 @@ fn run_model<B: Backend>(
     let mut rows = vec![];
     for &factor in factors {
         // Shared and per-split serve the same device choices; server-only sends raw inputs.
-        let split_plans = device_plans(
-            args, true, factor, &profile, &table, &model, &image, pass, tokens,
-        )?;
-        let raw_plans = device_plans(
-            args, false, factor, &profile, &table, &model, &image, pass, tokens,
-        )?;
+        let split_plans = device_plans(args, true, factor, profile, &table, facts, pass, payload)?;
+        let raw_plans = device_plans(args, false, factor, profile, &table, facts, pass, payload)?;
         let devices = |scheme| {
             if scheme == Scheme::ServerOnly {
                 &raw_plans
@@ -315,7 +423,7 @@ fn run_model<B: Backend>(
         let mut searches: Vec<(Scheme, RateSearch)> = Scheme::ALL
             .iter()
             .map(|&scheme| {
-                let guess = capacity_guess(args, &profile, devices(scheme), tokens);
+                let guess = capacity_guess(args, profile, devices(scheme), tokens);
                 let search = match args.rate {
                     Some(rate) => RateSearch::once(rate),
                     None => RateSearch::new(guess, args.steps),
@@ -337,21 +445,18 @@ fn run_model<B: Backend>(
                 break;
             }
             // Seeds outermost, so that a slow spell of this machine falls on every scheme.
-            let mut pooled = vec![(sim::Trial::default(), vec![]); searches.len()];
+            let mut pooled = vec![(Trial::default(), vec![]); searches.len()];
             for seed in 0..args.seeds.max(1) {
                 for (i, (scheme, _)) in searches.iter().enumerate() {
                     if let Some((rate, first)) = planned[i] {
-                        let t = run_trial(
-                            args,
-                            *scheme,
-                            &model,
-                            &profile,
-                            devices(*scheme),
+                        let load = Load {
+                            devices: devices(*scheme),
                             rate,
                             requests,
-                            tokens,
-                            first + seed,
-                        )?;
+                            seed: first + seed,
+                        };
+                        let t =
+                            scheme_trial(args, *scheme, executor(), profile, tokens, clock, &load)?;
                         pooled[i].0 = pooled[i].0.pooled(t);
                         pooled[i].1.push(t.met());
                     }
@@ -367,7 +472,7 @@ fn run_model<B: Backend>(
                         ""
                     };
                     println!(
-                        "    {:<11} rate {rate:>7.2} met {:.3} (seeds {}{look}) mean_batch {:.2} server_ms/request {:.1} utilisation {:.2}",
+                        "    {:<11} rate {rate:>7.2} met {:.3} (seeds {}{look}) mean_batch {:.2} server_ms/request {:.3} utilisation {:.2}",
                         scheme.name(),
                         t.met(),
                         mets.join(" "),
@@ -382,9 +487,15 @@ fn run_model<B: Backend>(
         for (scheme, search) in searches {
             let (tried, t) = search.best();
             let rate = search.crossing();
+            if search.capped() {
+                println!(
+                    "    ({} sustained the top of its search: {tried:.2} is a lower bound)",
+                    scheme.name()
+                );
+            }
             let splits = devices(scheme).iter().map(|p| p.split).collect::<Vec<_>>();
             println!(
-                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s (sustained {tried:.2} with met={:.3} mean_batch={:.2} server_ms_per_request={:.1} utilisation={:.2}) splits={splits:?}",
+                "{name} deadline={factor:.1} {:<12} max_rate={rate:>7.2} req/s (sustained {tried:.2} with met={:.3} mean_batch={:.2} server_ms_per_request={:.3} utilisation={:.2}) splits={splits:?}",
                 scheme.name(),
                 t.met(),
                 t.mean_batch(),
@@ -453,20 +564,21 @@ fn empty_table(model: &str, tokens: usize, features: usize, layers: usize) -> Ac
     }
 }
 
+/// Each device profile's plan: its split (chosen by the SPEC §1 selector when `offload`, else
+/// the raw input), its delays and deadline, and the payload it sends.
 #[allow(clippy::too_many_arguments)]
-fn device_plans<B: Backend>(
+fn device_plans<P>(
     args: &Args,
     offload: bool,
     factor: f64,
     profile: &Arc<MeasuredProfile>,
     table: &AccuracyTable,
-    model: &Arc<Transformer<B>>,
-    image: &B::Tensor,
+    facts: &Facts<'_>,
     pass: f64,
-    tokens: usize,
-) -> Result<Vec<DevicePlan<B>>> {
-    let (layers, d) = (model.num_blocks(), model.config().encoder().hidden);
-    let response_bytes = 4 * model.config().encoder().hidden.max(1000);
+    payload: &dyn Fn(usize) -> Result<P>,
+) -> Result<Vec<DevicePlan<P>>> {
+    let (layers, d, tokens) = (facts.layers, facts.features, facts.tokens);
+    let response_bytes = 4 * d.max(1000);
     let raw = 3 * 224 * 224;
     let mut plans = vec![];
     if args.slowdowns.len() != DEVICES.len()
@@ -523,24 +635,18 @@ fn device_plans<B: Backend>(
             }
         };
         println!(
-            "  {label:<9} x{slow:<4} on-device {:>7.1} ms  deadline {:>7.1} ms  split {split:>2}  at server after {:>7.1} ms",
+            "  {label:<9} x{slow:<4} on-device {:>7.2} ms  deadline {:>7.2} ms  split {split:>2}  at server after {:>7.2} ms",
             on_device * 1e3,
             budget * 1e3,
             to_server * 1e3
         );
-        let payload = if split == 0 {
-            Payload::Input(Input::Images(image.clone()))
-        } else {
-            let h = model.embed(&Input::Images(image.clone()))?;
-            Payload::Hidden(model.run_blocks(h, 0..split)?)
-        };
         plans.push(DevicePlan {
             weight,
             split,
             to_server,
             back,
             budget,
-            payload,
+            payload: payload(split)?,
         });
     }
     Ok(plans)
@@ -548,10 +654,10 @@ fn device_plans<B: Backend>(
 
 /// A first guess of the sustainable rate: the inverse of the mean server time per request at
 /// the budget batch, from the profile.
-fn capacity_guess<B: Backend>(
+fn capacity_guess<P>(
     args: &Args,
     profile: &Arc<MeasuredProfile>,
-    devices: &[DevicePlan<B>],
+    devices: &[DevicePlan<P>],
     tokens: usize,
 ) -> f64 {
     let per_request: f64 = devices
@@ -559,34 +665,27 @@ fn capacity_guess<B: Backend>(
         .map(|p| p.weight * remaining(profile, tokens)(p.split, args.budget) / args.budget as f64)
         .sum::<f64>()
         / devices.iter().map(|p| p.weight).sum::<f64>();
-    1.0 / per_request.max(1e-6)
+    1.0 / per_request.max(1e-9)
 }
 
-/// One trial of `scheme` at `rate` on the arrival trace of `seed`.
-#[allow(clippy::too_many_arguments)]
-fn run_trial<B: Backend>(
+/// One trial of `scheme` on `load`.
+fn scheme_trial<E: Executor>(
     args: &Args,
     scheme: Scheme,
-    model: &Arc<Transformer<B>>,
+    exec: E,
     profile: &Arc<MeasuredProfile>,
-    devices: &[DevicePlan<B>],
-    rate: f64,
-    requests: usize,
     tokens: usize,
-    seed: u64,
-) -> Result<sim::Trial> {
-    let exec = ModelExecutor::new(model.clone());
+    clock: &mut dyn StepClock,
+    load: &Load<'_, E::Payload>,
+) -> Result<Trial>
+where
+    E::Payload: Clone,
+{
     let rem = remaining(profile, tokens);
     let b = args.budget;
-    let load = Load {
-        devices,
-        rate,
-        requests,
-        seed,
-    };
-    match scheme {
-        Scheme::Shared => trial(SharedModel::new(b)?, exec, rem, &load),
-        Scheme::PerSplit => trial(PerSplit::new(b)?, exec, rem, &load),
-        Scheme::ServerOnly => trial(ServerOnly::new(b)?, exec, rem, &load),
-    }
+    Ok(match scheme {
+        Scheme::Shared => run_trial(SharedModel::new(b)?, exec, rem, clock, load)?,
+        Scheme::PerSplit => run_trial(PerSplit::new(b)?, exec, rem, clock, load)?,
+        Scheme::ServerOnly => run_trial(ServerOnly::new(b)?, exec, rem, clock, load)?,
+    })
 }

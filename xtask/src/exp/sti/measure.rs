@@ -64,6 +64,7 @@ pub(crate) fn compute_costs(
         model: exec.file().name().to_string(),
         layers: g.layers,
         points,
+        estimate: None,
     };
     let costs =
         ComputeCosts::from_cost_model(&profile, tokens, per_layer_s, layer_work.max(embed_work))?;

@@ -1,16 +1,16 @@
-//! The rate search of `exp collabtrans-throughput`: the highest request rate at which at least
-//! 90% of requests meet their deadline (SPEC §2's sustainable throughput).
+//! The sustainable rate (SPEC §2): the highest request rate at which at least 90% of requests
+//! meet their deadline, found by bisection over trials.
 
-use super::sim::Trial;
+use crate::serving::Trial;
 
 /// The fraction on time a rate must reach to count as sustained (SPEC §2).
-pub(super) const TARGET: f64 = 0.9;
+pub const TARGET: f64 = 0.9;
 
 /// A bisection step that fails with at least this fraction on time is a near miss: the rate
 /// is tried once more on fresh seeds and judged on both looks pooled, because one slow spell
 /// of a shared machine can sink a trial, and a bisection never returns to a rate above a
 /// failure. Clear failures (overload) are not repeated.
-pub(super) const CONFIRM_ABOVE: f64 = 0.7;
+pub const CONFIRM_ABOVE: f64 = 0.7;
 
 /// Bisection (in log space) for the highest rate with at least [`TARGET`] of requests on time,
 /// between a sixteenth and twice the capacity guess (the top raised x4 up to three times while
@@ -24,7 +24,8 @@ pub(super) const CONFIRM_ABOVE: f64 = 0.7;
 /// rate, between the highest sustained rate and the lowest failed rate above it. Two schemes
 /// whose searches try the same rates and agree at each one would otherwise report the same
 /// bracket, a ratio of exactly 1 whatever their margins were.
-pub(super) struct RateSearch {
+#[derive(Clone, Debug)]
+pub struct RateSearch {
     lo: f64,
     hi: f64,
     steps_left: usize,
@@ -48,7 +49,7 @@ pub(super) struct RateSearch {
 
 impl RateSearch {
     /// A search around `guess` (requests per second) with `steps` bisection steps.
-    pub(super) fn new(guess: f64, steps: usize) -> Self {
+    pub fn new(guess: f64, steps: usize) -> Self {
         Self {
             lo: guess / 16.0,
             hi: guess * 2.0,
@@ -67,7 +68,7 @@ impl RateSearch {
 
     /// No search: one (pooled) trial at `rate`, whose result is the answer: `rate` if it was
     /// sustained, else 0.
-    pub(super) fn once(rate: f64) -> Self {
+    pub fn once(rate: f64) -> Self {
         Self {
             lo: rate,
             hi: rate,
@@ -78,12 +79,12 @@ impl RateSearch {
 
     /// Which look at [`RateSearch::next_rate`] the next trial is: 0, or 1 for the second look
     /// at a near miss, which must run on fresh seeds.
-    pub(super) fn look(&self) -> u64 {
+    pub fn look(&self) -> u64 {
         u64::from(self.first_look.is_some())
     }
 
     /// The next rate to try, or `None` when the search is over.
-    pub(super) fn next_rate(&self) -> Option<f64> {
+    pub fn next_rate(&self) -> Option<f64> {
         if self.done {
             None
         } else if !self.tried_lo {
@@ -96,7 +97,7 @@ impl RateSearch {
     }
 
     /// Records the (pooled) trial at `rate`, the rate [`RateSearch::next_rate`] gave.
-    pub(super) fn record(&mut self, rate: f64, t: Trial) {
+    pub fn record(&mut self, rate: f64, t: Trial) {
         let second_look = self.first_look.is_some();
         let t = match self.first_look.take() {
             Some(first) => first.pooled(t),
@@ -126,7 +127,6 @@ impl RateSearch {
             }
             self.tried_hi = true;
             if ok {
-                println!("    (rate {rate:.2} is the top of the search and was sustained)");
                 self.best = Some((rate, t));
                 self.capped = true;
                 self.done = true;
@@ -152,8 +152,14 @@ impl RateSearch {
         }
     }
 
+    /// Whether the top of the search was still sustained after every raise: the answer is then
+    /// only a lower bound on the sustainable rate.
+    pub fn capped(&self) -> bool {
+        self.capped
+    }
+
     /// The highest sustained rate tried and its trial (rate 0 and an empty trial if none was).
-    pub(super) fn best(&self) -> (f64, Trial) {
+    pub fn best(&self) -> (f64, Trial) {
         self.best.unwrap_or((0.0, Trial::default()))
     }
 
@@ -161,7 +167,7 @@ impl RateSearch {
     /// between the highest sustained rate and the lowest failed rate above it; the highest
     /// sustained rate itself when the search was capped or nothing above it failed; 0 when
     /// nothing was sustained.
-    pub(super) fn crossing(&self) -> f64 {
+    pub fn crossing(&self) -> f64 {
         let Some((lo, t)) = self.best else {
             return 0.0;
         };
@@ -180,6 +186,10 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn frac(met: f64) -> Trial {
+        Trial::on_time(1000, (met * 1000.0).round() as usize)
+    }
+
     /// A search driven by a scheme whose fraction on time falls linearly from 1 at rate 0 to
     /// 0 at rate `2 * knee` (so it crosses 0.9 at `0.2 * knee`).
     fn drive(guess: f64, knee: f64, steps: usize) -> RateSearch {
@@ -187,7 +197,7 @@ mod tests {
         let mut tries = 0;
         while let Some(rate) = s.next_rate() {
             let met = (1.0 - rate / (2.0 * knee)).clamp(0.0, 1.0);
-            s.record(rate, Trial::with_fraction(met));
+            s.record(rate, frac(met));
             tries += 1;
             assert!(tries < 50, "the search ends");
         }
@@ -225,7 +235,7 @@ mod tests {
         for (met, want) in [(0.95, 7.5), (0.5, 0.0)] {
             let mut s = RateSearch::once(7.5);
             assert_eq!(s.next_rate(), Some(7.5));
-            s.record(7.5, Trial::with_fraction(met));
+            s.record(7.5, frac(met));
             assert!(s.next_rate().is_none());
             assert_eq!(s.crossing(), want);
         }
@@ -234,25 +244,25 @@ mod tests {
     #[test]
     fn a_near_miss_is_looked_at_twice_and_judged_pooled() {
         let mut s = RateSearch::new(10.0, 3);
-        s.record(s.next_rate().unwrap(), Trial::with_fraction(1.0));
-        s.record(s.next_rate().unwrap(), Trial::with_fraction(0.1)); // 20: overload
+        s.record(s.next_rate().unwrap(), frac(1.0));
+        s.record(s.next_rate().unwrap(), frac(0.1)); // 20: overload
         let mid = s.next_rate().unwrap();
         assert_eq!(s.look(), 0);
-        s.record(mid, Trial::with_fraction(0.85)); // a near miss
+        s.record(mid, frac(0.85)); // a near miss
         assert_eq!(s.next_rate(), Some(mid), "the same rate again");
         assert_eq!(s.look(), 1, "on fresh seeds");
-        s.record(mid, Trial::with_fraction(0.97)); // pooled: 0.91, sustained
+        s.record(mid, frac(0.97)); // pooled: 0.91, sustained
         assert_eq!(s.look(), 0);
         assert_eq!(s.best().0, mid);
         assert!((s.best().1.met() - 0.91).abs() < 1e-9);
         let up = s.next_rate().unwrap();
         assert!(up > mid, "the search moves up");
-        s.record(up, Trial::with_fraction(0.3)); // a clear failure: no second look
+        s.record(up, frac(0.3)); // a clear failure: no second look
         assert_eq!(s.look(), 0);
         let next = s.next_rate().unwrap();
         assert!(next > mid && next < up);
-        s.record(next, Trial::with_fraction(0.8));
-        s.record(next, Trial::with_fraction(0.8)); // pooled 0.8: the failure stands
+        s.record(next, frac(0.8));
+        s.record(next, frac(0.8)); // pooled 0.8: the failure stands
         assert!(s.next_rate().is_none(), "three steps taken");
         assert_eq!(s.best().0, mid);
     }
@@ -266,8 +276,8 @@ mod tests {
                 a.next_rate().map(|r| (r * 100.0).round()),
                 Some((rate * 100.0f64).round())
             );
-            a.record(a.next_rate().unwrap(), Trial::with_fraction(ma));
-            b.record(b.next_rate().unwrap(), Trial::with_fraction(mb));
+            a.record(a.next_rate().unwrap(), frac(ma));
+            b.record(b.next_rate().unwrap(), frac(mb));
         }
         assert!(a.next_rate().is_none() && b.next_rate().is_none());
         assert_eq!(a.best().0, b.best().0, "the same bracket");

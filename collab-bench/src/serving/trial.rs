@@ -1,88 +1,88 @@
-//! One trial: seeded Poisson arrivals from the device profiles, device compute and transfer
-//! from the profiles, and the server's real batched compute of the real model driven by a
-//! [`Worker`] in simulated time (each step advances the clock by its measured wall time).
+//! One simulated trial: seeded Poisson arrivals, devices that reach the server after their own
+//! delays, one worker stepping in simulated time.
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
-use collab_core::Backend;
-use collab_core::batch::BatchPolicy;
-use collab_core::cost::{CostModel, MeasuredProfile, Workload};
-use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
+use collab_core::batch::{BatchPolicy, Outcome};
+use collab_core::{Error, Result};
+use collab_policies::batch::{Executor, Work, Worker};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::StepClock;
+
 /// A device's fixed plan for a trial: where it splits and what its requests cost it.
 #[derive(Clone, Debug)]
-pub(super) struct DevicePlan<B: Backend> {
-    /// Share of the arrivals.
-    pub(super) weight: f64,
-    /// Split point (0: server-only).
-    pub(super) split: usize,
+pub struct DevicePlan<P> {
+    /// Share of the arrivals (any positive weight; shares are weights over their sum).
+    pub weight: f64,
+    /// Split point: the block its requests enter the server at (0: server-only).
+    pub split: usize,
     /// Seconds from arrival to the server's receipt (device compute, encode, uplink).
-    pub(super) to_server: f64,
+    pub to_server: f64,
     /// Seconds for the response to come back.
-    pub(super) back: f64,
-    /// The request's latency budget.
-    pub(super) budget: f64,
-    /// What the request carries to the server.
-    pub(super) payload: Payload<B>,
+    pub back: f64,
+    /// The request's latency budget, from arrival to the answer back on the device.
+    pub budget: f64,
+    /// What the request carries to the server (`()` for a [`ReplayExecutor`](super::ReplayExecutor)).
+    pub payload: P,
 }
 
 /// What one or more trials measured, as sums so that trials over several seeds pool: the
 /// pooled fraction on time is total met over total counted, not a mean of fractions.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct Trial {
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Trial {
     /// Requests that arrived inside the measured window.
-    pub(super) counted: usize,
+    pub counted: usize,
     /// Of those, answered with a result within their deadline.
-    pub(super) met_count: usize,
-    /// Batched steps the server ran, and the batch sizes summed over them.
-    steps: usize,
-    batch_sum: usize,
-    /// Server compute seconds (measured wall time of the steps that ran).
-    busy: f64,
+    pub met_count: usize,
+    /// Batched steps the server ran.
+    pub steps: usize,
+    /// The batch sizes summed over those steps.
+    pub batch_sum: usize,
+    /// Server compute seconds (the cost of the steps that ran).
+    pub busy: f64,
     /// Requests (all, not only the window's) answered with a result.
-    done: usize,
+    pub done: usize,
     /// Simulated seconds from the first arrival to the last response.
-    span: f64,
+    pub span: f64,
 }
 
 impl Trial {
+    /// A trial known only by how many requests were counted and how many of them were on time
+    /// (to drive a [`RateSearch`](crate::search::RateSearch) by hand, or in tests).
+    pub fn on_time(counted: usize, met_count: usize) -> Trial {
+        Trial {
+            counted,
+            met_count,
+            ..Trial::default()
+        }
+    }
+
     /// Fraction of the measured window's requests answered within their deadline.
-    pub(super) fn met(&self) -> f64 {
+    pub fn met(&self) -> f64 {
         self.met_count as f64 / self.counted.max(1) as f64
     }
 
     /// Mean batch size over the positions computed.
-    pub(super) fn mean_batch(&self) -> f64 {
+    pub fn mean_batch(&self) -> f64 {
         self.batch_sum as f64 / self.steps.max(1) as f64
     }
 
     /// Server compute seconds per request answered with a result: the server's cost of a
     /// request under this scheme at this load.
-    pub(super) fn busy_per_done(&self) -> f64 {
+    pub fn busy_per_done(&self) -> f64 {
         self.busy / self.done.max(1) as f64
     }
 
     /// Server compute seconds over the simulated span: how loaded the server was.
-    pub(super) fn utilisation(&self) -> f64 {
+    pub fn utilisation(&self) -> f64 {
         self.busy / self.span.max(1e-9)
     }
 
-    /// A trial of 1000 counted requests of which `met` (a fraction) were on time; for tests.
-    #[cfg(test)]
-    pub(super) fn with_fraction(met: f64) -> Trial {
-        Trial {
-            counted: 1000,
-            met_count: (met * 1000.0).round() as usize,
-            ..Trial::default()
-        }
-    }
-
     /// The trials of `self` and `other` pooled, as if run one after the other.
-    pub(super) fn pooled(self, other: Trial) -> Trial {
+    #[must_use]
+    pub fn pooled(self, other: Trial) -> Trial {
         Trial {
             counted: self.counted + other.counted,
             met_count: self.met_count + other.met_count,
@@ -95,64 +95,57 @@ impl Trial {
     }
 }
 
-/// Estimated seconds to finish from position `p` at batch `b`, from the server profile.
-pub(super) fn remaining(
-    profile: &Arc<MeasuredProfile>,
-    tokens: usize,
-) -> impl Fn(usize, usize) -> f64 + Send + 'static {
-    let profile = profile.clone();
-    move |p: usize, b: usize| {
-        let b = b.max(1);
-        let l = profile.layers;
-        let blocks = profile
-            .blocks_seconds(p.min(l)..l, b, tokens)
-            .unwrap_or(0.0);
-        let head = profile
-            .seconds(&Workload::Head { batch: b, tokens })
-            .unwrap_or(0.0);
-        let embed = if p == 0 {
-            profile
-                .seconds(&Workload::Embed { batch: b, tokens })
-                .unwrap_or(0.0)
-        } else {
-            0.0
-        };
-        blocks + head + embed
-    }
-}
-
 /// The load of one trial: who sends, how fast, for how long, on which arrival trace.
-pub(super) struct Load<'a, B: Backend> {
+#[derive(Clone, Copy, Debug)]
+pub struct Load<'a, P> {
     /// The devices' plans.
-    pub(super) devices: &'a [DevicePlan<B>],
+    pub devices: &'a [DevicePlan<P>],
     /// Total arrival rate (requests per second).
-    pub(super) rate: f64,
+    pub rate: f64,
     /// The least number of arrivals in the measured window.
-    pub(super) requests: usize,
+    pub requests: usize,
     /// The arrival trace's seed.
-    pub(super) seed: u64,
+    pub seed: u64,
 }
 
-/// Runs a trial of `load` through a worker with `policy`, measured in steady state.
+/// Runs one trial of `load` through a worker with `policy` and `executor`, in steady state,
+/// advancing simulated time by `clock`'s cost of each step.
 ///
 /// The devices reach the server after different delays (up to `D`, the slowest device's
 /// compute and uplink), so a burst of arrivals reaches the server spread over `D`, a load far
 /// below the rate when `D` is long. Arrivals therefore run for `D + W + D`: the first `D` until
 /// every device's stream reaches the server, a measured window `W` (at least `requests`
 /// arrivals and `2D`), and `D` more so that the window's requests share the server with every
-/// stream to the end. Only requests that arrive inside the window are counted.
-pub(super) fn trial<B: Backend, P: BatchPolicy>(
+/// stream to the end. Only requests that arrive inside the window are counted. The server's
+/// deadline for a request is its arrival plus its budget less the time its answer needs to
+/// travel back.
+///
+/// # Errors
+/// [`Error::Config`] for a load without devices, a rate that is not positive and finite, or a
+/// request the worker refuses on arrival (a split the policy does not serve); what the clock
+/// reports.
+pub fn run_trial<P: BatchPolicy, E: Executor>(
     policy: P,
-    executor: ModelExecutor<B>,
+    executor: E,
     remaining: impl Fn(usize, usize) -> f64 + Send + 'static,
-    load: &Load<'_, B>,
-) -> Result<Trial> {
+    clock: &mut dyn StepClock,
+    load: &Load<'_, E::Payload>,
+) -> Result<Trial>
+where
+    E::Payload: Clone,
+{
     let Load {
         devices,
         rate,
         requests,
         seed,
     } = *load;
+    if devices.is_empty() || !(rate.is_finite() && rate > 0.0) {
+        return Err(Error::Config(format!(
+            "a trial needs devices and a positive rate (got {} devices, rate {rate})",
+            devices.len()
+        )));
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let total: f64 = devices.iter().map(|d| d.weight).sum();
     let delay = devices.iter().map(|d| d.to_server).fold(0.0f64, f64::max);
@@ -179,7 +172,6 @@ pub(super) fn trial<B: Backend, P: BatchPolicy>(
         arrivals.push((t + d.to_server, t, dev, (from..=to).contains(&t)));
     }
     arrivals.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let backend = executor.model().backend().clone();
     let mut worker = Worker::new(policy, executor, remaining);
     let (mut now, mut next, mut met, mut steps, mut batch_sum) =
         (0.0f64, 0usize, 0usize, 0usize, 0usize);
@@ -189,11 +181,17 @@ pub(super) fn trial<B: Backend, P: BatchPolicy>(
         while next < arrivals.len() && arrivals[next].0 <= now {
             let (recv, arrival, dev, _) = arrivals[next];
             let d = &devices[dev];
-            // The server's own deadline leaves time for the response to travel back.
             let deadline = arrival + d.budget - d.back;
             if let Err(r) = worker.enqueue(next as u64, d.split, recv, deadline, d.payload.clone())
             {
-                anyhow::bail!("request refused: {:?}", r.outcome);
+                let why = match r.outcome {
+                    Outcome::Invalid(why) => why,
+                    _ => "refused".into(),
+                };
+                return Err(Error::Config(format!(
+                    "request refused at split {}: {why}",
+                    d.split
+                )));
             }
             next += 1;
         }
@@ -208,10 +206,7 @@ pub(super) fn trial<B: Backend, P: BatchPolicy>(
         }
         let t0 = Instant::now();
         let mut step = worker.step(now);
-        // A step's work may still be queued on an asynchronous (CUDA) device: wait for it,
-        // so that the clock advances by the step's compute, not its launch.
-        backend.synchronize()?;
-        let spent = t0.elapsed().as_secs_f64();
+        let spent = clock.step_seconds(step.work, t0)?;
         now += spent;
         step.set_finished(now);
         done += step.responses.iter().filter(|r| r.is_done()).count();
@@ -240,13 +235,4 @@ pub(super) fn trial<B: Backend, P: BatchPolicy>(
         done,
         span: (now - first).max(0.0),
     })
-}
-
-/// Seconds the device needs for the embedding and blocks `0..k` (0 for server-only).
-pub(super) fn device_seconds(device: &dyn CostModel, k: usize, tokens: usize) -> Result<f64> {
-    if k == 0 {
-        return Ok(0.0);
-    }
-    Ok(device.seconds(&Workload::Embed { batch: 1, tokens })?
-        + device.blocks_seconds(0..k, 1, tokens)?)
 }

@@ -1,0 +1,26 @@
+//! The harness a policy is judged by: the same machinery `cargo xtask exp
+//! collabtrans-throughput` uses, as a library, so that a user's [`BatchPolicy`] is compared
+//! with the shared-model and per-split baselines the way ours were (SPEC §2, Figure 3).
+//!
+//! - [`serving`]: a discrete-event simulation of one server [`Worker`] under seeded Poisson
+//!   arrivals from devices that split at different blocks. The clock advances by each step's
+//!   cost, either the measured wall time of the real model's batched compute
+//!   ([`serving::WallClock`]) or a per-block × batch-size cost profile replayed without
+//!   compute ([`serving::ProfileClock`] with [`serving::ReplayExecutor`]), so that a profile
+//!   measured on a GPU replays on a laptop;
+//! - [`search`]: the sustainable rate: the highest arrival rate at which at least 90% of
+//!   requests meet their deadline, found by bisection on pooled seeded traces;
+//! - [`compare`]: both together: the sustainable rate of any policy on a replayed profile, the
+//!   one call a comparison needs;
+//! - [`estimate`]: a per-block cost profile derived from a roofline (peak FLOP/s, memory
+//!   bandwidth, a per-kernel launch cost) for hardware we cannot measure, labelled as an
+//!   estimate in the profile itself ([`MeasuredProfile::estimate`]).
+//!
+//! [`BatchPolicy`]: collab_core::batch::BatchPolicy
+//! [`Worker`]: collab_policies::batch::Worker
+//! [`MeasuredProfile::estimate`]: collab_core::cost::MeasuredProfile::estimate
+
+pub mod compare;
+pub mod estimate;
+pub mod search;
+pub mod serving;
