@@ -12,6 +12,9 @@
 //!   requests meet their deadline, found by bisection on pooled seeded traces;
 //! - [`compare`]: both together: the sustainable rate of any policy on a replayed profile, the
 //!   one call a comparison needs;
+//! - [`codec_eval`]: one codec's row at one split of a real classifier (accuracy, agreement
+//!   with the unsplit model, bytes, reconstruction error), with the PCA bases fitted on
+//!   held-out images for the codecs that need them;
 //! - [`estimate`]: a per-block cost profile derived from a roofline (peak FLOP/s, memory
 //!   bandwidth, a per-kernel launch cost) for hardware we cannot measure, labelled as an
 //!   estimate in the profile itself ([`MeasuredProfile::estimate`]).
@@ -20,6 +23,7 @@
 //! [`Worker`]: collab_policies::batch::Worker
 //! [`MeasuredProfile::estimate`]: collab_core::cost::MeasuredProfile::estimate
 
+pub mod codec_eval;
 pub mod compare;
 pub mod estimate;
 pub mod search;

@@ -3,19 +3,16 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::sync::Arc;
 
 use collab_bench::compare::{FleetDevice, Scenario, compare};
+use collab_bench::estimate::shipped;
 use collab_core::batch::BatchPolicyConfig;
 use collab_core::cost::MeasuredProfile;
 use collab_policies::batch::{PerSplitConfig, ServerOnlyConfig, SharedModelConfig};
 
 fn profile() -> Arc<MeasuredProfile> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("profiles")
-        .join("h100-vit_base_patch16_224.estimate.json");
-    Arc::new(MeasuredProfile::load(&path).unwrap())
+    Arc::new(shipped("h100-vit_base_patch16_224").unwrap())
 }
 
 /// Five Jetson-like devices (50x to 800x slower than the server per block) that split at
