@@ -1,18 +1,28 @@
 //! `cargo xtask test`: the README's test command, which `.ci/run` calls.
 //!
-//! Three stages, each a `cargo test` whose output streams through:
+//! Stages, each a `cargo test` whose output streams through. By default (the README's test
+//! command: no root, no large download):
 //! 1. `cargo test --workspace` (default features: candle CPU, the reference backend and the
 //!    quantised device backend, which compiles and runs natively on x86_64 too);
-//! 2. the libtorch backend: `cargo xtask setup-libtorch` (cached after the first run), then the
-//!    tests whose names mention tch, in collab-backends (conformance, unit tests, cross-backend
-//!    splits) and collab-tests (real checkpoints, split execution);
-//! 3. `cargo xtask check-arm`: the device backend cross-built for aarch64 and run under qemu.
+//! 2. every `cargo xtask new` template generated into `target/templates/` and tested there as
+//!    its own crate (with the workspace's target directory, so only the new crate compiles).
 //!
-//! The last line sums every stage: `tests: N passed, M failed, K skipped` (K ignored). Any
-//! failing stage fails the command, after the later stages have still run.
+//! Optional, with `--with tch` / `--with arm` (`.ci/run` runs both; `--only STAGES` runs just
+//! the named stages):
+//! - `tch`: `cargo xtask setup-libtorch` (cached after the first run), then the tests whose
+//!   names mention tch, in collab-backends (conformance, unit tests, cross-backend splits) and
+//!   collab-tests (real checkpoints, split execution);
+//! - `arm`: `cargo xtask check-arm`: the device backend cross-built for aarch64 and run under
+//!   qemu.
+//!
+//! The last lines give each stage's wall time and sum every stage: `tests: N passed, M
+//! failed, K skipped` (K ignored). Any failing stage fails the command, after the later
+//! stages have still run.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
+
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
@@ -78,61 +88,94 @@ pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-/// Runs the three stages (see the module documentation); `args` go to the workspace stage.
-pub(crate) fn run(args: &[String]) -> Result<()> {
+/// A stage of `cargo xtask test`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Stage {
+    /// `cargo test --workspace` (default).
+    Workspace,
+    /// Every `cargo xtask new` template tested as its own crate (default).
+    Templates,
+    /// The libtorch backend's tests (installs libtorch 2.11, about 500 MB, once).
+    Tch,
+    /// The device backend cross-built for aarch64 and run under qemu (installs the toolchain
+    /// and qemu with apt, as root, once).
+    Arm,
+}
+
+impl Stage {
+    /// The stages `cargo xtask test` runs without options: no root, no large download.
+    pub(crate) const DEFAULT: [Stage; 2] = [Stage::Workspace, Stage::Templates];
+
+    fn name(self) -> &'static str {
+        match self {
+            Stage::Workspace => "workspace",
+            Stage::Templates => "templates",
+            Stage::Tch => "tch",
+            Stage::Arm => "arm",
+        }
+    }
+}
+
+/// Runs `stages` in order; `args` go to the workspace stage. Each stage's wall time is
+/// printed at the end, with the summed counts.
+pub(crate) fn run(stages: &[Stage], args: &[String]) -> Result<()> {
     let mut total = Counts::default();
     let mut failures = vec![];
-
-    println!("== stage 1/3: cargo test --workspace");
-    let mut cmd = cargo();
-    cmd.args(["test", "--workspace"]).args(args);
-    let (c, ok) = stream(cmd, "cargo test --workspace")?;
-    total.add(c);
-    if !ok {
-        failures.push("workspace tests");
-    }
-
-    println!("== stage 2/3: the libtorch backend (features tch, and arm for the arm -> tch split)");
-    match crate::libtorch::ensure() {
-        Ok(env) => {
-            let mut cmd = cargo();
-            cmd.args([
-                "test",
-                "-p",
-                "collab-backends",
-                "-p",
-                "collab-tests",
-                "--features",
-                "collab-backends/tch,collab-backends/arm,collab-tests/tch,collab-tests/arm",
-                // Only the tests about tch (the rest already ran in stage 1): the conformance
-                // module `tch_cpu`, the unit tests in `tch::`, and tests named `.._tch..`.
-                "--",
-                "tch_cpu::",
-                "tch::",
-                "_tch",
-            ]);
-            env.apply(&mut cmd)?;
-            let (c, ok) = stream(cmd, "cargo test (tch)")?;
+    let mut times = vec![];
+    let mut add = |result: Result<(Counts, bool)>, what: &'static str| match result {
+        Ok((c, ok)) => {
             total.add(c);
             if !ok {
-                failures.push("tch tests");
+                failures.push(what);
             }
         }
         Err(e) => {
-            println!("cannot install libtorch: {e:#}");
-            failures.push("libtorch setup");
+            println!("{what}: {e:#}");
+            failures.push(what);
         }
-    }
-
-    println!("== stage 3/3: cargo xtask check-arm (aarch64 cross build, tests under qemu)");
-    match crate::check_arm::run_for_tests() {
-        Ok(c) => total.add(c),
-        Err(e) => {
-            println!("check-arm failed: {e:#}");
-            failures.push("check-arm");
+    };
+    for (i, &stage) in stages.iter().enumerate() {
+        let t = Instant::now();
+        let n = format!("{}/{}", i + 1, stages.len());
+        match stage {
+            Stage::Workspace => {
+                println!("== stage {n}: cargo test --workspace");
+                let mut cmd = cargo();
+                cmd.args(["test", "--workspace"]).args(args);
+                add(stream(cmd, "cargo test --workspace"), "workspace tests");
+            }
+            Stage::Templates => {
+                println!(
+                    "== stage {n}: the templates of `cargo xtask new`, each tested as its own crate"
+                );
+                for template in crate::new::Template::ALL {
+                    add(template_test(template), "a template's tests");
+                }
+            }
+            Stage::Tch => {
+                println!(
+                    "== stage {n}: the libtorch backend (features tch, and arm for the arm -> tch split)"
+                );
+                add(tch_stage(), "tch tests");
+            }
+            Stage::Arm => {
+                println!(
+                    "== stage {n}: cargo xtask check-arm (aarch64 cross build, tests under qemu)"
+                );
+                add(
+                    crate::check_arm::run_for_tests().map(|c| (c, true)),
+                    "check-arm",
+                );
+            }
         }
+        times.push(format!("{} {} s", stage.name(), t.elapsed().as_secs()));
     }
-
+    if !stages.contains(&Stage::Tch) || !stages.contains(&Stage::Arm) {
+        println!(
+            "(optional stages: `cargo xtask test --with tch` for the libtorch backend, `--with arm` for the aarch64 check under qemu; `.ci/run` runs both)"
+        );
+    }
+    println!("stage times: {}", times.join(", "));
     println!(
         "tests: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.ignored
@@ -144,6 +187,56 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         bail!("no test ran");
     }
     Ok(())
+}
+
+/// The libtorch stage: only the tests about tch (the rest ran in the workspace stage).
+fn tch_stage() -> Result<(Counts, bool)> {
+    let env = crate::libtorch::ensure()?;
+    let mut cmd = cargo();
+    cmd.args([
+        "test",
+        "-p",
+        "collab-backends",
+        "-p",
+        "collab-tests",
+        "--features",
+        "collab-backends/tch,collab-backends/arm,collab-tests/tch,collab-tests/arm",
+        // The conformance module `tch_cpu`, the unit tests in `tch::`, tests named `.._tch..`.
+        "--",
+        "tch_cpu::",
+        "tch::",
+        "_tch",
+    ]);
+    env.apply(&mut cmd)?;
+    stream(cmd, "cargo test (tch)")
+}
+
+/// Generates `template` as crate `my-<template>` into `target/templates/extension` and runs
+/// `cargo test` in it with the workspace's target directory.
+///
+/// Every template goes to the same folder, one after the other: cargo hashes a path
+/// dependency (the collab crates) relative to the workspace root, so crates generated at one
+/// root share their builds of the collab crates wherever their dependencies' features agree,
+/// and crates at different roots never do.
+fn template_test(template: crate::new::Template) -> Result<(Counts, bool)> {
+    let root = crate::new::checkout();
+    let dir = root.join("target").join("templates").join("extension");
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clear {}", dir.display()))?;
+    }
+    crate::new::generate(&crate::new::Args {
+        dir: dir.clone(),
+        name: Some(format!("my-{}", template.name())),
+        template,
+        collab: Some(root.clone()),
+        force: false,
+    })?;
+    println!("-- {}: cargo test in {}", template.name(), dir.display());
+    let mut cmd = cargo();
+    cmd.arg("test")
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", root.join("target"));
+    stream(cmd, &format!("cargo test ({} template)", template.name()))
 }
 
 #[cfg(test)]
