@@ -24,6 +24,25 @@ use crate::Result;
 ///
 /// Methods take `&self` so that a backend value can carry its device (a CPU thread pool, a CUDA
 /// ordinal). Backends are cheap to clone.
+///
+/// Code written against the trait runs on every backend; here on the f64 reference
+/// (`collab-backends`; `CandleBackend::cpu()` and the others work the same):
+///
+/// ```
+/// use collab_backends::reference::ReferenceBackend;
+/// use collab_core::Backend;
+///
+/// /// `softmax(x W)` on any backend.
+/// fn scores<B: Backend>(be: &B, x: &[f32], w: &[f32]) -> collab_core::Result<Vec<f32>> {
+///     let x = be.from_vec(x.to_vec(), &[1, 2])?;
+///     let w = be.from_vec(w.to_vec(), &[2, 2])?;
+///     be.to_vec(&be.softmax_last(&be.matmul(&x, &w)?, None)?)
+/// }
+///
+/// let p = scores(&ReferenceBackend::new(), &[1.0, 0.0], &[0.0, 0.0, 0.0, 0.0])?;
+/// assert_eq!(p, vec![0.5, 0.5]);
+/// # Ok::<(), collab_core::Error>(())
+/// ```
 pub trait Backend: Clone + Debug + Send + Sync + 'static {
     /// A dense tensor of `f32` values.
     type Tensor: Clone + Debug + Send + Sync;

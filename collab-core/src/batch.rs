@@ -123,6 +123,46 @@ impl<'a> QueueView<'a> {
 /// Policies are plain synchronous state machines: no clock of their own (`now` is passed in, in
 /// seconds on the worker's clock), no I/O, so they run the same under a real server and a
 /// discrete-event simulator.
+///
+/// A policy that always serves the longest queue, asked about a snapshot of the queues:
+///
+/// ```
+/// use std::collections::VecDeque;
+///
+/// use collab_core::batch::{BatchPolicy, QueueView, Queued};
+///
+/// #[derive(Debug)]
+/// struct LongestQueue {
+///     budget: usize,
+/// }
+///
+/// impl BatchPolicy for LongestQueue {
+///     fn name(&self) -> String {
+///         format!("longest-queue(B={})", self.budget)
+///     }
+///     fn budget(&self) -> usize {
+///         self.budget
+///     }
+///     fn start(&mut self, q: &QueueView<'_>, _now: f64) -> Option<usize> {
+///         q.non_empty().max_by_key(|&p| q.len(p))
+///     }
+///     fn admit(&mut self, p: usize, running: usize, q: &QueueView<'_>, _now: f64) -> usize {
+///         q.len(p).min(self.budget - running)
+///     }
+/// }
+///
+/// let request = |id| Queued { id, arrival: 0.0, deadline: 1.0 };
+/// // Two blocks and the head: one request waits at block 0, three at block 1.
+/// let queues = vec![
+///     VecDeque::from([request(0)]),
+///     VecDeque::from([request(1), request(2), request(3)]),
+///     VecDeque::new(),
+/// ];
+/// let view = QueueView::new(&queues);
+/// let mut policy = LongestQueue { budget: 2 };
+/// assert_eq!(policy.start(&view, 0.0), Some(1));
+/// assert_eq!(policy.admit(1, 0, &view, 0.0), 2, "no more than the budget");
+/// ```
 pub trait BatchPolicy: Debug + Send {
     /// A short name for reports and error messages.
     fn name(&self) -> String;

@@ -225,6 +225,58 @@ pub fn truncation_ratio(encoded_bytes: usize, tokens: usize, features: usize) ->
 /// Contract: `decode(encode(x))` has `x`'s shape; `encode(x).len() == encoded_len(x.tokens,
 /// x.features)` exactly; `decode` rejects bytes that another codec (or another basis) produced
 /// with [`Error::Codec`] rather than returning garbage.
+///
+/// A codec that sends the first token only and decodes the rest as zeros (lossy on purpose, to
+/// keep the example short); note the decoder bounding every size before it allocates:
+///
+/// ```
+/// use collab_core::split::{Activation, ActivationCodec};
+/// use collab_core::{Error, Result};
+///
+/// #[derive(Debug)]
+/// struct FirstToken;
+///
+/// impl ActivationCodec for FirstToken {
+///     fn name(&self) -> String {
+///         "first-token".into()
+///     }
+///     fn encoded_len(&self, _tokens: usize, features: usize) -> usize {
+///         8 + 4 * features
+///     }
+///     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
+///         let mut out = Vec::with_capacity(self.encoded_len(x.tokens, x.features));
+///         out.extend_from_slice(&(x.tokens as u32).to_le_bytes());
+///         out.extend_from_slice(&(x.features as u32).to_le_bytes());
+///         for v in &x.values[..x.features] {
+///             out.extend_from_slice(&v.to_le_bytes());
+///         }
+///         Ok(out)
+///     }
+///     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
+///         let bad = || Error::codec("first-token", "bad payload");
+///         let word = |i: usize| -> Option<usize> {
+///             Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?) as usize)
+///         };
+///         let (tokens, features) = (word(0).ok_or_else(bad)?, word(4).ok_or_else(bad)?);
+///         // Bound the sizes by the bytes present before allocating.
+///         if features == 0 || bytes.len() != 8 + 4 * features || tokens > 4096 {
+///             return Err(bad());
+///         }
+///         let mut values = vec![0.0; tokens * features];
+///         for (j, c) in bytes[8..].chunks_exact(4).enumerate() {
+///             values[j] = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+///         }
+///         Activation::new(tokens, features, values)
+///     }
+/// }
+///
+/// let x = Activation::new(2, 2, vec![1.0, 2.0, 3.0, 4.0])?;
+/// let wire = FirstToken.encode(&x)?;
+/// assert_eq!(wire.len(), FirstToken.encoded_len(2, 2));
+/// assert_eq!(FirstToken.decode(&wire)?.values, vec![1.0, 2.0, 0.0, 0.0]);
+/// assert!(FirstToken.decode(&wire[..5]).is_err());
+/// # Ok::<(), collab_core::Error>(())
+/// ```
 pub trait ActivationCodec: Debug + Send + Sync {
     /// A short name with its setting, e.g. `svd-r24`, `pca-int8-r64`, `int8`.
     fn name(&self) -> String;
@@ -296,6 +348,37 @@ pub struct SplitChoice {
 /// - it is deterministic for equal conditions unless documented otherwise.
 ///
 /// `collab_policies::split::conformance` checks these for any implementation.
+///
+/// ```
+/// use collab_core::split::{CodecId, Conditions, SplitChoice, SplitStrategy};
+/// use collab_core::{Error, Result};
+///
+/// /// Splits after block 4 with int8 activations when the uplink is slow, else sends the input.
+/// #[derive(Debug)]
+/// struct SlowLinkSplit;
+///
+/// impl SplitStrategy for SlowLinkSplit {
+///     fn name(&self) -> String {
+///         "slow-link-split".into()
+///     }
+///     fn choose(&self, c: &Conditions) -> Result<SplitChoice> {
+///         if !c.bandwidth.is_finite() {
+///             return Err(Error::InvalidInput("bandwidth is not finite".into()));
+///         }
+///         let (split, codec) = if c.bandwidth < 1e6 {
+///             (4, CodecId::new("int8", None)?)
+///         } else {
+///             (0, CodecId::raw())
+///         };
+///         Ok(SplitChoice { split, codec, rho: 0.0, bytes: 0, latency: 0.0, loss: 0.0 })
+///     }
+/// }
+///
+/// let c = Conditions { bandwidth: 2e5, rtt: 0.05, server_queue: 0.0, deadline: 0.3, max_loss: 0.01 };
+/// assert_eq!(SlowLinkSplit.choose(&c)?.split, 4);
+/// assert!(SlowLinkSplit.choose(&Conditions { bandwidth: f64::NAN, ..c }).is_err());
+/// # Ok::<(), collab_core::Error>(())
+/// ```
 pub trait SplitStrategy: Debug + Send + Sync {
     /// A name for reports.
     fn name(&self) -> String;

@@ -17,6 +17,44 @@ use crate::model::Hidden;
 use crate::{Backend, Result};
 
 /// Changes the tokens inside each block.
+///
+/// An adapter that drops the last token of every input before block 0's MLP (a stand-in for a
+/// real merge; ToMe in `collab_policies::token` merges by similarity):
+///
+/// ```
+/// use collab_backends::reference::ReferenceBackend;
+/// use collab_core::model::Hidden;
+/// use collab_core::token::TokenAdapter;
+/// use collab_core::{Backend, Result};
+///
+/// #[derive(Debug)]
+/// struct DropLast;
+///
+/// impl<B: Backend> TokenAdapter<B> for DropLast {
+///     fn name(&self) -> String {
+///         "drop-last".into()
+///     }
+///     fn gamma(&self, layer: usize) -> i32 {
+///         if layer == 0 { -1 } else { 0 }
+///     }
+///     fn before_mlp(&self, be: &B, layer: usize, h: Hidden<B>, _keys: &B::Tensor) -> Result<Hidden<B>> {
+///         if layer != 0 {
+///             return Ok(h);
+///         }
+///         let tokens = be.dims(&h.x)[1];
+///         let protected = h.protected;
+///         Ok(Hidden::new(be.narrow(&h.x, 1, 0, tokens - 1)?, protected))
+///     }
+/// }
+///
+/// let be = ReferenceBackend::new();
+/// let h = Hidden::new(be.zeros(&[1, 4, 2])?, 1);
+/// let keys = be.zeros(&[1, 1, 4, 2])?;
+/// let out = DropLast.before_mlp(&be, 0, h, &keys)?;
+/// assert_eq!(be.dims(&out.x), vec![1, 3, 2]);
+/// assert_eq!(TokenAdapter::<ReferenceBackend>::gamma(&DropLast, 0), -1);
+/// # Ok::<(), collab_core::Error>(())
+/// ```
 pub trait TokenAdapter<B: Backend>: Debug + Send + Sync {
     /// A short name for reports.
     fn name(&self) -> String;

@@ -112,6 +112,36 @@ impl fmt::Display for Workload {
 }
 
 /// Predicts how long a workload takes on one device.
+///
+/// ```
+/// use collab_core::cost::{CostModel, Workload};
+/// use collab_core::{Error, Result};
+///
+/// /// Every block costs 2 ms per input; nothing else is known.
+/// #[derive(Debug)]
+/// struct FlatBlocks;
+///
+/// impl CostModel for FlatBlocks {
+///     fn name(&self) -> String {
+///         "flat-blocks".into()
+///     }
+///     fn seconds(&self, work: &Workload) -> Result<f64> {
+///         match work {
+///             Workload::Block { batch, .. } => Ok(0.002 * *batch as f64),
+///             other => Err(Error::NoPrediction {
+///                 model: self.name(),
+///                 workload: other.to_string(),
+///                 reason: "blocks only".into(),
+///             }),
+///         }
+///     }
+/// }
+///
+/// // The provided `blocks_seconds` sums the blocks.
+/// assert!((FlatBlocks.blocks_seconds(0..6, 2, 197)? - 0.024).abs() < 1e-12);
+/// assert!(FlatBlocks.seconds(&Workload::Head { batch: 1, tokens: 197 }).is_err());
+/// # Ok::<(), collab_core::Error>(())
+/// ```
 pub trait CostModel: Debug + Send + Sync {
     /// A name for reports (the device and backend it describes).
     fn name(&self) -> String;
