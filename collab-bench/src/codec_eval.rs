@@ -153,13 +153,22 @@ impl fmt::Display for CodecRow {
 /// the decoded activations and measures the row.
 ///
 /// # Errors
-/// The codec's errors (an encode or decode that fails is an error, not a wrong answer);
-/// backend errors.
+/// [`Error::Config`] for split data without activations or whose labels and answers do not
+/// match them in number; the codec's errors (an encode or decode that fails is an error, not
+/// a wrong answer); backend errors.
 pub fn evaluate<B: Backend>(
     model: &Transformer<B>,
     data: &SplitData,
     codec: &dyn ActivationCodec,
 ) -> Result<CodecRow> {
+    let n = data.activations.len();
+    if n == 0 || data.labels.len() != n || data.unsplit.len() != n {
+        return Err(Error::Config(format!(
+            "split data with {n} activations, {} labels and {} unsplit answers",
+            data.labels.len(),
+            data.unsplit.len()
+        )));
+    }
     let be = model.backend();
     let layers = model.num_blocks();
     let (mut correct, mut agree, mut bytes, mut error) = (0usize, 0usize, 0usize, 0.0f64);
@@ -210,11 +219,17 @@ fn argmax(x: &[f32]) -> usize {
         .map_or(0, |(i, _)| i)
 }
 
-fn relative_error(x: &[f32], y: &[f32]) -> f64 {
-    let (mut num, mut den) = (0.0f64, 0.0f64);
+/// `||x - y|| / ||x||` over the pairs of `x` and `y` (the absolute error `||x - y||` for a
+/// zero `x`, so a zero activation rebuilt exactly scores 0).
+pub fn relative_error(x: &[f32], y: &[f32]) -> f64 {
+    let (mut err, mut norm) = (0f64, 0f64);
     for (a, b) in x.iter().zip(y) {
-        num += f64::from(a - b).powi(2);
-        den += f64::from(*a).powi(2);
+        err += f64::from(a - b).powi(2);
+        norm += f64::from(*a).powi(2);
     }
-    (num / den.max(1e-30)).sqrt()
+    if norm > 0.0 {
+        (err / norm).sqrt()
+    } else {
+        err.sqrt()
+    }
 }

@@ -38,7 +38,8 @@ use collab_core::{Error, Result};
 
 use crate::search::RateSearch;
 use crate::serving::{
-    DevicePlan, Load, ProfileClock, ReplayExecutor, Trial, device_seconds, remaining, run_trial,
+    DevicePlan, Load, ProfileClock, ReplayExecutor, Trial, capacity_guess, device_seconds,
+    remaining, run_trial,
 };
 
 /// One kind of device in a fleet, against the server's profile.
@@ -97,9 +98,9 @@ impl Scenario {
     /// requests per trial, 3 seeds, 7 bisection steps (change the fields to taste).
     ///
     /// # Errors
-    /// [`Error::Config`] for an empty fleet, a split past the profile's blocks, a
-    /// non-positive bandwidth, share, slowdown or deadline factor; what the profile reports
-    /// for a stage it lacks.
+    /// [`Error::Config`] for an empty fleet, zero tokens, a split past the profile's blocks, a
+    /// non-positive bandwidth, share, slowdown or deadline factor, or a profile whose blocks
+    /// cost nothing; what the profile reports for a stage it lacks (embedding, blocks, head).
     pub fn fleet(
         profile: Arc<MeasuredProfile>,
         tokens: usize,
@@ -107,13 +108,28 @@ impl Scenario {
         deadline_factor: f64,
         response_bytes: usize,
     ) -> Result<Scenario> {
-        if fleet.is_empty() || !(deadline_factor > 0.0 && deadline_factor.is_finite()) {
+        if fleet.is_empty()
+            || tokens == 0
+            || !(deadline_factor > 0.0 && deadline_factor.is_finite())
+        {
             return Err(Error::Config(format!(
-                "a scenario needs devices and a positive deadline factor (got {} devices, factor {deadline_factor})",
+                "a scenario needs devices, tokens and a positive deadline factor (got {} devices, {tokens} tokens, factor {deadline_factor})",
                 fleet.len()
             )));
         }
         let layers = profile.layers;
+        // The replay prices every step from the profile: it must price each stage, at a cost.
+        let prices = [
+            profile.seconds(&Workload::Embed { batch: 1, tokens })?,
+            profile.blocks_seconds(0..layers, 1, tokens)?,
+            profile.seconds(&Workload::Head { batch: 1, tokens })?,
+        ];
+        if layers == 0 || prices.iter().any(|p| !(p.is_finite() && *p >= 0.0)) || prices[1] <= 0.0 {
+            return Err(Error::Config(format!(
+                "profile {}: embed, blocks and head at {tokens} tokens cost {prices:?} s; the blocks must cost something",
+                profile.model
+            )));
+        }
         let mut devices = vec![];
         for d in fleet {
             let positive = |x: f64| x > 0.0 && x.is_finite();
@@ -160,16 +176,7 @@ impl Scenario {
     /// A first guess of the sustainable rate at budget batch `budget`: the inverse of the
     /// mean server time per request at that batch, from the profile.
     pub fn capacity_guess(&self, budget: usize) -> f64 {
-        let budget = budget.max(1);
-        let rem = remaining(&self.profile, self.tokens);
-        let total: f64 = self.devices.iter().map(|p| p.weight).sum();
-        let per_request: f64 = self
-            .devices
-            .iter()
-            .map(|p| p.weight * rem(p.split, budget) / budget as f64)
-            .sum::<f64>()
-            / total.max(1e-12);
-        1.0 / per_request.max(1e-9)
+        capacity_guess(&self.profile, self.tokens, &self.devices, budget)
     }
 
     /// One trial of `policy` at `rate` on the arrival trace of `seed`, replaying the profile.

@@ -316,27 +316,38 @@ mod tests {
 
     #[test]
     fn the_shipped_profiles_load_and_match_what_the_estimate_writes_today() {
-        let p = shipped("h100-deit_tiny_patch16_224").unwrap();
-        let again = RooflineEstimate::h100()
-            .encoder_profile(
-                "deit_tiny_patch16_224",
-                &deit_tiny(),
-                197,
-                &[1, 2, 4, 8, 16, 32, 64],
-                &[197],
-            )
-            .unwrap();
-        // JSON keeps the values to the last digit or two.
-        assert_eq!(p.points.len(), again.points.len());
-        for (a, b) in p.points.iter().zip(&again.points) {
-            assert_eq!(a.work, b.work);
-            assert!(
-                (a.seconds / b.seconds - 1.0).abs() < 1e-12,
-                "regenerate with cargo xtask exp estimate-profile: {a:?} vs {b:?}"
+        for (name, preset) in [
+            ("h100-deit_tiny_patch16_224", "deit_tiny_patch16_224"),
+            ("h100-vit_base_patch16_224", "vit_base_patch16_224"),
+        ] {
+            let p = shipped(name).unwrap();
+            let again = RooflineEstimate::h100()
+                .encoder_profile(
+                    preset,
+                    &ModelConfig::preset(preset).unwrap(),
+                    197,
+                    &[1, 2, 4, 8, 16, 32, 64],
+                    &[197],
+                )
+                .unwrap();
+            let hint = format!(
+                "regenerate: cargo xtask exp estimate-profile --model {preset} --out collab-bench/profiles/{name}.estimate.json"
+            );
+            // JSON keeps the values to the last digit or two.
+            assert_eq!(p.points.len(), again.points.len(), "{hint}");
+            for (a, b) in p.points.iter().zip(&again.points) {
+                assert_eq!(a.work, b.work, "{hint}");
+                assert!(
+                    (a.seconds / b.seconds - 1.0).abs() < 1e-12,
+                    "{hint}: {a:?} vs {b:?}"
+                );
+            }
+            assert_eq!(
+                (&p.estimate, &p.model),
+                (&again.estimate, &again.model),
+                "{hint}"
             );
         }
-        assert_eq!(p.estimate, again.estimate);
-        assert!(shipped("h100-vit_base_patch16_224").is_ok());
         assert!(shipped("a100").is_err());
     }
 

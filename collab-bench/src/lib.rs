@@ -15,6 +15,14 @@
 //! - [`codec_eval`]: one codec's row at one split of a real classifier (accuracy, agreement
 //!   with the unsplit model, bytes, reconstruction error), with the PCA bases fitted on
 //!   held-out images for the codecs that need them;
+//! - [`sweep`]: the codec × split × ratio accuracy sweep of SPEC §1 on a real model, which
+//!   produces the `AccuracyTable` and `SplitBases` a device's split selector reads;
+//! - [`sti`]: STI's planning inputs, a device's compute costs measured with the streaming
+//!   executor's own code;
+//! - [`traces`]: arrival traces for serving experiments (a Poisson trace with a moving rate,
+//!   and a bursty generator matching the published statistics of a production trace);
+//! - [`token_profile`]: OTAS's token-profile file (accuracy and latency per gamma and batch,
+//!   merge schedules), written by `cargo xtask exp token-profile`;
 //! - [`estimate`]: a per-block cost profile derived from a roofline (peak FLOP/s, memory
 //!   bandwidth, a per-kernel launch cost) for hardware we cannot measure, labelled as an
 //!   estimate in the profile itself ([`MeasuredProfile::estimate`]).
@@ -28,3 +36,7 @@ pub mod compare;
 pub mod estimate;
 pub mod search;
 pub mod serving;
+pub mod sti;
+pub mod sweep;
+pub mod token_profile;
+pub mod traces;

@@ -55,3 +55,23 @@ pub fn device_seconds(device: &dyn CostModel, k: usize, tokens: usize) -> Result
     Ok(device.seconds(&Workload::Embed { batch: 1, tokens })?
         + device.blocks_seconds(0..k, 1, tokens)?)
 }
+
+/// A first guess of the sustainable rate of `devices` at budget batch `budget`: the inverse of
+/// the mean server time per request at that batch, from the profile (where a rate search
+/// starts; see [`RateSearch::new`](crate::search::RateSearch::new)).
+pub fn capacity_guess<P>(
+    profile: &Arc<MeasuredProfile>,
+    tokens: usize,
+    devices: &[super::DevicePlan<P>],
+    budget: usize,
+) -> f64 {
+    let budget = budget.max(1);
+    let rem = remaining(profile, tokens);
+    let total: f64 = devices.iter().map(|p| p.weight).sum();
+    let per_request: f64 = devices
+        .iter()
+        .map(|p| p.weight * rem(p.split, budget) / budget as f64)
+        .sum::<f64>()
+        / total.max(1e-12);
+    1.0 / per_request.max(1e-9)
+}

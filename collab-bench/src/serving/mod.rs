@@ -20,6 +20,6 @@ mod replay;
 mod trial;
 
 pub use clock::{ProfileClock, StepClock, WallClock};
-pub use cost::{device_seconds, remaining};
+pub use cost::{capacity_guess, device_seconds, remaining};
 pub use replay::ReplayExecutor;
-pub use trial::{DevicePlan, Load, Trial, run_trial};
+pub use trial::{DevicePlan, Load, MAX_ARRIVALS, Trial, run_trial};

@@ -95,6 +95,10 @@ impl Trial {
     }
 }
 
+/// The most arrivals a trial may expect (rate × simulated span): a bound on what a bad rate or
+/// a profile that prices everything at zero can make a trial allocate.
+pub const MAX_ARRIVALS: f64 = 5e6;
+
 /// The load of one trial: who sends, how fast, for how long, on which arrival trace.
 #[derive(Clone, Copy, Debug)]
 pub struct Load<'a, P> {
@@ -121,8 +125,10 @@ pub struct Load<'a, P> {
 /// travel back.
 ///
 /// # Errors
-/// [`Error::Config`] for a load without devices, a rate that is not positive and finite, or a
-/// request the worker refuses on arrival (a split the policy does not serve); what the clock
+/// [`Error::Config`] for a load without devices, a rate that is not positive and finite, a
+/// device plan with a weight that is not positive or a delay or budget that is negative or not
+/// finite, more than [`MAX_ARRIVALS`] expected arrivals, or a request the worker refuses on
+/// arrival (a split the policy does not serve); what the clock
 /// reports.
 pub fn run_trial<P: BatchPolicy, E: Executor>(
     policy: P,
@@ -146,11 +152,31 @@ where
             devices.len()
         )));
     }
+    for (i, d) in devices.iter().enumerate() {
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        let sane = d.weight.is_finite()
+            && d.weight > 0.0
+            && finite(d.to_server)
+            && finite(d.back)
+            && finite(d.budget);
+        if !sane {
+            return Err(Error::Config(format!(
+                "device plan {i}: weight {} must be positive, delays {} and {} and budget {} finite and not negative",
+                d.weight, d.to_server, d.back, d.budget
+            )));
+        }
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let total: f64 = devices.iter().map(|d| d.weight).sum();
     let delay = devices.iter().map(|d| d.to_server).fold(0.0f64, f64::max);
     let window = (requests as f64 / rate).max(2.0 * delay);
     let (from, to, end) = (delay, delay + window, 2.0 * delay + window);
+    if rate * end > MAX_ARRIVALS {
+        return Err(Error::Config(format!(
+            "a trial of {:.0} expected arrivals (rate {rate} over {end:.1} s) is past the {MAX_ARRIVALS:.0} a trial may hold",
+            rate * end
+        )));
+    }
     // Arrivals: one Poisson stream of `rate`, each request assigned to a device by weight:
     // (received by the server, arrival, device, counted).
     let mut t = 0.0;
@@ -176,7 +202,8 @@ where
     let (mut now, mut next, mut met, mut steps, mut batch_sum) =
         (0.0f64, 0usize, 0usize, 0usize, 0usize);
     let (mut busy, mut done) = (0.0f64, 0usize);
-    let first = arrivals.first().map_or(0.0, |a| a.1);
+    let first = arrivals.iter().map(|a| a.1).fold(f64::INFINITY, f64::min);
+    let first = if first.is_finite() { first } else { 0.0 };
     loop {
         while next < arrivals.len() && arrivals[next].0 <= now {
             let (recv, arrival, dev, _) = arrivals[next];

@@ -206,7 +206,10 @@ fn interp1(grid: &[usize], x: usize, f: &dyn Fn(usize) -> f64) -> f64 {
 
 impl CostModel for MeasuredProfile {
     fn name(&self) -> String {
-        format!("measured {} on {}", self.model, self.backend)
+        match self.estimate {
+            None => format!("measured {} on {}", self.model, self.backend),
+            Some(_) => format!("estimated {} on {}", self.model, self.backend),
+        }
     }
 
     fn seconds(&self, work: &Workload) -> Result<f64> {

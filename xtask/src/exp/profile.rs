@@ -1,11 +1,11 @@
 //! `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: measures the model's
-//! per-stage latency (embed, block, head) over a grid of batch sizes and token counts on the
-//! candle CPU backend and saves it as a `MeasuredProfile` JSON under `results/`, the cost model
-//! that split selection and schedulers read.
+//! per-stage latency (embed, block, head) over a grid of batch sizes and token counts on a
+//! backend (`--backend`, candle CPU by default) and saves it as a `MeasuredProfile` JSON under
+//! `results/`: the cost model that split selection, schedulers and collab-bench's replay read.
 
 use anyhow::Result;
 use clap::ValueEnum;
-use collab_backends::candle::CandleBackend;
+use collab_backends::any::BackendTask;
 use collab_core::cost::{CostModel, ProfileSpec, Workload, profile_model};
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Input, ModelConfig, Transformer};
@@ -39,10 +39,30 @@ pub(crate) struct Args {
     /// Timed repetitions per point (median kept).
     #[arg(long, default_value_t = 3)]
     repeats: usize,
+    /// The backend to measure on (`candle-cpu`, `candle-cuda`, `tch-cuda`, ...: those this
+    /// xtask build has; see `exp forward-throughput` for the features): on a GPU server, the
+    /// profile `exp collabtrans-throughput --profile` and collab-bench replay.
+    #[arg(long, default_value = "candle-cpu")]
+    backend: String,
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let be = CandleBackend::cpu();
+    super::throughput::open(&args.backend)?.run(Profile { args: &args })
+}
+
+/// [`profile`] on whichever backend `--backend` names.
+struct Profile<'a> {
+    args: &'a Args,
+}
+
+impl BackendTask for Profile<'_> {
+    type Output = Result<()>;
+    fn run<B: Backend>(self, backend: &B) -> Result<()> {
+        profile(self.args, backend.clone())
+    }
+}
+
+fn profile<B: Backend>(args: &Args, be: B) -> Result<()> {
     let (name, model, default_tokens) = match args.model {
         Model::DeitTiny => (
             "deit_tiny_patch16_224",
@@ -74,7 +94,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         repeats: args.repeats,
         per_layer: false,
     };
-    let make = |b: usize| -> collab_core::Result<Input<CandleBackend>> {
+    let make = |b: usize| -> collab_core::Result<Input<B>> {
         match args.model {
             Model::Minilm => Ok(Input::Tokens(vec![vec![101; 32]; b])),
             _ => Ok(Input::Images(be.zeros(&[b, 3, 224, 224])?)),

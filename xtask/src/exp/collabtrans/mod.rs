@@ -1,14 +1,16 @@
 //! `cargo xtask exp collabtrans-throughput`: the shared-model server against Graft-style
 //! per-split batching and server-only batching (SPEC §2, the paper's Figure 3).
 //!
-//! Five device profiles mimic Jetson power modes: this machine's measured per-block profile
-//! scaled by a factor, each with its own bandwidth, RTT and share of the arrivals. Each device
-//! picks its split with the SPEC §1 selector (deadline = factor x its own on-device latency,
-//! device-only excluded). Device compute and transfer times come from the profiles; the server
-//! computes real batches of the real model. For each scheme, the highest rate at which at
+//! Five device profiles mimic Jetson power modes: the server's per-block profile (measured on
+//! this machine, or replayed from `--profile FILE`) scaled by a factor, each with its own
+//! bandwidth, RTT and share of the arrivals. Each device picks its split with the SPEC §1
+//! selector (deadline = factor x its own on-device latency, device-only excluded). Device
+//! compute and transfer times come from the profiles; the server computes real batches of the
+//! real model, or with `--profile` nothing is computed and each step costs what the profile
+//! says (collab_bench::serving). For each scheme, the highest rate at which at
 //! least 90% of requests meet their deadline is found by bisection over the rate, each rate
 //! judged on several seeded arrival traces pooled (`--seeds`), a near miss looked at twice on
-//! fresh seeds (see `search.rs`); the three searches advance in lockstep (each round runs
+//! fresh seeds (see `collab_bench::search`); the three searches advance in lockstep (each round runs
 //! every seed of every scheme, seeds outermost) so that this shared machine's slow spells
 //! fall on all of them alike. Each trial reports the server's compute
 //! per answered request and its utilisation, the measurements that say where a gain comes
@@ -25,8 +27,8 @@ use anyhow::Result;
 use collab_backends::any::BackendTask;
 use collab_bench::search::RateSearch;
 use collab_bench::serving::{
-    DevicePlan, Load, ProfileClock, ReplayExecutor, StepClock, Trial, WallClock, device_seconds,
-    remaining, run_trial,
+    DevicePlan, Load, ProfileClock, ReplayExecutor, StepClock, Trial, WallClock, capacity_guess,
+    device_seconds, remaining, run_trial,
 };
 use collab_core::cost::{CostModel, MeasuredProfile, ProfileSpec, Scaled, Workload, profile_model};
 use collab_core::model::weights::SeededRandom;
@@ -168,7 +170,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
     for r in &rows {
         writeln!(
             csv,
-            "{},{},{},{:.2},{:.2},{:.3},{:.2},{:.2},{:.3},{}",
+            "{},{},{},{:.2},{:.2},{:.3},{:.2},{:.4},{:.3},{}",
             r.model,
             r.factor,
             r.scheme.name(),
@@ -423,7 +425,7 @@ where
         let mut searches: Vec<(Scheme, RateSearch)> = Scheme::ALL
             .iter()
             .map(|&scheme| {
-                let guess = capacity_guess(args, profile, devices(scheme), tokens);
+                let guess = capacity_guess(profile, tokens, devices(scheme), args.budget);
                 let search = match args.rate {
                     Some(rate) => RateSearch::once(rate),
                     None => RateSearch::new(guess, args.steps),
@@ -650,22 +652,6 @@ fn device_plans<P>(
         });
     }
     Ok(plans)
-}
-
-/// A first guess of the sustainable rate: the inverse of the mean server time per request at
-/// the budget batch, from the profile.
-fn capacity_guess<P>(
-    args: &Args,
-    profile: &Arc<MeasuredProfile>,
-    devices: &[DevicePlan<P>],
-    tokens: usize,
-) -> f64 {
-    let per_request: f64 = devices
-        .iter()
-        .map(|p| p.weight * remaining(profile, tokens)(p.split, args.budget) / args.budget as f64)
-        .sum::<f64>()
-        / devices.iter().map(|p| p.weight).sum::<f64>();
-    1.0 / per_request.max(1e-9)
 }
 
 /// One trial of `scheme` on `load`.

@@ -16,7 +16,6 @@ mod profile;
 mod report;
 mod serve;
 mod switch;
-mod trace;
 pub(crate) mod train;
 
 pub(crate) use profile::Args as ProfileArgs;
@@ -32,7 +31,7 @@ use collab_policies::token::repo::PromptRepository;
 use collab_policies::token::serve::{BatchExecutor, ServeConfig, serve};
 
 use backbone::{Backbone, TaskData, repo_dir};
-use profile::SavedProfile;
+use collab_bench::traces;
 use serve::{BackboneExecutor, SwitchingExecutor, Workload};
 use switch::Switcher;
 
@@ -98,7 +97,7 @@ fn schemes() -> Vec<Scheme> {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    let saved = SavedProfile::load()?;
+    let saved = profile::load_saved()?;
     let mut data = TaskData::load()?;
     for set in &mut data.test {
         let n = args.test_examples.min(set.len());
@@ -146,8 +145,10 @@ pub(crate) fn run(args: Args) -> Result<()> {
     let mut rows = Vec::new();
     for name in &args.traces {
         let tr = match name.as_str() {
-            "poisson" => trace::poisson_moving(args.seconds, args.seconds / 12.0, scale, args.seed),
-            "bursty" => trace::bursty(args.seconds, scale, args.seed + 1),
+            "poisson" => {
+                traces::poisson_moving(args.seconds, args.seconds / 12.0, scale, args.seed)?
+            }
+            "bursty" => traces::bursty(args.seconds, scale, args.seed + 1)?,
             other => anyhow::bail!("unknown trace `{other}` (poisson, bursty)"),
         };
         let (below, peak) = tr.stats(300.0);

@@ -10,11 +10,11 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use collab_bench::token_profile::SavedTokenProfile;
 use collab_core::adaptive::{Gamma, ProfileTable};
 use collab_policies::token::repo::PromptRepository;
 use collab_policies::token::schedule::{MergeSchedule, ScheduleKind};
 use collab_policies::token::tasks::LabelledImages;
-use serde::{Deserialize, Serialize};
 
 use super::backbone::{Backbone, TASKS, TaskData, repo_dir};
 use crate::exp::accuracy::bar;
@@ -26,33 +26,20 @@ pub(crate) const GAMMAS: [Gamma; 8] = [-20, -15, -10, -5, 0, 2, 4, 8];
 /// The profiled batch sizes.
 pub(crate) const BATCH_SIZES: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
 
-/// What the profile run saves and the serving run loads.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(crate) struct SavedProfile {
-    pub(crate) table: ProfileTable,
-    /// The merge schedule chosen for each gamma < 0.
-    pub(crate) schedules: BTreeMap<Gamma, MergeSchedule>,
-    /// Profiling score (mean training-split accuracy) of every candidate schedule, by gamma.
-    pub(crate) schedule_scores: BTreeMap<Gamma, Vec<(String, f64)>>,
-    /// Test examples per task.
-    pub(crate) test_examples: Vec<usize>,
+/// Where the profile run saves its file and the serving run loads it.
+pub(crate) fn saved_path() -> Result<std::path::PathBuf> {
+    Ok(results_dir()?.join("otas").join("token-profile.json"))
 }
 
-impl SavedProfile {
-    pub(crate) fn path() -> Result<std::path::PathBuf> {
-        Ok(results_dir()?.join("otas").join("token-profile.json"))
-    }
-
-    pub(crate) fn load() -> Result<Self> {
-        let p = Self::path()?;
-        let text = std::fs::read_to_string(&p).with_context(|| {
-            format!(
-                "no token profile at {}: run `cargo xtask exp token-profile`",
-                p.display()
-            )
-        })?;
-        Ok(serde_json::from_str(&text)?)
-    }
+/// Loads the profile run's file, saying how to make it when it is missing.
+pub(crate) fn load_saved() -> Result<SavedTokenProfile> {
+    let p = saved_path()?;
+    SavedTokenProfile::load(&p).with_context(|| {
+        format!(
+            "no token profile at {}: run `cargo xtask exp token-profile`",
+            p.display()
+        )
+    })
 }
 
 /// Arguments.
@@ -227,7 +214,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
             times.get(&g).map(|r| r[bi])
         },
     )?;
-    let saved = SavedProfile {
+    let saved = SavedTokenProfile {
         table,
         schedules: backbone.schedules.clone(),
         schedule_scores,
@@ -238,13 +225,13 @@ pub(crate) fn run(args: Args) -> Result<()> {
 }
 
 fn write(
-    saved: &SavedProfile,
+    saved: &SavedTokenProfile,
     acc: &[Vec<Option<f64>>],
     times: &BTreeMap<Gamma, Vec<f64>>,
 ) -> Result<()> {
     let dir = results_dir()?.join("otas");
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(SavedProfile::path()?, serde_json::to_string_pretty(saved)?)?;
+    saved.save(&saved_path()?)?;
     let mut f = std::fs::File::create(dir.join("accuracy.csv"))?;
     writeln!(f, "task,test_examples,gamma,accuracy")?;
     println!("\naccuracy on the test splits");

@@ -5,9 +5,9 @@ use std::io::Write;
 use anyhow::Result;
 use collab_core::cost::quantile;
 
-use super::trace::Trace;
 use crate::exp::plot::{Series, line_chart};
 use crate::exp::results_dir;
+use collab_bench::traces::Trace;
 use collab_policies::token::serve::{Outcome, RunLog};
 
 /// One (trace, scheme) result.

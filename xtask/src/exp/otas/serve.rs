@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use super::backbone::{Backbone, TaskData};
 use super::switch::Switcher;
-use super::trace::Trace;
+use collab_bench::traces::Trace;
 
 /// The query types of SPEC §4: (task, latency budget in s, utility).
 pub(crate) const QUERY_TYPES: [(usize, f64, f64); 6] = [

@@ -1,75 +1,15 @@
-//! Measurements on this machine: the compute costs the planner reads, and streamed runs.
+//! Streamed runs on this machine (the compute costs the planner reads are measured by
+//! `collab_bench::sti::compute_costs`).
 
 use anyhow::Result;
 use collab_backends::candle::CandleBackend;
-use collab_core::Backend;
-use collab_core::cost::{MeasuredProfile, ProfilePoint, Workload, median, quantile, time_median};
+use collab_core::cost::{median, quantile};
 use collab_core::model::Input;
-use collab_policies::shard::exec::{ExecConfig, Executor, ShardCache};
+use collab_policies::shard::exec::{ExecConfig, Executor};
 use collab_policies::shard::meter::{peak_rss_bytes, reset_peak_rss};
-use collab_policies::shard::plan::ComputeCosts;
-use collab_policies::shard::{FIDELITIES, Fidelity, ShardKey};
+use collab_policies::shard::{Fidelity, ShardKey};
 
 type Be = CandleBackend;
-
-/// Times the stages of `input` with the executor's own code, as a measured cost profile of
-/// this device: the embedding, the head, and one shard at each fidelity (a layer with every
-/// shard at that fidelity, less a layer with none, over the shard count). The planner's costs
-/// are read back through the `CostModel` trait, with the shard-less layer time and the weight
-/// bytes one layer's compute holds besides its shard bytes.
-pub(crate) fn compute_costs(
-    exec: &Executor<Be>,
-    cache: &ShardCache,
-    input: &Input<Be>,
-    reps: usize,
-) -> Result<(MeasuredProfile, ComputeCosts)> {
-    let be = exec.backend();
-    let g = exec.file().geometry().clone();
-    let h = exec.embed(input)?;
-    let tokens = h.dims3(be)?.1;
-    let point = |work, seconds| ProfilePoint { work, seconds };
-    let mut points = vec![
-        point(
-            Workload::Embed { batch: 1, tokens },
-            time_median(reps, || exec.embed(input))?,
-        ),
-        point(
-            Workload::Head { batch: 1, tokens },
-            time_median(reps, || exec.head(&h))?,
-        ),
-    ];
-    let per_layer_s = time_median(reps, || exec.layer_from_cache(0, &[], cache, h.clone()))?;
-    for f in FIDELITIES {
-        let shards: Vec<_> = (0..g.heads).map(|s| (s, f)).collect();
-        let t = time_median(reps, || exec.layer_from_cache(0, &shards, cache, h.clone()))?;
-        let bits = f.bits();
-        points.push(point(
-            Workload::Shard { bits, tokens },
-            ((t - per_layer_s) / g.heads as f64).max(0.0),
-        ));
-    }
-    // Working set: the peak of one layer's compute over what is held before it, plus the
-    // embedding's rows (held while it runs).
-    let meter = exec.meter();
-    let before = meter.current();
-    meter.reset_peak();
-    let shards: Vec<_> = (0..g.heads).map(|s| (s, Fidelity::F32)).collect();
-    exec.layer_from_cache(0, &shards, cache, h.clone())?;
-    let layer_work = meter.peak() - before;
-    meter.reset_peak();
-    exec.embed(input)?;
-    let embed_work = meter.peak() - before;
-    let profile = MeasuredProfile {
-        backend: be.name(),
-        model: exec.file().name().to_string(),
-        layers: g.layers,
-        points,
-        estimate: None,
-    };
-    let costs =
-        ComputeCosts::from_cost_model(&profile, tokens, per_layer_s, layer_work.max(embed_work))?;
-    Ok((profile, costs))
-}
 
 /// What streaming one configuration measured over its requests.
 #[derive(Clone, Debug)]

@@ -259,7 +259,7 @@ fn run_task(
             Input::Images(_) => 0,
         })
         .context("no requests")?;
-    let (profile, costs) = measure::compute_costs(exec, cache, longest, 9)?;
+    let (profile, costs) = collab_bench::sti::compute_costs(exec, cache, longest, 9)?;
     profile.save(&dir.join(format!("profile-{}.json", task.name)))?;
     collab_core::json::save(&costs, &dir.join(format!("costs-{}.json", task.name)))?;
     let resident_bytes = exec.meter().current();

@@ -1,34 +1,21 @@
-//! `cargo xtask exp svd-accuracy --model deit-tiny|minilm`: the accuracy profile of SPEC §1.
-//!
-//! For every split point k, every target ratio rho and every codec family, each evaluation
-//! item's activation after block k is encoded, decoded and run through blocks k..L and the
-//! head; the cell records the accuracy loss against the uncompressed model, the agreement with
-//! it, the bytes on the wire, the encode/decode time and the mean relative reconstruction error
-//! `||X - X'||_F / ||X||_F` of the activation. A cell whose codec cannot reach rho is
-//! `n/a`. Cells with the same (codec, rank) reuse one evaluation (plain codecs have one rank).
+//! `cargo xtask exp svd-accuracy --model deit-tiny|minilm`: the accuracy profile of SPEC §1,
+//! measured by `collab_bench::sweep` (every split point, target ratio and codec family; see
+//! there for what a cell measures). A cell whose codec cannot reach rho is `n/a`.
 //!
 //! Writes under `results/svd-accuracy/<model>/`: `cells.csv`, `table.json` (the
-//! [`AccuracyTable`] the split selector reads), `bases.bin` (the [`SplitBases`] the calibrated
+//! `AccuracyTable` the split selector reads), `bases.bin` (the `SplitBases` the calibrated
 //! cells were measured with, for `collab-server --bases` and `collab-device --bases`), a
-//! heatmap PNG per codec, and a loss-vs-bytes frontier PNG per block. Last line: the `svd-only ... best ... best-codec=...` summary over
-//! blocks 1-7.
+//! heatmap PNG per codec, and a loss-vs-bytes frontier PNG per block. Last line: the
+//! `svd-only ... best ... best-codec=...` summary over blocks 1-7.
 
-mod data;
-
-use std::collections::HashMap;
 use std::io::Write;
-use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Result;
+use collab_bench::sweep::{Cell, SweepData, SweepPlan};
 use collab_core::Backend;
-use collab_core::model::Hidden;
-use collab_core::split::Activation;
-use collab_policies::split::{AccuracyEntry, AccuracyTable};
-use collab_policies::svd::{Basis, BasisNeed, Family, Shared, SplitBases, SplitBasis};
+use collab_policies::svd::Family;
 
 use collab_backends::any::BackendTask;
-use data::{Batch, SweepData};
 
 use super::accuracy::{Model, bar};
 use super::plot::{Series, heatmap, line_chart};
@@ -79,26 +66,6 @@ pub(crate) struct Args {
     batch: usize,
 }
 
-struct Cell {
-    block: usize,
-    family: Family,
-    rho_target: f64,
-    result: Option<Measured>,
-}
-
-#[derive(Clone, Copy)]
-struct Measured {
-    rank: usize,
-    bytes: f64,
-    rho: f64,
-    loss: f64,
-    agreement: f64,
-    encode_ms: f64,
-    decode_ms: f64,
-    /// Mean over items of `||X - X'||_F / ||X||_F`.
-    rel_error: f64,
-}
-
 /// The backend `--backend` names when it is not given.
 #[cfg(not(feature = "tch"))]
 const DEFAULT_BACKEND: &str = "candle-cpu";
@@ -141,12 +108,6 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
     } else {
         args.blocks.clone()
     };
-    if let Some(bad) = blocks.iter().find(|&&k| k == 0 || k > layers) {
-        anyhow::bail!(
-            "split point {bad} is not a block of {} (1..={layers})",
-            data.name
-        );
-    }
     let folder = match &args.tag {
         Some(tag) => format!("{}-{tag}", data.name),
         None => data.name.to_string(),
@@ -161,291 +122,54 @@ fn sweep<B: Backend>(args: &Args, be: B) -> Result<()> {
         args.rhos,
         data.model.backend().name()
     );
-
-    let reference = tail(&data, 0, None)?;
-    let baseline = data.score(&reference, &reference);
-    println!("uncompressed {}={:.4}", data.metric_name, baseline.metric);
-
+    let name = data.name;
     let mut csv = std::fs::File::create(dir.join("cells.csv"))?;
     writeln!(
         csv,
         "model,block,codec,rho_target,rank,rho,bytes,loss,agreement,encode_ms,decode_ms,rel_error"
     )?;
-    let total = blocks.len() * families.len() * args.rhos.len();
-    let pb = bar(total, "svd-accuracy");
-    let mut cells = vec![];
-    let mut bases = SplitBases::new(data.name);
-    let max_block = blocks.iter().copied().max().unwrap_or(0);
-    for k in 1..=max_block {
-        data.advance(k - 1)?;
-        if !blocks.contains(&k) {
-            continue;
+    let plan = SweepPlan {
+        blocks: blocks.clone(),
+        rhos: args.rhos.clone(),
+        families: families.clone(),
+    };
+    let pb = bar(
+        blocks.len() * families.len() * args.rhos.len(),
+        "svd-accuracy",
+    );
+    let mut written: std::io::Result<()> = Ok(());
+    let result = collab_bench::sweep::run(&mut data, &plan, &mut |c: &Cell| {
+        let (k, family, rho) = (c.block, c.family, c.rho_target);
+        pb.set_message(format!("{name} k={k} {family} rho={rho}"));
+        let line = match &c.result {
+            Some(m) => writeln!(
+                csv,
+                "{name},{k},{family},{rho},{},{:.4},{:.0},{:.5},{:.5},{:.4},{:.4},{:.5}",
+                m.rank, m.rho, m.bytes, m.loss, m.agreement, m.encode_ms, m.decode_ms, m.rel_error
+            ),
+            None => writeln!(csv, "{name},{k},{family},{rho},,,,,,,,"),
         }
-        let calibrated = SplitBasis::fit(&calibration_items(&data)?, &format!("block {k}"))?;
-        bases.insert(k, calibrated.clone())?;
-        let weight = weight_basis(&data, k)?;
-        let mut cache: HashMap<(Family, Vec<usize>), Measured> = HashMap::new();
-        for &family in &families {
-            let shared = match family.basis_need() {
-                BasisNeed::Weight => weight.clone().map(Shared::Basis),
-                _ => calibrated.shared(family),
-            };
-            for &rho in &args.rhos {
-                pb.set_message(format!("{} k={k} {family} rho={rho}", data.name));
-                let result = if let Some(shared) = &shared {
-                    let basis = match shared {
-                        Shared::Basis(b) | Shared::CentredBasis(b, _) => Some(b.as_ref()),
-                        _ => None,
-                    };
-                    let ranks = ranks_for(&data, family, rho, basis);
-                    match ranks {
-                        None => None,
-                        Some(ranks) => {
-                            let key = (family, ranks.clone());
-                            match cache.get(&key) {
-                                Some(m) => Some(*m),
-                                None => {
-                                    let m = evaluate(
-                                        &data,
-                                        k,
-                                        family,
-                                        &ranks,
-                                        shared.clone(),
-                                        &reference,
-                                        baseline.metric,
-                                    )?;
-                                    cache.insert(key, m);
-                                    Some(m)
-                                }
-                            }
-                        }
-                    }
-                } else {
-                    None // wsvd after the last block: no linear layer reads it
-                };
-                match &result {
-                    Some(m) => writeln!(
-                        csv,
-                        "{},{k},{family},{rho},{},{:.4},{:.0},{:.5},{:.5},{:.4},{:.4},{:.5}",
-                        data.name,
-                        m.rank,
-                        m.rho,
-                        m.bytes,
-                        m.loss,
-                        m.agreement,
-                        m.encode_ms,
-                        m.decode_ms,
-                        m.rel_error
-                    )?,
-                    None => writeln!(csv, "{},{k},{family},{rho},,,,,,,,", data.name)?,
-                }
-                csv.flush()?;
-                cells.push(Cell {
-                    block: k,
-                    family,
-                    rho_target: rho,
-                    result,
-                });
-                pb.inc(1);
-            }
+        .and_then(|()| csv.flush());
+        if written.is_ok() {
+            written = line;
         }
-    }
+        pb.inc(1);
+    });
     pb.finish_and_clear();
-
-    let d = data.features();
-    let table = AccuracyTable {
-        model: data.name.to_string(),
-        metric: data.metric_name.to_string(),
-        baseline: baseline.metric,
-        tokens: data.eval.first().map_or(0, |b| b.lens[0]),
-        features: d,
-        layers,
-        entries: cells
-            .iter()
-            .filter_map(|c| {
-                c.result.map(|m| AccuracyEntry {
-                    split: c.block,
-                    codec: c.family.to_string(),
-                    rank: m.rank,
-                    bytes: m.bytes,
-                    rho: m.rho,
-                    loss: m.loss,
-                    agreement: m.agreement,
-                    encode_s: m.encode_ms / 1e3,
-                    decode_s: m.decode_ms / 1e3,
-                })
-            })
-            .collect(),
-    };
-    table.save(&dir.join("table.json"))?;
+    let sweep = result?;
+    written?;
+    println!(
+        "uncompressed {}={:.4}",
+        data.metric_name, sweep.baseline.metric
+    );
+    sweep.table.save(&dir.join("table.json"))?;
     // The bases the calibrated cells were measured with, for a device and a server to share.
-    bases.save(&dir.join("bases.bin"))?;
-    print_table(&cells, &families, &args.rhos);
-    figures(&dir, data.name, &cells, &families, &blocks, &args.rhos)?;
+    sweep.bases.save(&dir.join("bases.bin"))?;
+    print_table(&sweep.cells, &families, &args.rhos);
+    figures(&dir, name, &sweep.cells, &families, &blocks, &args.rhos)?;
     println!("wrote {}", dir.display());
-    println!("{}", summary(&cells, &families));
+    println!("{}", summary(&sweep.cells, &families));
     Ok(())
-}
-
-/// Runs blocks `k..L` and the head on every evaluation batch (with `replace` standing in for
-/// the batches' hidden states when given). With `k = 0` before any block has run, this is the
-/// uncompressed reference.
-fn tail<B: Backend>(
-    data: &SweepData<B>,
-    k: usize,
-    replace: Option<Vec<Hidden<B>>>,
-) -> Result<Vec<Vec<f32>>> {
-    let be = data.model.backend();
-    let layers = data.model.num_blocks();
-    let hidden: Vec<Hidden<B>> = match replace {
-        Some(h) => h,
-        None => data.eval.iter().map(|b| b.hidden.clone()).collect(),
-    };
-    hidden
-        .into_iter()
-        .map(|h| {
-            let h = data.model.run_blocks(h, k..layers)?;
-            Ok(be.to_vec(&data.model.head(&h)?)?)
-        })
-        .collect()
-}
-
-/// Every calibration item's activation at the current block (its real tokens).
-fn calibration_items<B: Backend>(data: &SweepData<B>) -> Result<Vec<Activation>> {
-    let be = data.model.backend();
-    let d = data.features();
-    let mut items = vec![];
-    for b in &data.calib {
-        let x = be.to_vec(&b.hidden.x)?;
-        let n = b.hidden.dims3(be)?.1;
-        for (i, &len) in b.lens.iter().enumerate() {
-            items.push(Activation::new(
-                len,
-                d,
-                x[i * n * d..(i * n + len) * d].to_vec(),
-            )?);
-        }
-    }
-    Ok(items)
-}
-
-/// The basis of the linear layer that reads the activation after block `k` (1-based): the
-/// fused qkv of block k+1. `None` after the last block (the head reads one normalised token,
-/// or pools without a weight), so `wsvd` is `n/a` there.
-fn weight_basis<B: Backend>(data: &SweepData<B>, k: usize) -> Result<Option<Arc<Basis>>> {
-    let be = data.model.backend();
-    let d = data.features();
-    let (w, origin) = match data.model.blocks().get(k) {
-        Some(block) => (&block.attn.qkv.w, format!("qkv of block {}", k + 1)),
-        None => return Ok(None),
-    };
-    let values = be.to_vec(w)?;
-    let out = values.len() / d;
-    Ok(Some(Arc::new(Basis::from_weight(
-        &values, out, d, &origin,
-    )?)))
-}
-
-/// The rank of every evaluation item for target `rho` (items differ in tokens for text), or
-/// `None` if some item cannot reach it.
-fn ranks_for<B: Backend>(
-    data: &SweepData<B>,
-    family: Family,
-    rho: f64,
-    basis: Option<&Basis>,
-) -> Option<Vec<usize>> {
-    let d = data.features();
-    data.eval
-        .iter()
-        .flat_map(|b| b.lens.iter())
-        .map(|&n| {
-            let max_rank = match family {
-                Family::Svd(_)
-                | Family::CentredSvd(_)
-                | Family::AdaptiveSvd(_)
-                | Family::HybridSvd(_)
-                | Family::LayerNormSvd(_) => n.min(d),
-                Family::Plain(_) => d,
-                _ => basis.map_or(d, Basis::rank),
-            };
-            family.rank_for_ratio(rho, n, d, max_rank)
-        })
-        .collect()
-}
-
-/// Encodes and decodes every evaluation item, runs the tail, scores.
-fn evaluate<B: Backend>(
-    data: &SweepData<B>,
-    k: usize,
-    family: Family,
-    ranks: &[usize],
-    shared: Shared,
-    reference: &[Vec<f32>],
-    baseline: f64,
-) -> Result<Measured> {
-    let be = data.model.backend();
-    let d = data.features();
-    let (mut bytes, mut f32_bytes, mut enc, mut dec) = (0usize, 0usize, 0f64, 0f64);
-    let mut rel_error = 0f64;
-    let mut codecs: HashMap<usize, Box<dyn collab_core::split::ActivationCodec>> = HashMap::new();
-    let mut rebuilt = Vec::with_capacity(data.eval.len());
-    let mut item = 0;
-    for Batch { hidden, lens } in &data.eval {
-        let (b, n, _) = hidden.dims3(be)?;
-        let x = be.to_vec(&hidden.x)?;
-        let mut out = vec![0f32; b * n * d];
-        for (i, &len) in lens.iter().enumerate() {
-            let rank = ranks[item];
-            item += 1;
-            let codec = match codecs.entry(rank) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(family.build_with(rank, shared.clone())?)
-                }
-            };
-            let act = Activation::new(len, d, x[i * n * d..(i * n + len) * d].to_vec())?;
-            let t = Instant::now();
-            let wire = codec.encode(&act)?;
-            enc += t.elapsed().as_secs_f64();
-            let t = Instant::now();
-            let back = codec.decode(&wire)?;
-            dec += t.elapsed().as_secs_f64();
-            bytes += wire.len();
-            f32_bytes += act.f32_bytes();
-            rel_error += relative_error(&act.values, &back.values);
-            out[i * n * d..(i * n + len) * d].copy_from_slice(&back.values);
-        }
-        let mut h = hidden.clone();
-        h.x = be.from_vec(out, &[b, n, d])?;
-        rebuilt.push(h);
-    }
-    let outputs = tail(data, k, Some(rebuilt))?;
-    let score = data.score(&outputs, reference);
-    let items = ranks.len().max(1) as f64;
-    Ok(Measured {
-        rank: ranks.iter().copied().max().unwrap_or(0),
-        bytes: bytes as f64 / items,
-        rho: 1.0 - bytes as f64 / f32_bytes.max(1) as f64,
-        loss: baseline - score.metric,
-        agreement: score.agreement,
-        encode_ms: enc / items * 1e3,
-        decode_ms: dec / items * 1e3,
-        rel_error: rel_error / items,
-    })
-}
-
-/// `||x - y|| / ||x||` (0 for a zero `x` rebuilt exactly).
-fn relative_error(x: &[f32], y: &[f32]) -> f64 {
-    let (mut err, mut norm) = (0f64, 0f64);
-    for (a, b) in x.iter().zip(y) {
-        err += f64::from(a - b).powi(2);
-        norm += f64::from(*a).powi(2);
-    }
-    if norm > 0.0 {
-        (err / norm).sqrt()
-    } else {
-        err.sqrt()
-    }
 }
 
 fn print_table(cells: &[Cell], families: &[Family], rhos: &[f64]) {

@@ -1,4 +1,5 @@
-//! Arrival traces for the serving experiment (SPEC §4, "Evaluation").
+//! Arrival traces for serving experiments (OTAS, SPEC §4, "Evaluation"), as `cargo xtask exp
+//! otas` replays them.
 //!
 //! Rates are stated in the paper's units (queries/s on its GPU) and multiplied by `scale` (this
 //! machine's measured throughput over the paper's) when arrivals are drawn, so that the load
@@ -15,18 +16,36 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Exp, LogNormal};
 
+use collab_core::{Error, Result};
+
 /// A trace: arrival times in seconds from 0, ascending, and the paper-unit rate per second.
-#[derive(Clone, Debug)]
-pub(crate) struct Trace {
-    pub(crate) name: String,
-    pub(crate) arrivals: Vec<f64>,
+#[derive(Clone, Debug, PartialEq)]
+pub struct Trace {
+    /// What generated it (`poisson-moving`, `bursty-generated`).
+    pub name: String,
+    /// Arrival times in seconds from 0, ascending.
+    pub arrivals: Vec<f64>,
     /// Paper-unit rate of each whole second (for plots and statistics).
-    pub(crate) rate_per_second: Vec<f64>,
+    pub rate_per_second: Vec<f64>,
+}
+
+/// The longest trace the generators make, in seconds (a day).
+pub const MAX_SECONDS: f64 = 86_400.0;
+
+/// Checks a generator's arguments.
+fn check(seconds: f64, scale: f64) -> Result<()> {
+    let sane = seconds > 0.0 && seconds <= MAX_SECONDS && scale > 0.0 && scale.is_finite();
+    if !sane {
+        return Err(Error::Config(format!(
+            "a trace needs 0 < seconds <= {MAX_SECONDS} and a positive scale (got {seconds} s, scale {scale})"
+        )));
+    }
+    Ok(())
 }
 
 impl Trace {
     /// Share of seconds whose paper-unit rate is below `limit`, and the peak rate.
-    pub(crate) fn stats(&self, limit: f64) -> (f64, f64) {
+    pub fn stats(&self, limit: f64) -> (f64, f64) {
         let n = self.rate_per_second.len().max(1) as f64;
         let below = self.rate_per_second.iter().filter(|&&r| r < limit).count() as f64;
         let peak = self.rate_per_second.iter().copied().fold(0.0, f64::max);
@@ -36,7 +55,17 @@ impl Trace {
 
 /// Poisson arrivals over `seconds` with a paper-unit rate moving between 200 and 700, a new
 /// random target every `step` seconds; arrival rate = paper rate x `scale`.
-pub(crate) fn poisson_moving(seconds: f64, step: f64, scale: f64, seed: u64) -> Trace {
+///
+/// # Errors
+/// [`Error::Config`] for `seconds` outside `(0, MAX_SECONDS]`, a step that is not positive or
+/// below a millisecond, or a scale that is not positive.
+pub fn poisson_moving(seconds: f64, step: f64, scale: f64, seed: u64) -> Result<Trace> {
+    check(seconds, scale)?;
+    if !(step >= 1e-3 && step.is_finite()) {
+        return Err(Error::Config(format!(
+            "a trace's rate step must be at least 1 ms (got {step} s)"
+        )));
+    }
     let mut rng = StdRng::seed_from_u64(seed);
     let knots = (seconds / step).ceil() as usize + 1;
     let targets: Vec<f64> = (0..=knots)
@@ -64,17 +93,21 @@ pub(crate) fn poisson_moving(seconds: f64, step: f64, scale: f64, seed: u64) -> 
     let rate_per_second = (0..seconds.ceil() as usize)
         .map(|s| rate_at(s as f64 + 0.5))
         .collect();
-    Trace {
+    Ok(Trace {
         name: "poisson-moving".into(),
         arrivals,
         rate_per_second,
-    }
+    })
 }
 
 /// A bursty per-second trace (generated; see the module docs): a log-normal base rate (median
 /// 220, so that about 60% of seconds fall below 300) and bursts of 2-5 s at 1500-4500 queries/s
 /// starting in about 4% of seconds; within a second, arrivals are uniform.
-pub(crate) fn bursty(seconds: f64, scale: f64, seed: u64) -> Trace {
+///
+/// # Errors
+/// [`Error::Config`] for `seconds` outside `(0, MAX_SECONDS]` or a scale that is not positive.
+pub fn bursty(seconds: f64, scale: f64, seed: u64) -> Result<Trace> {
+    check(seconds, scale)?;
     let mut rng = StdRng::seed_from_u64(seed);
     let base = LogNormal::new(220f64.ln(), 0.6).expect("valid log-normal parameters");
     let n = seconds.ceil() as usize;
@@ -104,11 +137,11 @@ pub(crate) fn bursty(seconds: f64, scale: f64, seed: u64) -> Trace {
         within.sort_by(f64::total_cmp);
         arrivals.extend(within);
     }
-    Trace {
+    Ok(Trace {
         name: "bursty-generated".into(),
         arrivals,
         rate_per_second: rates,
-    }
+    })
 }
 
 /// A Poisson count with mean `mean` (sum of exponential gaps within one unit of time).
@@ -130,8 +163,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_arguments_are_config_errors() {
+        assert!(poisson_moving(10.0, 0.0, 1.0, 1).is_err());
+        assert!(poisson_moving(f64::NAN, 1.0, 1.0, 1).is_err());
+        assert!(bursty(10.0, -1.0, 1).is_err());
+        assert!(bursty(1e9, 1.0, 1).is_err());
+    }
+
+    #[test]
     fn poisson_trace_follows_its_rate() {
-        let t = poisson_moving(200.0, 10.0, 0.1, 7);
+        let t = poisson_moving(200.0, 10.0, 0.1, 7).expect("trace");
         let mean_rate = t.arrivals.len() as f64 / 200.0;
         let expected = t.rate_per_second.iter().sum::<f64>() / 200.0 * 0.1;
         assert!(
@@ -148,7 +189,7 @@ mod tests {
 
     #[test]
     fn bursty_trace_matches_the_published_statistics() {
-        let t = bursty(1800.0, 1.0, 11);
+        let t = bursty(1800.0, 1.0, 11).expect("trace");
         let (below, peak) = t.stats(300.0);
         assert!(
             (0.5..0.7).contains(&below),

@@ -8,38 +8,46 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use collab_core::input::{ImagePreprocess, load_image_batch};
 use collab_core::model::{Hidden, Input, Transformer};
-use collab_core::{Backend, fixtures};
-
-use super::super::stats::spearman;
+use collab_core::stats::spearman;
+use collab_core::{Backend, Result, fixtures};
 
 /// A batch of hidden states and the real token count of each of its items.
-pub(super) struct Batch<B: Backend> {
-    pub(super) hidden: Hidden<B>,
-    pub(super) lens: Vec<usize>,
+#[derive(Clone, Debug)]
+pub struct Batch<B: Backend> {
+    /// The hidden states after the blocks run so far.
+    pub hidden: Hidden<B>,
+    /// Each item's real token count (text pads to the longest).
+    pub lens: Vec<usize>,
 }
 
 /// What the sweep scores a configuration by.
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Score {
+pub struct Score {
     /// Top-1 accuracy, or Spearman correlation.
-    pub(super) metric: f64,
+    pub metric: f64,
     /// Top-1 agreement with the uncompressed model, or mean cosine to its embeddings.
-    pub(super) agreement: f64,
+    pub agreement: f64,
 }
 
 /// The model and its data.
-pub(super) struct SweepData<B: Backend> {
-    pub(super) name: &'static str,
-    pub(super) metric_name: &'static str,
-    pub(super) model: Transformer<B>,
-    pub(super) eval: Vec<Batch<B>>,
-    pub(super) calib: Vec<Batch<B>>,
+#[derive(Debug)]
+pub struct SweepData<B: Backend> {
+    /// The model's name in reports (`deit-tiny`, `minilm`).
+    pub name: &'static str,
+    /// The metric (`top1`, `spearman`).
+    pub metric_name: &'static str,
+    /// The model.
+    pub model: Transformer<B>,
+    /// Evaluation batches, carried block by block.
+    pub eval: Vec<Batch<B>>,
+    /// Calibration batches (disjoint from the evaluation), carried block by block.
+    pub calib: Vec<Batch<B>>,
     labels: Labels,
 }
 
+#[derive(Debug)]
 enum Labels {
     Classes(Vec<usize>),
     Similarity(Vec<f64>),
@@ -47,7 +55,10 @@ enum Labels {
 
 impl<B: Backend> SweepData<B> {
     /// DeiT-Tiny on `be`, on the first `images` sample images.
-    pub(super) fn deit(be: B, images: usize, batch: usize) -> Result<Self> {
+    ///
+    /// # Errors
+    /// Missing fixtures, image and backend errors.
+    pub fn deit(be: B, images: usize, batch: usize) -> Result<Self> {
         let model = fixtures::deit_tiny(be.clone())?;
         let mut all = fixtures::imagenet_sample()?;
         all.truncate(images);
@@ -82,9 +93,12 @@ impl<B: Backend> SweepData<B> {
 
     /// MiniLM on `be`, on STS-B dev: `calibration` pairs spread evenly over the set (every
     /// `len / calibration`-th) calibrate; the first `pairs` of the others are evaluated.
-    pub(super) fn minilm(be: B, calibration: usize, pairs: usize, batch: usize) -> Result<Self> {
-        let (model, tok) =
-            fixtures::minilm(be.clone()).context("run `cargo xtask fetch-models` first")?;
+    ///
+    /// # Errors
+    /// MiniLM missing from the model cache (`cargo xtask fetch-models` puts it there), backend
+    /// errors.
+    pub fn minilm(be: B, calibration: usize, pairs: usize, batch: usize) -> Result<Self> {
+        let (model, tok) = fixtures::minilm(be.clone())?;
         let all = fixtures::stsb_dev()?;
         let stride = (all.len() / calibration.max(1)).max(1);
         let (calib, mut eval): (Vec<_>, Vec<_>) = all
@@ -119,7 +133,10 @@ impl<B: Backend> SweepData<B> {
     }
 
     /// Runs one block on every batch (evaluation and calibration).
-    pub(super) fn advance(&mut self, block: usize) -> Result<()> {
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub fn advance(&mut self, block: usize) -> Result<()> {
         for b in self.eval.iter_mut().chain(self.calib.iter_mut()) {
             b.hidden = self.model.run_blocks(b.hidden.clone(), block..block + 1)?;
         }
@@ -127,13 +144,13 @@ impl<B: Backend> SweepData<B> {
     }
 
     /// Features of the hidden states.
-    pub(super) fn features(&self) -> usize {
+    pub fn features(&self) -> usize {
         self.model.config().encoder().hidden
     }
 
     /// Scores head outputs (one `Vec` per evaluation batch) against the labels and against the
     /// uncompressed outputs `reference`.
-    pub(super) fn score(&self, outputs: &[Vec<f32>], reference: &[Vec<f32>]) -> Score {
+    pub fn score(&self, outputs: &[Vec<f32>], reference: &[Vec<f32>]) -> Score {
         let flat: Vec<f32> = outputs.concat();
         let refs: Vec<f32> = reference.concat();
         match &self.labels {
