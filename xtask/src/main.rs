@@ -92,7 +92,8 @@ fn main() -> Result<()> {
             } else {
                 only
             };
-            if stages.contains(&test::Stage::Workspace) {
+            // The workspace's and the libtorch stage's tests read MiniLM from the model cache.
+            if stages.contains(&test::Stage::Workspace) || stages.contains(&test::Stage::Tch) {
                 fetch::fetch_models()?;
             }
             test::run(&stages, &args)

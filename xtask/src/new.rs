@@ -15,9 +15,10 @@
 //!   policy named in it and a backend per side; its test runs both as processes.
 //!
 //! The generated `Cargo.toml` copies collab's dev-profile settings and the generator copies
-//! collab's `Cargo.lock`, so that with `CARGO_TARGET_DIR` pointing at collab's `target/` only
-//! the new crate compiles: `cargo xtask test` generates every template and runs its tests
-//! that way.
+//! collab's `Cargo.lock`, so that with `CARGO_TARGET_DIR` pointing at collab's `target/` cargo
+//! reuses collab's builds wherever the dependencies' features agree (a collab crate whose
+//! dependencies resolve differently is built once more): `cargo xtask test` generates every
+//! template and runs its tests that way.
 
 use std::path::{Path, PathBuf};
 
@@ -63,9 +64,9 @@ impl Template {
         }
         match self {
             Template::BatchPolicy => files!("batch-policy": "README.md", "src/lib.rs",
-                "tests/conformance.rs", "tests/compare.rs"),
+                "tests/conformance.rs", "tests/compare.rs", "tests/serve.rs"),
             Template::Codec => files!("codec": "README.md", "src/lib.rs",
-                "tests/conformance.rs", "tests/accuracy.rs"),
+                "tests/conformance.rs", "tests/accuracy.rs", "tests/wire.rs"),
             Template::SplitStrategy => files!("split-strategy": "README.md", "src/lib.rs",
                 "tests/conformance.rs", "tests/loopback.rs"),
             Template::Pipeline => files!("pipeline": "README.md", "pipeline.toml", "src/lib.rs",
@@ -74,35 +75,32 @@ impl Template {
     }
 
     /// (dependencies, dev-dependencies): collab crates by name, others as manifest lines.
+    ///
+    /// Every template's tests serve its extension on a real server over loopback TCP, so all
+    /// of them build the same collab crates (with the same features of their dependencies):
+    /// the four then share one build of those in a shared target directory.
     fn dependencies(self) -> (Vec<Dep>, Vec<Dep>) {
         use Dep::{Collab, Line};
         let common = [
             Collab("collab-core"),
+            Collab("collab-policies"),
             Line(r#"serde = { version = "1.0", features = ["derive"] }"#),
             Line(r#"typetag = "0.2""#),
         ];
+        let serving_tests = [
+            Collab("collab-backends"),
+            Collab("collab-net"),
+            Line(r#"tokio = { version = "1.48", features = ["rt-multi-thread", "macros"] }"#),
+            Line(
+                r#"image = { version = "0.25.10", default-features = false, features = ["jpeg", "png"] }"#,
+            ),
+        ];
         match self {
-            Template::BatchPolicy => (
+            Template::BatchPolicy | Template::Codec => (
                 common.to_vec(),
-                vec![Collab("collab-policies"), Collab("collab-bench")],
+                [serving_tests.as_slice(), &[Collab("collab-bench")]].concat(),
             ),
-            Template::Codec => (
-                [common.as_slice(), &[Collab("collab-policies")]].concat(),
-                vec![Collab("collab-backends"), Collab("collab-bench")],
-            ),
-            Template::SplitStrategy => (
-                [common.as_slice(), &[Collab("collab-policies")]].concat(),
-                vec![
-                    Collab("collab-backends"),
-                    Collab("collab-net"),
-                    Line(
-                        r#"tokio = { version = "1.48", features = ["rt-multi-thread", "macros"] }"#,
-                    ),
-                    Line(
-                        r#"image = { version = "0.25.10", default-features = false, features = ["jpeg", "png"] }"#,
-                    ),
-                ],
-            ),
+            Template::SplitStrategy => (common.to_vec(), serving_tests.to_vec()),
             Template::Pipeline => (
                 [
                     common.as_slice(),
@@ -190,6 +188,31 @@ pub(crate) fn generate(args: &Args) -> Result<usize> {
     if name.starts_with("collab") {
         bail!("crate name `{name}`: the collab-* names are the framework's own");
     }
+    // The name is also the `kind` the crate registers, and for a codec its family: it may not
+    // take a built-in's, look like a codec id with a rank, or be a dependency's name.
+    let builtin_kinds = ["shared", "per-split", "server-only", "fixed", "selector"];
+    let dependencies = [
+        "serde",
+        "typetag",
+        "clap",
+        "anyhow",
+        "tokio",
+        "image",
+        "serde-json",
+    ];
+    let ranked = name
+        .rsplit_once("-r")
+        .is_some_and(|(_, r)| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()));
+    if builtin_kinds.contains(&name.as_str())
+        || dependencies.contains(&name.as_str())
+        || collab_policies::codec::CodecRegistry::builtin().contains(&name)
+        || ranked
+    {
+        bail!(
+            "crate name `{name}`: it is also the kind (and codec family) the crate registers, so it may not be a built-in kind ({}) or codec family, a dependency's name, or end in -r<digits>",
+            builtin_kinds.join(", ")
+        );
+    }
     let collab = match &args.collab {
         Some(p) => p.clone(),
         None => checkout(),
@@ -266,8 +289,8 @@ version = "0.1.0"
 edition = "2024"
 publish = false
 
-# The collab crates of the checkout this crate was generated from, by path. To build against
-# released crates instead, replace each `path = "..."` with `version = "0.1"`.
+# The collab crates of the checkout this crate was generated from, by path (they are not
+# published yet; once they are, `version = "..."` replaces each `path = "..."`).
 # (collab-backends' `arm` feature is the quantised device backend, `arm-q8`/`arm-q4`.)
 [dependencies]
 {deps}
@@ -414,7 +437,17 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        for name in ["Bad", "1abc", "a_b", "collab-x"] {
+        for name in [
+            "Bad",
+            "1abc",
+            "a_b",
+            "collab-x",
+            "shared",
+            "int8",
+            "tpca",
+            "serde",
+            "top-k-r16",
+        ] {
             let dir = std::env::temp_dir().join(name);
             assert!(generate(&args(dir, Template::Codec)).is_err(), "{name}");
         }

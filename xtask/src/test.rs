@@ -5,7 +5,7 @@
 //! 1. `cargo test --workspace` (default features: candle CPU, the reference backend and the
 //!    quantised device backend, which compiles and runs natively on x86_64 too);
 //! 2. every `cargo xtask new` template generated into `target/templates/` and tested there as
-//!    its own crate (with the workspace's target directory, so only the new crate compiles).
+//!    its own crate (with the workspace's target directory, whose builds it reuses).
 //!
 //! Optional, with `--with tch` / `--with arm` (`.ci/run` runs both; `--only STAGES` runs just
 //! the named stages):
@@ -149,7 +149,7 @@ pub(crate) fn run(stages: &[Stage], args: &[String]) -> Result<()> {
                     "== stage {n}: the templates of `cargo xtask new`, each tested as its own crate"
                 );
                 for template in crate::new::Template::ALL {
-                    add(template_test(template), "a template's tests");
+                    add(template_test(template), template.name());
                 }
             }
             Stage::Tch => {
@@ -211,13 +211,12 @@ fn tch_stage() -> Result<(Counts, bool)> {
     stream(cmd, "cargo test (tch)")
 }
 
-/// Generates `template` as crate `my-<template>` into `target/templates/extension` and runs
-/// `cargo test` in it with the workspace's target directory.
-///
-/// Every template goes to the same folder, one after the other: cargo hashes a path
-/// dependency (the collab crates) relative to the workspace root, so crates generated at one
-/// root share their builds of the collab crates wherever their dependencies' features agree,
-/// and crates at different roots never do.
+/// Generates `template` as crate `my-<template>` into `target/templates/extension` (one folder
+/// for all, replaced each time) and runs `cargo test` in it with the workspace's target
+/// directory. Cargo reuses the workspace's builds of every dependency whose features and
+/// profile agree; a collab crate whose dependencies resolve to other features in the template
+/// is built again once (measured in session 17: 23 s for all four templates after the
+/// workspace's build, 2 min when the collab crates had changed).
 fn template_test(template: crate::new::Template) -> Result<(Counts, bool)> {
     let root = crate::new::checkout();
     let dir = root.join("target").join("templates").join("extension");

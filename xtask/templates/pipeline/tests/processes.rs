@@ -5,7 +5,7 @@
 //! and the server must stop cleanly on SIGTERM.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn config(dir: &Path, name: &str, listen: &str, server: &str) -> PathBuf {
@@ -25,6 +25,18 @@ fn config(dir: &Path, name: &str, listen: &str, server: &str) -> PathBuf {
     path
 }
 
+/// The server process, killed if the test ends before it stops it (a failed assertion).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 #[test]
 fn server_and_device_processes_from_one_pipeline_file() {
     let dir = std::env::temp_dir().join(format!("{{name}}-{}", std::process::id()));
@@ -32,13 +44,15 @@ fn server_and_device_processes_from_one_pipeline_file() {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let server_config = config(&dir, "server.toml", "127.0.0.1:0", "127.0.0.1:1");
-    let mut server = Command::new(env!("CARGO_BIN_EXE_server"))
-        .arg("--config")
-        .arg(&server_config)
-        .arg("--ready-file")
-        .arg(&ready)
-        .spawn()
-        .expect("start the server");
+    let mut server = Running(
+        Command::new(env!("CARGO_BIN_EXE_server"))
+            .arg("--config")
+            .arg(&server_config)
+            .arg("--ready-file")
+            .arg(&ready)
+            .spawn()
+            .expect("start the server"),
+    );
     let start = Instant::now();
     let addr = loop {
         if let Ok(a) = std::fs::read_to_string(&ready) {
@@ -46,7 +60,7 @@ fn server_and_device_processes_from_one_pipeline_file() {
                 break a.trim().to_string();
             }
         }
-        if let Some(status) = server.try_wait().expect("server status") {
+        if let Some(status) = server.0.try_wait().expect("server status") {
             panic!("the server exited before it listened: {status}");
         }
         assert!(
@@ -68,11 +82,11 @@ fn server_and_device_processes_from_one_pipeline_file() {
     println!("{stdout}");
 
     let term = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.0.id().to_string()])
         .status()
         .expect("signal the server");
     assert!(term.success());
-    let status = server.wait().expect("the server stops");
+    let status = server.0.wait().expect("the server stops");
 
     assert!(out.status.success(), "the device failed: {stdout}");
     let last: serde_json::Value = serde_json::from_str(stdout.lines().last().expect("a summary"))
