@@ -304,6 +304,9 @@ publish = false
 # collab's development profile: the tensor kernels optimised in test builds, so that tests on
 # real models run at speed. With the same settings (and collab's Cargo.lock), building with
 # CARGO_TARGET_DIR=<collab>/target reuses collab's own builds.
+[profile.dev]
+debug = "line-tables-only"
+
 [profile.dev.package."*"]
 opt-level = 3
 debug-assertions = false
@@ -354,7 +357,7 @@ fn collab_profiles(direct: &[&str]) -> String {
         .filter(|(c, _, _)| used.contains(c))
         .map(|(c, opt, _)| {
             format!(
-                "\n[profile.dev.package.{c}]\nopt-level = {opt}\ndebug = true\ndebug-assertions = true\noverflow-checks = true\n"
+                "\n[profile.dev.package.{c}]\nopt-level = {opt}\ndebug = \"line-tables-only\"\ndebug-assertions = true\noverflow-checks = true\n"
             )
         })
         .collect()
