@@ -22,7 +22,7 @@ pub(crate) struct Args {
     /// Microseconds per kernel launch.
     #[arg(long, default_value_t = 5.0)]
     launch_us: f64,
-    /// Where to write the profile (default: results/estimate-profile/h100-<model>.json).
+    /// Where to write the profile (default: `results/estimate-profile/h100-<model>.json`).
     #[arg(long)]
     out: Option<std::path::PathBuf>,
 }
