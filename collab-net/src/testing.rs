@@ -1,14 +1,22 @@
 //! Test aids shared by this crate's unit tests, its loopback integration tests and anyone
 //! testing a server or device of their own: a model small enough to run in milliseconds, a
-//! cost model in which every stage takes the same time, and a split selector for the model
-//! built on it. The model's weights are seeded random, so it says nothing about accuracy.
+//! cost model in which every stage takes the same time, a split selector for the model built
+//! on it, the context a size-only split strategy is built from, and the unsplit answer a
+//! served split must reproduce. The model's weights are seeded random, so it says nothing about accuracy.
+
+use std::sync::Arc;
 
 use collab_backends::candle::CandleBackend;
-use collab_core::Result;
 use collab_core::cost::{CostModel, Workload};
+use collab_core::input::ImagePreprocess;
 use collab_core::model::weights::SeededRandom;
-use collab_core::model::{EncoderConfig, ModelConfig, NormPlacement, Transformer, VitConfig};
-use collab_policies::split::{AccuracyEntry, AccuracyTable, SelectorConfig, SplitSelector};
+use collab_core::model::{
+    EncoderConfig, Input, ModelConfig, NormPlacement, Transformer, VitConfig,
+};
+use collab_core::{Backend, Result};
+use collab_policies::split::{
+    AccuracyEntry, AccuracyTable, SelectorConfig, SplitSelector, StrategyContext,
+};
 
 /// Side of the tiny ViT's square input images.
 pub const TINY_SIDE: usize = 32;
@@ -87,4 +95,69 @@ pub fn tiny_selector(device_stage_s: f64, entries: Vec<AccuracyEntry>) -> Result
         table,
         config,
     )
+}
+
+/// What a device knows when it builds a split strategy that needs only the model's sizes (a
+/// fixed split, a rule on the bandwidth): `model`'s blocks, tokens and features, flat costs
+/// (10 ms a device stage, 1 ms a server stage) and an empty accuracy table.
+///
+/// # Errors
+/// [`collab_core::Error::Config`] for a model that is not a ViT classifier.
+pub fn flat_strategy_context<B: Backend>(
+    model: &Transformer<B>,
+    model_id: &str,
+) -> Result<StrategyContext> {
+    let ModelConfig::Vit(vit) = model.config() else {
+        return Err(collab_core::Error::Config(format!(
+            "{model_id}: a flat strategy context is for ViT classifiers"
+        )));
+    };
+    let (layers, tokens, features) = (model.num_blocks(), vit.num_tokens(), vit.encoder.hidden);
+    Ok(StrategyContext {
+        selector: SelectorConfig {
+            layers,
+            tokens,
+            features,
+            raw_input_bytes: vit.channels * vit.image_size * vit.image_size,
+            response_bytes: 64,
+            device_codec_scale: 1.0,
+            allow_device_only: false,
+        },
+        device: Arc::new(FlatCost(0.01)),
+        server: Arc::new(FlatCost(0.001)),
+        table: AccuracyTable {
+            model: model_id.into(),
+            metric: "top1".into(),
+            baseline: 0.0,
+            tokens,
+            features,
+            layers,
+            entries: vec![],
+        },
+    })
+}
+
+/// The whole model's top-1 class for `image` (ImageNet preprocessing at the model's input
+/// side): the answer a split served over the network must give.
+///
+/// # Errors
+/// [`collab_core::Error::Config`] for a model that is not a ViT classifier; preprocessing and
+/// backend errors.
+pub fn unsplit_top1<B: Backend>(model: &Transformer<B>, image: &image::RgbImage) -> Result<u32> {
+    let ModelConfig::Vit(vit) = model.config() else {
+        return Err(collab_core::Error::Config(
+            "unsplit_top1 runs ViT classifiers".into(),
+        ));
+    };
+    let side = vit.image_size;
+    let be = model.backend();
+    let pixels = ImagePreprocess::imagenet(side as u32).apply(image)?;
+    let x = be.from_vec(pixels, &[1, vit.channels, side, side])?;
+    let logits = be.to_vec(&model.forward(&Input::Images(x))?)?;
+    let best = logits
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i);
+    u32::try_from(best).map_err(|_| collab_core::Error::Config("class index past u32".into()))
 }

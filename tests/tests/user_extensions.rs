@@ -12,22 +12,20 @@ use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
 use collab_core::batch::{BatchPolicy, BatchPolicyConfig, QueueView};
-use collab_core::input::ImagePreprocess;
-use collab_core::model::{Input, Transformer};
 use collab_core::split::{
     Activation, ActivationCodec, CodecId, Conditions, SplitChoice, SplitStrategy,
 };
-use collab_core::{Backend, Error, Result, fixtures};
+use collab_core::{Error, Result, fixtures};
 use collab_net::client::{ClientConfig, ClientError, Device, DeviceClient, Outgoing};
 use collab_net::pipeline::PipelineConfig;
 use collab_net::server::Server;
-use collab_net::testing::FlatCost;
+use collab_net::testing::{flat_strategy_context, unsplit_top1};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
 use collab_net::wire::RemoteError;
 use collab_policies::codec::conformance::CodecSpec;
 use collab_policies::codec::{CodecContext, CodecFactory, CodecRegistry};
 use collab_policies::split::conformance::SplitSpec;
-use collab_policies::split::{AccuracyTable, SelectorConfig, SplitStrategyConfig, StrategyContext};
+use collab_policies::split::{SplitStrategyConfig, StrategyContext};
 use collab_policies::{batch_policy_conformance, codec_conformance, split_strategy_conformance};
 use serde::{Deserialize, Serialize};
 
@@ -319,49 +317,6 @@ high_codec = "top-k-r192"
     )
 }
 
-/// What a device knows when it builds its strategy (the bandwidth step needs only the layers).
-fn strategy_context() -> StrategyContext {
-    StrategyContext {
-        selector: SelectorConfig {
-            layers: 12,
-            tokens: 197,
-            features: 192,
-            raw_input_bytes: 3 * 224 * 224,
-            response_bytes: 64,
-            device_codec_scale: 1.0,
-            allow_device_only: false,
-        },
-        device: Arc::new(FlatCost(0.01)),
-        server: Arc::new(FlatCost(0.001)),
-        table: AccuracyTable {
-            model: "deit_tiny_patch16_224".into(),
-            metric: "top1".into(),
-            baseline: 0.0,
-            tokens: 197,
-            features: 192,
-            layers: 12,
-            entries: vec![],
-        },
-    }
-}
-
-fn top1(model: &Transformer<CandleBackend>, img: &image::RgbImage) -> u32 {
-    let be = model.backend();
-    let pixels = ImagePreprocess::imagenet(224)
-        .apply(img)
-        .expect("preprocess");
-    let x = be.from_vec(pixels, &[1, 3, 224, 224]).expect("tensor");
-    let logits = be
-        .to_vec(&model.forward(&Input::Images(x)).expect("forward"))
-        .expect("logits");
-    let best = logits
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i);
-    u32::try_from(best).expect("class")
-}
-
 async fn client(addr: std::net::SocketAddr, device: &str) -> DeviceClient {
     let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
     let config = ClientConfig {
@@ -396,12 +351,16 @@ async fn a_users_policy_codec_and_strategy_serve_from_one_config_file() {
         .take(6)
         .map(|s| image::open(&s.path).expect("decode").to_rgb8())
         .collect();
-    let expected: Vec<u32> = images.iter().map(|img| top1(&model, img)).collect();
+    let expected: Vec<u32> = images
+        .iter()
+        .map(|img| unsplit_top1(&model, img).expect("unsplit answer"))
+        .collect();
 
     let mut devices = Vec::new();
     for name in ["phone", "board"] {
         let (config, strategy) = pipeline.device_config().expect("device config");
-        let strategy = strategy.build(&strategy_context()).expect("strategy");
+        let context = flat_strategy_context(&model, "deit_tiny_patch16_224").expect("context");
+        let strategy = strategy.build(&context).expect("strategy");
         assert!(
             strategy.name().starts_with("bandwidth-step"),
             "{}",

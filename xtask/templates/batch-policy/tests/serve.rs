@@ -6,18 +6,13 @@
 use std::sync::Arc;
 
 use collab_backends::candle::CandleBackend;
-use collab_core::Backend;
 use collab_core::fixtures;
-use collab_core::input::ImagePreprocess;
-use collab_core::model::Input;
 use collab_net::client::{ClientConfig, Device, DeviceClient};
 use collab_net::pipeline::PipelineConfig;
 use collab_net::server::Server;
-use collab_net::testing::FlatCost;
+use collab_net::testing::{flat_strategy_context, unsplit_top1};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
-use collab_policies::split::{
-    AccuracyTable, FixedSplitConfig, SelectorConfig, SplitStrategyConfig, StrategyContext,
-};
+use collab_policies::split::{FixedSplitConfig, SplitStrategyConfig};
 
 fn pipeline(server: std::net::SocketAddr) -> String {
     format!(
@@ -38,32 +33,6 @@ deadline_ms = 60000
     )
 }
 
-/// What a device knows when it builds its strategy (a fixed split needs only the block count).
-fn context() -> StrategyContext {
-    StrategyContext {
-        selector: SelectorConfig {
-            layers: 12,
-            tokens: 197,
-            features: 192,
-            raw_input_bytes: 3 * 224 * 224,
-            response_bytes: 64,
-            device_codec_scale: 1.0,
-            allow_device_only: false,
-        },
-        device: Arc::new(FlatCost(0.01)),
-        server: Arc::new(FlatCost(0.001)),
-        table: AccuracyTable {
-            model: "deit_tiny_patch16_224".into(),
-            metric: "top1".into(),
-            baseline: 0.0,
-            tokens: 197,
-            features: 192,
-            layers: 12,
-            entries: vec![],
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_devices_splitting_at_different_blocks_are_answered_once() {
     {{crate}}::register();
@@ -80,31 +49,16 @@ async fn two_devices_splitting_at_different_blocks_are_answered_once() {
     )
     .expect("the server starts with the policy");
 
-    let be = model.backend();
     let images: Vec<image::RgbImage> = fixtures::imagenet_sample()
         .expect("images")
         .iter()
         .take(4)
         .map(|s| image::open(&s.path).expect("decode").to_rgb8())
         .collect();
-    let mut want = vec![];
-    for img in &images {
-        let x = be
-            .from_vec(
-                ImagePreprocess::imagenet(224).apply(img).expect("pixels"),
-                &[1, 3, 224, 224],
-            )
-            .expect("tensor");
-        let logits = be
-            .to_vec(&model.forward(&Input::Images(x)).expect("forward"))
-            .expect("logits");
-        let top = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32);
-        want.push(top);
-    }
+    let want: Vec<u32> = images
+        .iter()
+        .map(|img| unsplit_top1(&model, img).expect("unsplit answer"))
+        .collect();
 
     let mut devices = vec![];
     for (name, split) in [("early", 4), ("late", 8)] {
@@ -113,7 +67,7 @@ async fn two_devices_splitting_at_different_blocks_are_answered_once() {
             split,
             codec: "f16".into(),
         }
-        .build(&context())
+        .build(&flat_strategy_context(&model, "deit_tiny_patch16_224").expect("context"))
         .expect("strategy");
         let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
         let client_config = ClientConfig {
@@ -129,7 +83,7 @@ async fn two_devices_splitting_at_different_blocks_are_answered_once() {
             for (img, want) in images.iter().zip(&want) {
                 let c = device.classify(img).await.expect("classified");
                 assert_eq!(c.split, split);
-                assert_eq!(Some(c.top[0].0), *want, "the unsplit model's top-1");
+                assert_eq!(c.top[0].0, *want, "the unsplit model's top-1");
             }
         }));
     }

@@ -6,17 +6,13 @@
 use std::sync::Arc;
 
 use collab_backends::candle::CandleBackend;
-use collab_core::Backend;
 use collab_core::fixtures;
-use collab_core::input::ImagePreprocess;
-use collab_core::model::Input;
 use collab_core::split::ActivationCodec;
 use collab_net::client::{ClientConfig, Device, DeviceClient};
 use collab_net::pipeline::PipelineConfig;
 use collab_net::server::Server;
-use collab_net::testing::FlatCost;
+use collab_net::testing::{flat_strategy_context, unsplit_top1};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
-use collab_policies::split::{AccuracyTable, SelectorConfig, StrategyContext};
 use {{crate}}::UniformQuant;
 
 fn pipeline(server: std::net::SocketAddr) -> String {
@@ -44,32 +40,6 @@ codec = "{{name}}-r8"
     )
 }
 
-/// What a device knows when it builds its strategy (a fixed split needs only the block count).
-fn context() -> StrategyContext {
-    StrategyContext {
-        selector: SelectorConfig {
-            layers: 12,
-            tokens: 197,
-            features: 192,
-            raw_input_bytes: 3 * 224 * 224,
-            response_bytes: 64,
-            device_codec_scale: 1.0,
-            allow_device_only: false,
-        },
-        device: Arc::new(FlatCost(0.01)),
-        server: Arc::new(FlatCost(0.001)),
-        table: AccuracyTable {
-            model: "deit_tiny_patch16_224".into(),
-            metric: "top1".into(),
-            baseline: 0.0,
-            tokens: 197,
-            features: 192,
-            layers: 12,
-            entries: vec![],
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_sends_the_codec_and_the_server_decodes_it() {
     {{crate}}::register();
@@ -86,38 +56,26 @@ async fn a_device_sends_the_codec_and_the_server_decodes_it() {
     )
     .expect("server");
     let (config, strategy) = pipeline.device_config().expect("device config");
-    let strategy = strategy.build(&context()).expect("strategy");
+    let strategy = strategy
+        .build(&flat_strategy_context(&model, "deit_tiny_patch16_224").expect("context"))
+        .expect("strategy");
     let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
     let client = DeviceClient::connect(transport, ClientConfig::default())
         .await
         .expect("connect");
     let device = Device::new(model.clone(), strategy, client, config);
 
-    let be = model.backend();
     let bytes = UniformQuant::new(8).expect("codec").encoded_len(197, 192);
     for sample in fixtures::imagenet_sample().expect("images").iter().take(4) {
         let img = image::open(&sample.path).expect("decode").to_rgb8();
-        let x = be
-            .from_vec(
-                ImagePreprocess::imagenet(224).apply(&img).expect("pixels"),
-                &[1, 3, 224, 224],
-            )
-            .expect("tensor");
-        let logits = be
-            .to_vec(&model.forward(&Input::Images(x)).expect("forward"))
-            .expect("logits");
-        let want = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32);
+        let want = unsplit_top1(&model, &img).expect("unsplit answer");
         let c = device.classify(&img).await.expect("classified");
         assert_eq!(
             (c.split, c.codec.to_string()),
             (6, "{{name}}-r8".to_string())
         );
         assert_eq!(c.bytes, bytes, "the codec's bytes on the wire");
-        assert_eq!(Some(c.top[0].0), want, "the unsplit model's top-1");
+        assert_eq!(c.top[0].0, want, "the unsplit model's top-1");
     }
     let stats = server.shutdown().await;
     assert_eq!((stats.accepted, stats.done), (4, 4), "{stats:?}");

@@ -5,16 +5,12 @@
 use std::sync::Arc;
 
 use collab_backends::candle::CandleBackend;
-use collab_core::Backend;
 use collab_core::fixtures;
-use collab_core::input::ImagePreprocess;
-use collab_core::model::Input;
 use collab_net::client::{ClientConfig, Device, DeviceClient};
 use collab_net::pipeline::PipelineConfig;
 use collab_net::server::Server;
-use collab_net::testing::FlatCost;
+use collab_net::testing::{flat_strategy_context, unsplit_top1};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
-use collab_policies::split::{AccuracyTable, SelectorConfig, StrategyContext};
 
 fn pipeline(server: std::net::SocketAddr) -> String {
     format!(
@@ -41,32 +37,6 @@ high_codec = "f16"
     )
 }
 
-/// What the device knows when it builds its strategy (this one needs only the block count).
-fn context() -> StrategyContext {
-    StrategyContext {
-        selector: SelectorConfig {
-            layers: 12,
-            tokens: 197,
-            features: 192,
-            raw_input_bytes: 3 * 224 * 224,
-            response_bytes: 64,
-            device_codec_scale: 1.0,
-            allow_device_only: false,
-        },
-        device: Arc::new(FlatCost(0.01)),
-        server: Arc::new(FlatCost(0.001)),
-        table: AccuracyTable {
-            model: "deit_tiny_patch16_224".into(),
-            metric: "top1".into(),
-            baseline: 0.0,
-            tokens: 197,
-            features: 192,
-            layers: 12,
-            entries: vec![],
-        },
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_with_the_strategy_is_answered_by_a_real_server() {
     {{crate}}::register();
@@ -84,34 +54,22 @@ async fn a_device_with_the_strategy_is_answered_by_a_real_server() {
     .expect("server");
 
     let (config, strategy) = pipeline.device_config().expect("device config");
-    let strategy = strategy.build(&context()).expect("the strategy builds");
+    let strategy = strategy
+        .build(&flat_strategy_context(&model, "deit_tiny_patch16_224").expect("context"))
+        .expect("the strategy builds");
     let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
     let client = DeviceClient::connect(transport, ClientConfig::default())
         .await
         .expect("connect");
     let device = Device::new(model.clone(), strategy, client, config);
 
-    let be = model.backend();
     for sample in fixtures::imagenet_sample().expect("images").iter().take(4) {
         let img = image::open(&sample.path).expect("decode").to_rgb8();
-        let x = be
-            .from_vec(
-                ImagePreprocess::imagenet(224).apply(&img).expect("pixels"),
-                &[1, 3, 224, 224],
-            )
-            .expect("tensor");
-        let logits = be
-            .to_vec(&model.forward(&Input::Images(x)).expect("forward"))
-            .expect("logits");
-        let want = logits
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i as u32);
+        let want = unsplit_top1(&model, &img).expect("unsplit answer");
         let c = device.classify(&img).await.expect("classified");
         // Loopback is faster than 1 Mbit/s: the strategy's fast-link choice.
         assert_eq!((c.split, c.codec.to_string()), (3, "f16".to_string()));
-        assert_eq!(Some(c.top[0].0), want, "the unsplit model's top-1");
+        assert_eq!(c.top[0].0, want, "the unsplit model's top-1");
     }
     let stats = server.shutdown().await;
     assert_eq!((stats.accepted, stats.done), (4, 4), "{stats:?}");
