@@ -224,7 +224,10 @@ pub fn truncation_ratio(encoded_bytes: usize, tokens: usize, features: usize) ->
 ///
 /// Contract: `decode(encode(x))` has `x`'s shape; `encode(x).len() == encoded_len(x.tokens,
 /// x.features)` exactly; `decode` rejects bytes that another codec (or another basis) produced
-/// with [`Error::Codec`] rather than returning garbage.
+/// with [`Error::Codec`] rather than returning garbage; [`ActivationCodec::declared_shape`]
+/// reads, without decoding, the shape `decode` would return. A server asks for the declared
+/// shape first and decodes only payloads whose shape its model takes, so a decoder is only ever
+/// handed sizes the model bounds (the bytes themselves come off the network).
 ///
 /// A codec that sends the first token only and decodes the rest as zeros (lossy on purpose, to
 /// keep the example short); note the decoder bounding every size before it allocates:
@@ -252,16 +255,20 @@ pub fn truncation_ratio(encoded_bytes: usize, tokens: usize, features: usize) ->
 ///         }
 ///         Ok(out)
 ///     }
-///     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
+///     fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
 ///         let bad = || Error::codec("first-token", "bad payload");
 ///         let word = |i: usize| -> Option<usize> {
 ///             Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?) as usize)
 ///         };
 ///         let (tokens, features) = (word(0).ok_or_else(bad)?, word(4).ok_or_else(bad)?);
-///         // Bound the sizes by the bytes present before allocating.
-///         if features == 0 || bytes.len() != 8 + 4 * features || tokens > 4096 {
+///         // Bound the sizes by the bytes present.
+///         if tokens == 0 || features == 0 || bytes.len() != 8 + 4 * features || tokens > 4096 {
 ///             return Err(bad());
 ///         }
+///         Ok((tokens, features))
+///     }
+///     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
+///         let (tokens, features) = self.declared_shape(bytes)?;
 ///         let mut values = vec![0.0; tokens * features];
 ///         for (j, c) in bytes[8..].chunks_exact(4).enumerate() {
 ///             values[j] = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -274,6 +281,7 @@ pub fn truncation_ratio(encoded_bytes: usize, tokens: usize, features: usize) ->
 /// let wire = FirstToken.encode(&x)?;
 /// assert_eq!(wire.len(), FirstToken.encoded_len(2, 2));
 /// assert_eq!(FirstToken.decode(&wire)?.values, vec![1.0, 2.0, 0.0, 0.0]);
+/// assert_eq!(FirstToken.declared_shape(&wire)?, (2, 2));
 /// assert!(FirstToken.decode(&wire[..5]).is_err());
 /// # Ok::<(), collab_core::Error>(())
 /// ```
@@ -290,6 +298,21 @@ pub trait ActivationCodec: Debug + Send + Sync {
     /// [`Error::Codec`] if the codec cannot take `x` (a basis fitted for other features, or a
     /// numerical failure).
     fn encode(&self, x: &Activation) -> Result<Vec<u8>>;
+
+    /// The `(tokens, features)` that [`ActivationCodec::decode`] returns for `bytes`, read
+    /// from the payload's own header without decoding it: cheap, and without allocating in
+    /// proportion to the sizes the bytes declare (they are untrusted).
+    ///
+    /// Contract (checked by the conformance suite): `declared_shape(&encode(x)?)` is
+    /// `(x.tokens, x.features)`; whenever `decode(bytes)` succeeds, `declared_shape(bytes)`
+    /// succeeds with the decoded shape. A server refuses a payload whose declared shape its
+    /// model does not take before decoding it, and refuses one that decodes to another shape
+    /// than it declared.
+    ///
+    /// # Errors
+    /// [`Error::Codec`] for bytes too short to hold the header, another codec's tag, or sizes
+    /// that are zero or disagree with the length.
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)>;
 
     /// Decodes bytes produced by [`ActivationCodec::encode`] of the same codec.
     ///

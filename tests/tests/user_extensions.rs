@@ -138,28 +138,13 @@ impl ActivationCodec for TopK {
         Ok(out)
     }
 
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        top_k_header(bytes).map(|(tokens, features, _)| (tokens, features))
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let bad = |m: &str| Error::codec("top-k", m.to_owned());
-        if bytes.len() < TOP_K_HEADER || &bytes[..2] != b"TK" {
-            return Err(bad("not a top-k payload"));
-        }
-        let word = |i: usize| {
-            u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
-        };
-        let (tokens, features, kept) = (word(2), word(6), word(10));
-        if tokens == 0
-            || features == 0
-            || features > TOP_K_MAX_FEATURES
-            || kept == 0
-            || kept > features
-        {
-            return Err(bad("sizes out of range"));
-        }
-        // Every size is bounded by the bytes present before anything is allocated.
-        let body = tokens.checked_mul(kept).and_then(|n| n.checked_mul(6));
-        if body != Some(bytes.len() - TOP_K_HEADER) {
-            return Err(bad("length does not match the sizes"));
-        }
+        let (tokens, features, kept) = top_k_header(bytes)?;
         let mut values = vec![0.0f32; tokens * features];
         for (i, entry) in bytes[TOP_K_HEADER..].chunks_exact(6).enumerate() {
             let j = usize::from(u16::from_le_bytes([entry[0], entry[1]]));
@@ -171,6 +156,28 @@ impl ActivationCodec for TopK {
         }
         Activation::new(tokens, features, values)
     }
+}
+
+/// A top-k payload's tokens, features and kept values per token, checked against its length.
+fn top_k_header(bytes: &[u8]) -> Result<(usize, usize, usize)> {
+    let bad = |m: &str| Error::codec("top-k", m.to_owned());
+    if bytes.len() < TOP_K_HEADER || &bytes[..2] != b"TK" {
+        return Err(bad("not a top-k payload"));
+    }
+    let word = |i: usize| {
+        u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
+    };
+    let (tokens, features, kept) = (word(2), word(6), word(10));
+    if tokens == 0 || features == 0 || features > TOP_K_MAX_FEATURES || kept == 0 || kept > features
+    {
+        return Err(bad("sizes out of range"));
+    }
+    // Every size is bounded by the bytes present before anything is allocated.
+    let body = tokens.checked_mul(kept).and_then(|n| n.checked_mul(6));
+    if body != Some(bytes.len() - TOP_K_HEADER) {
+        return Err(bad("length does not match the sizes"));
+    }
+    Ok((tokens, features, kept))
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -223,8 +223,18 @@ impl<B: Backend> Compute<B> {
                 meta,
             } => {
                 let facts = &self.shared.facts;
-                let hidden =
-                    decode_activation(facts, entry, codec.as_ref(), &payload, meta.as_ref())?;
+                // A codec is user code run on bytes off the network: its panic fails this
+                // request only.
+                let hidden = catch_unwind(AssertUnwindSafe(|| {
+                    decode_activation(facts, entry, codec.as_ref(), &payload, meta.as_ref())
+                }))
+                .map_err(|panic| {
+                    RemoteError::Failed(format!(
+                        "the decoder of `{}` panicked: {}",
+                        codec.name(),
+                        panic_message(panic.as_ref())
+                    ))
+                })??;
                 Ok(Payload::Hidden(hidden.to_backend(be).map_err(failed)?))
             }
         }
@@ -239,12 +249,7 @@ impl<B: Backend> Compute<B> {
         let mut step = match result {
             Ok(step) => step,
             Err(panic) => {
-                let message = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| (*s).to_owned())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                self.recover(&message);
+                self.recover(&panic_message(panic.as_ref()));
                 return true;
             }
         };
@@ -350,6 +355,15 @@ impl<B: Backend> Compute<B> {
         c.passes
             .store(self.passes_before + stats.passes as u64, Ordering::Relaxed);
     }
+}
+
+/// What a caught panic said.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// The `k` largest logits with their classes, best first (ties: the lower class first).

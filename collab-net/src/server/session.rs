@@ -6,6 +6,7 @@
 //! message other than `Hello`, no `Hello` within `hello_timeout`, or bytes of an unfinished
 //! frame left without progress for `frame_timeout`.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -269,12 +270,21 @@ impl Session<'_> {
         );
         let shared = self.shared;
         let config = &shared.config;
-        let checked = check_request(
-            &shared.facts,
-            &config.codecs,
-            config.bases.as_deref(),
-            request,
-        );
+        // The codec factory and the header read are user code run on bytes off the network:
+        // a panic in them fails this request only.
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            check_request(
+                &shared.facts,
+                &config.codecs,
+                config.bases.as_deref(),
+                request,
+            )
+        }))
+        .unwrap_or_else(|_| {
+            Err(RemoteError::Failed(
+                "the request's codec panicked while its header was read".into(),
+            ))
+        });
         let refusal = match checked {
             Err(e) => Some(e),
             Ok(_) if !shared.serves.get(split).copied().unwrap_or(false) => {

@@ -1,13 +1,16 @@
 //! What a server checks of a request, in two steps:
 //!
 //! 1. [`check_request`], on the connection task, cheap and allocation-free beyond the codec
-//!    it builds: the split point exists, the budget and loss limit are usable, and the codec
-//!    id names a family the server's [`CodecRegistry`] builds at that split (with the bases it
-//!    holds); a server-only payload is exactly the image's bytes, or token ids the model takes;
-//! 2. [`decode_activation`], on the compute thread: the payload decodes, to the shape the
-//!    model expects at that split (an image model's token count unless tokens were merged, at
-//!    most the model's positions for text), with finite values and per-token facts
-//!    ([`TokenMeta`]) that fit it.
+//!    it builds: the split point exists, the budget and loss limit are usable, the codec id
+//!    names a family the server's [`CodecRegistry`] builds at that split (with the bases it
+//!    holds), and the shape the payload declares ([`ActivationCodec::declared_shape`], read
+//!    from its header) is one the model takes at that split (an image model's token count
+//!    unless tokens were merged, at most the model's positions for text; the model's
+//!    features); a server-only payload is exactly the image's bytes, or token ids the model
+//!    takes. So a decoder is only ever run on sizes the model bounds: a few bytes declaring a
+//!    huge activation are refused before anything is decoded;
+//! 2. [`decode_activation`], on the compute thread: the payload decodes, to the shape it
+//!    declared, with finite values and per-token facts ([`TokenMeta`]) that fit it.
 //!
 //! Every failure is a [`RemoteError::Invalid`] naming the problem.
 
@@ -100,8 +103,9 @@ pub enum Decoded {
 /// loss limit that is not a finite non-negative number, a server-only request that is not
 /// `rgb8` pixels of the model's image size (image model) or `tokens` the model takes (text
 /// model), per-token facts at split 0, a codec id whose family the registry does not know (the
-/// message names it and the known ones), or one that needs a shared basis this server does not
-/// hold at that split.
+/// message names it and the known ones), one that needs a shared basis this server does not
+/// hold at that split, or a payload whose header does not read or declares a shape the model
+/// does not take at that split.
 pub fn check_request(
     facts: &ModelFacts,
     codecs: &CodecRegistry,
@@ -135,6 +139,10 @@ pub fn check_request(
     let codec = codecs
         .build(&request.codec, &context)
         .map_err(|e| RemoteError::Invalid(format!("split {split}: {e}")))?;
+    let (n, d) = codec
+        .declared_shape(&request.payload)
+        .map_err(|e| RemoteError::Invalid(format!("split {split}: {e}")))?;
+    check_shape(facts, split, (n, d), request.meta.as_ref())?;
     Ok(Checked::Encoded {
         codec,
         payload: request.payload,
@@ -193,8 +201,9 @@ fn server_only(facts: &ModelFacts, request: InferRequest) -> Result<Checked, Rem
 ///
 /// # Errors
 /// [`RemoteError::Invalid`] naming what is wrong: a payload that does not decode (one encoded
-/// with other bases than the server's among them), another feature width, a token count the
-/// model does not take (an image model's unmerged request must have exactly its tokens),
+/// with other bases than the server's among them), a declared shape the model does not take
+/// (another feature width, or a token count it does not take: an image model's unmerged
+/// request must have exactly its tokens), a decoded shape other than the declared one,
 /// non-finite values, or per-token facts that do not fit the tokens (a mask or sizes of
 /// another length, a mask value other than 0 and 1, a size that is not finite or outside
 /// `1..=tokens`, more protected tokens than tokens).
@@ -206,26 +215,20 @@ pub fn decode_activation(
     meta: Option<&TokenMeta>,
 ) -> Result<HostHidden, RemoteError> {
     let invalid = |m: String| Err(RemoteError::Invalid(format!("split {split}: {m}")));
-    let a = codec
-        .decode(payload)
-        .map_err(|e| RemoteError::Invalid(format!("split {split}: {e}")))?;
+    let codec_error = |e: collab_core::Error| RemoteError::Invalid(format!("split {split}: {e}"));
+    // Checked on arrival already; asked again so that this function bounds what it decodes
+    // on its own.
+    let declared = codec.declared_shape(payload).map_err(codec_error)?;
+    check_shape(facts, split, declared, meta)?;
+    let a = codec.decode(payload).map_err(codec_error)?;
     let n = a.tokens;
-    let exact =
-        matches!(facts.input, InputFacts::Image { .. }) && meta.is_none_or(|m| m.sizes.is_none());
-    let tokens_ok = if exact {
-        n == facts.tokens
-    } else {
-        (1..=facts.tokens).contains(&n)
-    };
-    if a.features != facts.features || !tokens_ok {
-        let want = if exact {
-            format!("{}", facts.tokens)
-        } else {
-            format!("1 to {}", facts.tokens)
-        };
+    if (n, a.features) != declared || a.values.len() != n * a.features {
         return invalid(format!(
-            "payload decodes to {n} x {}, the model expects {want} x {}",
-            a.features, facts.features
+            "payload decodes to {n} x {} ({} values) but declares {} x {}",
+            a.features,
+            a.values.len(),
+            declared.0,
+            declared.1
         ));
     }
     if a.values.iter().any(|v| !v.is_finite()) {
@@ -265,6 +268,36 @@ pub fn decode_activation(
         sizes,
         protected,
     })
+}
+
+/// Whether an activation of `tokens x features` entering block `split`, with per-token facts
+/// `meta`, is a shape the model takes: its features, and exactly its tokens for an image
+/// model's unmerged request, else 1 to its tokens.
+fn check_shape(
+    facts: &ModelFacts,
+    split: usize,
+    (n, d): (usize, usize),
+    meta: Option<&TokenMeta>,
+) -> Result<(), RemoteError> {
+    let exact =
+        matches!(facts.input, InputFacts::Image { .. }) && meta.is_none_or(|m| m.sizes.is_none());
+    let tokens_ok = if exact {
+        n == facts.tokens
+    } else {
+        (1..=facts.tokens).contains(&n)
+    };
+    if d == facts.features && tokens_ok {
+        return Ok(());
+    }
+    let want = if exact {
+        format!("{}", facts.tokens)
+    } else {
+        format!("1 to {}", facts.tokens)
+    };
+    Err(RemoteError::Invalid(format!(
+        "split {split}: payload declares {n} x {d}, the model expects {want} x {}",
+        facts.features
+    )))
 }
 
 /// Both steps at once, [`check_request`] then [`decode_activation`] (for tests and tools that

@@ -6,11 +6,13 @@
 //! - `name()` is not empty;
 //! - `encode(x)` succeeds, is deterministic, and is exactly `encoded_len(tokens, features)`
 //!   bytes long;
-//! - `decode(encode(x))` has `x`'s shape and finite values, within the spec's relative error
-//!   `||x - x'|| / ||x||` when it sets one;
+//! - `declared_shape(encode(x))` is `x`'s shape, and `decode(encode(x))` has it, with finite
+//!   values, within the spec's relative error `||x - x'|| / ||x||` when it sets one;
 //! - hostile bytes never panic and never come back as a malformed activation: no bytes are
 //!   refused, and cut payloads, a payload with a byte appended, payloads with flipped bits and
-//!   random bytes of random lengths decode to a typed error or a well-formed activation.
+//!   random bytes of random lengths decode to a typed error or a well-formed activation of
+//!   exactly the shape `declared_shape` reads from the same bytes (what a server bounds before
+//!   it decodes).
 //!
 //! # Using it
 //!
@@ -214,6 +216,14 @@ fn round_trip<C: ActivationCodec + ?Sized>(
     if again != bytes {
         return Err("encode is not deterministic".into());
     }
+    let declared = no_panic("declared_shape", || codec.declared_shape(&bytes))?
+        .map_err(|e| format!("declared_shape of its own payload: {e}"))?;
+    if declared != (x.tokens, x.features) {
+        return Err(format!(
+            "declared_shape of its own payload is {} x {}",
+            declared.0, declared.1
+        ));
+    }
     let y = no_panic("decode", || codec.decode(&bytes))?
         .map_err(|e| format!("decode of its own payload: {e}"))?;
     if (y.tokens, y.features) != (x.tokens, x.features) {
@@ -240,14 +250,20 @@ fn round_trip<C: ActivationCodec + ?Sized>(
     Ok(())
 }
 
-/// Decodes `bytes`: a typed error, or an activation whose sizes agree with its values.
+/// Decodes `bytes`: a typed error, or an activation whose sizes agree with its values and
+/// with the shape the bytes declare.
 fn tolerated<C: ActivationCodec + ?Sized>(
     codec: &C,
     bytes: &[u8],
     what: &str,
 ) -> Result<(), String> {
+    let declared = no_panic(what, || codec.declared_shape(bytes))?;
     match no_panic(what, || codec.decode(bytes))? {
         Err(_) => Ok(()),
+        Ok(a) if declared.as_ref().ok() != Some(&(a.tokens, a.features)) => Err(format!(
+            "{what}: decoded {} x {}, but declared_shape says {declared:?}",
+            a.tokens, a.features
+        )),
         Ok(a) if a.tokens > 0 && a.features > 0 && a.values.len() == a.tokens * a.features => {
             Ok(())
         }

@@ -61,17 +61,21 @@ pub struct CodecContext<'a> {
 ///         out.extend(x.values.iter().flat_map(|v| v.to_le_bytes()));
 ///         Ok(out)
 ///     }
-///     fn decode(&self, b: &[u8]) -> collab_core::Result<Activation> {
+///     fn declared_shape(&self, b: &[u8]) -> collab_core::Result<(usize, usize)> {
 ///         let bad = || collab_core::Error::codec("verbatim", "damaged payload");
 ///         let word = |i: usize| -> collab_core::Result<usize> {
 ///             let w = b.get(i..i + 4).ok_or_else(bad)?;
 ///             Ok(u32::from_le_bytes([w[0], w[1], w[2], w[3]]) as usize)
 ///         };
 ///         let (n, d) = (word(0)?, word(4)?);
-///         // Bound the sizes by the bytes actually present before allocating.
-///         if n.checked_mul(d).and_then(|v| v.checked_mul(4)) != Some(b.len() - 8) {
+///         // Bound the sizes by the bytes actually present.
+///         if n == 0 || n.checked_mul(d).and_then(|v| v.checked_mul(4)) != Some(b.len() - 8) {
 ///             return Err(bad());
 ///         }
+///         Ok((n, d))
+///     }
+///     fn decode(&self, b: &[u8]) -> collab_core::Result<Activation> {
+///         let (n, d) = self.declared_shape(b)?;
 ///         let values = b[8..].chunks_exact(4)
 ///             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
 ///         Activation::new(n, d, values)

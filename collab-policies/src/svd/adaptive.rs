@@ -233,6 +233,21 @@ impl ActivationCodec for AdaptiveSvdCodec {
         Ok(out)
     }
 
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        let name = self.name();
+        match bytes.split_first() {
+            Some((&TAG_SVD, rest)) => Header::shape(rest, &name, Kind::RequestSvd, self.precision),
+            Some((&TAG_PROJECTION, rest)) => {
+                Header::shape(rest, &name, Kind::Projected, self.precision)
+            }
+            Some((&TAG_HYBRID, rest)) if self.hybrid => {
+                Header::shape(rest, &name, Kind::Projected, self.precision)
+            }
+            Some((t, _)) => Err(Error::codec(&name, format!("unknown reduction tag {t}"))),
+            None => Err(Error::codec(&name, "empty payload")),
+        }
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let name = self.name();
         let (&tag, rest) = bytes

@@ -21,6 +21,7 @@ use collab_core::{Error, Result};
 use super::basis::{Basis, Fnv};
 use super::quant::Precision;
 use super::request::SvdCodec;
+use super::wire::{Header, Kind};
 
 /// The mean activation at each token position of a split point, known to both sides.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -234,6 +235,10 @@ impl ActivationCodec for CentredSvdCodec {
 
     fn encode(&self, x: &Activation) -> Result<Vec<u8>> {
         self.encode_weighted(x, None)
+    }
+
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        Header::shape(bytes, &self.name(), Kind::RequestSvd, self.precision)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {

@@ -190,6 +190,10 @@ impl ActivationCodec for ProjectedCodec {
         Ok(out)
     }
 
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        Header::shape(bytes, &self.name(), Kind::Projected, self.precision)
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let name = self.name();
         let (h, rest) = Header::read(bytes, &name, Kind::Projected, self.precision)?;

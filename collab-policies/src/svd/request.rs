@@ -41,6 +41,10 @@ impl ActivationCodec for SvdCodec {
         self.encode_tagged(x, 0, &self.name(), None)
     }
 
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        Header::shape(bytes, &self.name(), Kind::RequestSvd, self.precision)
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         self.decode_tagged(bytes, 0, &self.name())
     }
@@ -62,6 +66,9 @@ impl SvdCodec {
         check_finite(&x.values, name)?;
         let (n, d) = (x.tokens, x.features);
         let r = self.effective_rank(n, d);
+        if r == 0 {
+            return Err(Error::codec(name, "rank 0 sends nothing"));
+        }
         let roots: Option<Vec<f32>> = row_weights.map(|w| w.iter().map(|w| w.sqrt()).collect());
         let scaled: Vec<f32>;
         let values = match &roots {

@@ -228,6 +228,10 @@ impl ActivationCodec for TransformCodec {
         Ok(out)
     }
 
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        Header::shape(bytes, &self.name(), Kind::Transform, Precision::F32)
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
         let name = self.name();
         let (h, rest) = read_centred(

@@ -82,12 +82,28 @@ impl Header {
         Ok(out)
     }
 
+    /// The `(tokens, features)` of the header at the start of `bytes` that `codec` (of `kind`
+    /// and `precision`) wrote: [`ActivationCodec::declared_shape`] of every codec here.
+    ///
+    /// # Errors
+    /// As [`Header::read`].
+    ///
+    /// [`ActivationCodec::declared_shape`]: collab_core::split::ActivationCodec::declared_shape
+    pub(super) fn shape(
+        bytes: &[u8],
+        codec: &str,
+        kind: Kind,
+        precision: Precision,
+    ) -> Result<(usize, usize)> {
+        Self::read(bytes, codec, kind, precision).map(|(h, _)| (h.tokens, h.features))
+    }
+
     /// Reads a header and checks that `codec` (of `kind` and `precision`) wrote it.
     /// Returns the header and the bytes after it.
     ///
     /// # Errors
     /// [`Error::Codec`] for short bytes, a wrong magic or version, another codec's kind or
-    /// precision, or zero sizes.
+    /// precision, zero sizes or rank, or sizes over [`MAX_DIM`].
     pub(super) fn read<'a>(
         bytes: &'a [u8],
         codec: &str,
@@ -137,6 +153,10 @@ impl Header {
         };
         if header.tokens == 0 || header.features == 0 {
             return Err(Error::codec(codec, "payload declares an empty activation"));
+        }
+        if header.rank == 0 {
+            // Rank 0 would decode a full activation (of zeros) from 25 bytes.
+            return Err(Error::codec(codec, "payload declares rank 0"));
         }
         if header.tokens.max(header.features).max(header.rank) > MAX_DIM {
             return Err(Error::codec(

@@ -100,24 +100,12 @@ impl ActivationCodec for UniformQuant {
         Ok(out)
     }
 
+    fn declared_shape(&self, bytes: &[u8]) -> Result<(usize, usize)> {
+        read_header(bytes).map(|(tokens, features, _)| (tokens, features))
+    }
+
     fn decode(&self, bytes: &[u8]) -> Result<Activation> {
-        if bytes.len() < HEADER || &bytes[..2] != b"UQ" {
-            return Err(codec_error("not a {{name}} payload"));
-        }
-        let word = |i: usize| {
-            u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
-        };
-        let (tokens, features) = (word(2), word(6));
-        let codec =
-            UniformQuant::new(u32::from(bytes[10])).map_err(|_| codec_error("bad bit width"))?;
-        if tokens == 0 || features == 0 || features > MAX_FEATURES {
-            return Err(codec_error("sizes out of range"));
-        }
-        // The length must match the sizes before anything is allocated.
-        let body = tokens.checked_mul(codec.row_bytes(features));
-        if body != Some(bytes.len() - HEADER) {
-            return Err(codec_error("length does not match the sizes"));
-        }
+        let (tokens, features, codec) = read_header(bytes)?;
         let mask = (1u32 << codec.bits) - 1;
         let mut values = Vec::with_capacity(tokens * features);
         for row in bytes[HEADER..].chunks_exact(codec.row_bytes(features)) {
@@ -137,6 +125,29 @@ impl ActivationCodec for UniformQuant {
         }
         Activation::new(tokens, features, values)
     }
+}
+
+/// A payload's tokens, features and bit width, checked against its length (a server reads
+/// the shape this way before it decodes, and refuses shapes its model does not take).
+fn read_header(bytes: &[u8]) -> Result<(usize, usize, UniformQuant)> {
+    if bytes.len() < HEADER || &bytes[..2] != b"UQ" {
+        return Err(codec_error("not a {{name}} payload"));
+    }
+    let word = |i: usize| {
+        u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]) as usize
+    };
+    let (tokens, features) = (word(2), word(6));
+    let codec =
+        UniformQuant::new(u32::from(bytes[10])).map_err(|_| codec_error("bad bit width"))?;
+    if tokens == 0 || features == 0 || features > MAX_FEATURES {
+        return Err(codec_error("sizes out of range"));
+    }
+    // The length must match the sizes before anything is allocated.
+    let body = tokens.checked_mul(codec.row_bytes(features));
+    if body != Some(bytes.len() - HEADER) {
+        return Err(codec_error("length does not match the sizes"));
+    }
+    Ok((tokens, features, codec))
 }
 
 /// The factory of family `{{name}}`: builds [`UniformQuant`] from a codec id's rank (its bit
