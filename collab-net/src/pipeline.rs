@@ -137,12 +137,22 @@ pub struct ServerSection {
     pub capacity: Option<usize>,
     /// Open connections at most (default 256).
     pub max_connections: Option<usize>,
+    /// Connections at most still in their handshake (default 32).
+    pub max_handshaking: Option<usize>,
+    /// Open connections at most from one address (default 32).
+    pub max_per_address: Option<usize>,
+    /// Connections at most in their handshake from one address (default 4).
+    pub max_handshaking_per_address: Option<usize>,
     /// The largest frame read, bytes (default 8 MiB).
     pub max_frame: Option<usize>,
-    /// Seconds a connection has to send its Hello (default 5).
+    /// The largest frame read before the Hello is accepted, bytes (default 4096).
+    pub hello_max_frame: Option<usize>,
+    /// Seconds a connection has to send its Hello (default 3).
     pub hello_timeout_s: Option<f64>,
     /// Seconds a device may stall inside a frame (default 10).
     pub frame_timeout_s: Option<f64>,
+    /// The slowest a device may send a frame, bytes per second (default 65536).
+    pub min_transfer_rate: Option<usize>,
     /// The split bases file for the calibrated codecs.
     pub bases: Option<PathBuf>,
     /// The environment variable holding the devices' shared secret (default: the built-in
@@ -296,11 +306,22 @@ impl PipelineConfig {
         if let Some(v) = s.capacity {
             config.capacity = v;
         }
-        if let Some(v) = s.max_connections {
-            config.max_connections = v;
-        }
-        if let Some(v) = s.max_frame {
-            config.max_frame = v;
+        let counts = [
+            (s.max_connections, &mut config.max_connections),
+            (s.max_handshaking, &mut config.max_handshaking),
+            (s.max_per_address, &mut config.max_per_address),
+            (
+                s.max_handshaking_per_address,
+                &mut config.max_handshaking_per_address,
+            ),
+            (s.max_frame, &mut config.max_frame),
+            (s.hello_max_frame, &mut config.hello_max_frame),
+            (s.min_transfer_rate, &mut config.min_transfer_rate),
+        ];
+        for (given, field) in counts {
+            if let Some(v) = given {
+                *field = v;
+            }
         }
         if let Some(v) = s.hello_timeout_s {
             config.hello_timeout = positive_seconds("server.hello_timeout_s", v)?;

@@ -1,6 +1,8 @@
 //! The accept loop: takes connections from the [`Listener`] while the server runs, refuses
-//! those over `max_connections` with `Goodbye(Overloaded)`, and owns every connection task,
-//! so that shutdown can wait for them (graceful) or drop them (kill).
+//! those over a connection limit ([`super::limits`]: open, in handshake, per address) with
+//! `Goodbye(Overloaded)`, and owns every connection task, so that shutdown can wait for them
+//! (graceful) or drop them (kill). At most [`MAX_REFUSING`] refusals are being written at
+//! once; past that a refused connection is closed without a word.
 
 use std::io;
 use std::sync::Arc;
@@ -19,6 +21,9 @@ use crate::wire::RemoteError;
 /// Time to tell a refused connection why, at most.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Refused connections being told why at once, at most.
+pub(crate) const MAX_REFUSING: usize = 64;
+
 /// Pause after a failed accept (out of file descriptors, say) before the next.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -26,6 +31,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// to end (aborting them all if the server is killed).
 pub(crate) async fn accept_loop(mut listener: impl Listener, shared: Arc<Shared>) {
     let mut conns = JoinSet::new();
+    let mut refusals = JoinSet::new();
     let mut phase = shared.subscribe();
     let mut accepting = true;
     while shared.phase() == Phase::Running {
@@ -37,25 +43,32 @@ pub(crate) async fn accept_loop(mut listener: impl Listener, shared: Arc<Shared>
                 }
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
             accepted = listener.accept(), if accepting => match accepted {
-                Ok((stream, peer)) => {
-                    let open = shared.counters.connections.load(Ordering::Relaxed);
-                    let max = shared.config.max_connections;
-                    if open >= max as u64 {
-                        bump(&shared.counters.connections_refused);
-                        warn!(%peer, open, "connection refused: at max_connections");
-                        let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
-                        let reason = RemoteError::Overloaded {
-                            in_flight: n(open),
-                            capacity: n(max as u64),
-                        };
-                        let limit = shared.config.frame_timeout.min(REFUSE_TIMEOUT);
-                        conns.spawn(connection::refuse(stream, peer, reason, limit));
-                    } else {
+                Ok((stream, peer)) => match shared.limits.admit(&peer) {
+                    Ok(slots) => {
                         let counted = Counted::new(&shared);
-                        conns.spawn(connection::serve(stream, peer, shared.clone(), counted));
+                        conns.spawn(connection::serve(stream, peer, shared.clone(), counted, slots));
                     }
-                }
+                    Err(refusal) => {
+                        bump(&shared.counters.connections_refused);
+                        let limit = refusal.label();
+                        shared.metrics.connections_refused.get_or_create(&[("limit", limit)]).inc();
+                        if shared.log.allow() {
+                            warn!(%peer, limit, "connection refused");
+                        }
+                        if refusals.len() < MAX_REFUSING {
+                            let open = shared.counters.connections.load(Ordering::Relaxed);
+                            let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+                            let reason = RemoteError::Overloaded {
+                                in_flight: n(open),
+                                capacity: n(shared.config.max_connections as u64),
+                            };
+                            let limit = shared.config.frame_timeout.min(REFUSE_TIMEOUT);
+                            refusals.spawn(connection::refuse(stream, peer, reason, limit));
+                        }
+                    }
+                },
                 Err(e) if e.kind() == io::ErrorKind::NotConnected => {
                     info!("listener closed ({e}); no new connections");
                     accepting = false;
@@ -68,6 +81,7 @@ pub(crate) async fn accept_loop(mut listener: impl Listener, shared: Arc<Shared>
         }
     }
     drop(listener);
+    refusals.abort_all();
     let mut aborted = false;
     loop {
         tokio::select! {

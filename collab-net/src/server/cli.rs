@@ -72,7 +72,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 256)]
     pub max_connections: usize,
     /// Seconds a new connection has to send its Hello.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = 3.0)]
     pub hello_timeout_s: f64,
     /// Seconds a device may stall inside a frame before it is closed.
     #[arg(long, default_value_t = 10.0)]

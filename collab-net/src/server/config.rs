@@ -28,12 +28,27 @@ pub struct ServerConfig {
     /// Open connections at most (default 256); one more is told `Goodbye(Overloaded)` and
     /// closed.
     pub max_connections: usize,
-    /// Time a new connection has to send its `Hello` (default 5 s); then it is closed.
+    /// Connections at most that are open and have not yet had their `Hello` accepted
+    /// (default 32): unauthenticated connections cannot take the slots of devices.
+    pub max_handshaking: usize,
+    /// Open connections at most from one peer address (its IP; default 32).
+    pub max_per_address: usize,
+    /// Connections in their handshake at most from one peer address (default 4): one peer
+    /// opening connections and never saying `Hello` cannot fill `max_handshaking`.
+    pub max_handshaking_per_address: usize,
+    /// Time a new connection has to send its `Hello` (default 3 s); then it is closed.
     pub hello_timeout: Duration,
+    /// The largest frame read before the `Hello` is accepted, bytes (default 4 KiB): an
+    /// unauthenticated peer cannot make the server buffer `max_frame`.
+    pub hello_max_frame: usize,
     /// Time a device may stall inside a frame (bytes of an unfinished frame buffered and no
     /// new byte), and time one write to a device that does not read may take (default 10 s);
     /// then the connection is closed (`Goodbye(Protocol("stalled mid-frame ..."))`).
     pub frame_timeout: Duration,
+    /// The slowest a device may send a frame, bytes per second (default 64 KiB/s): each frame
+    /// must be whole within `frame_timeout` plus its length at this rate from its first byte,
+    /// so a peer trickling bytes (1 byte/s kept a slot forever before issue 31) is closed.
+    pub min_transfer_rate: usize,
     /// How often each session is sent a `ServerLoad` (default 250 ms).
     pub load_interval: Duration,
     /// The batch policy, as a config the compute thread builds it from (at start, and again
@@ -58,8 +73,13 @@ impl Default for ServerConfig {
             max_frame: DEFAULT_MAX_FRAME,
             capacity: 64,
             max_connections: 256,
-            hello_timeout: Duration::from_secs(5),
+            max_handshaking: 32,
+            max_per_address: 32,
+            max_handshaking_per_address: 4,
+            hello_timeout: Duration::from_secs(3),
+            hello_max_frame: 4 << 10,
             frame_timeout: Duration::from_secs(10),
+            min_transfer_rate: 64 << 10,
             load_interval: Duration::from_millis(250),
             policy: Arc::new(SharedModelConfig::new(8)),
             codecs: Arc::new(CodecRegistry::builtin()),
@@ -83,8 +103,25 @@ impl ServerConfig {
         if let Err(e) = self.policy.build() {
             return bad(format!("policy {:?}: {e}", self.policy));
         }
-        if self.max_connections == 0 {
-            return bad("max_connections must be at least 1".into());
+        for (name, n) in [
+            ("max_connections", self.max_connections),
+            ("max_handshaking", self.max_handshaking),
+            ("max_per_address", self.max_per_address),
+            (
+                "max_handshaking_per_address",
+                self.max_handshaking_per_address,
+            ),
+            ("min_transfer_rate", self.min_transfer_rate),
+        ] {
+            if n == 0 {
+                return bad(format!("{name} must be at least 1"));
+            }
+        }
+        if self.hello_max_frame < 64 {
+            return bad(format!(
+                "hello_max_frame of {} bytes cannot hold a Hello (at least 64)",
+                self.hello_max_frame
+            ));
         }
         if self.max_frame < 64 {
             return bad(format!(

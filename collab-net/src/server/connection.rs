@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::debug;
 
+use super::limits::{HandshakeSlot, OpenSlot};
 use super::session;
 use super::state::Shared;
 use super::stats::bump;
@@ -36,25 +37,39 @@ pub(crate) const LINGER: Duration = Duration::from_secs(1);
 /// Bytes a closing connection discards at most while lingering.
 const LINGER_BYTES: usize = 1 << 20;
 
-/// A reader that remembers when it last received bytes (the frame-stall detector reads it).
+/// A reader that remembers when it last received bytes and when the bytes of the frame being
+/// read began to arrive (the stall and slow-frame detectors read them).
 #[derive(Debug)]
 pub(crate) struct ProgressRead<R> {
     inner: R,
     last: Instant,
+    frame_start: Option<Instant>,
 }
 
 impl<R> ProgressRead<R> {
-    /// Wraps `inner`; "last progress" starts now.
+    /// Wraps `inner`; "last progress" starts now, no frame has begun.
     pub(crate) fn new(inner: R) -> Self {
         Self {
             inner,
             last: Instant::now(),
+            frame_start: None,
         }
     }
 
     /// When bytes last arrived.
     pub(crate) fn last_progress(&self) -> Instant {
         self.last
+    }
+
+    /// When the first bytes of the frame being read arrived, if any have.
+    pub(crate) fn frame_start(&self) -> Option<Instant> {
+        self.frame_start
+    }
+
+    /// A frame was decoded: the next one begins now if `more_buffered` (its first bytes came
+    /// with the last read), else with the next bytes that arrive.
+    pub(crate) fn frame_done(&mut self, more_buffered: bool) {
+        self.frame_start = more_buffered.then(Instant::now);
     }
 }
 
@@ -67,7 +82,9 @@ impl<R: AsyncRead + Unpin> AsyncRead for ProgressRead<R> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.last = Instant::now();
+            let now = Instant::now();
+            self.last = now;
+            self.frame_start.get_or_insert(now);
         }
         polled
     }
@@ -115,12 +132,20 @@ impl Drop for Counted {
     }
 }
 
-/// Serves one device connection until it closes (see the module docs).
-pub(crate) async fn serve(stream: BoxStream, peer: String, shared: Arc<Shared>, counted: Counted) {
+/// Serves one device connection until it closes (see the module docs); `slots` are its
+/// open and handshake slots, given back as it ends (the handshake one after its `Hello`).
+pub(crate) async fn serve(
+    stream: BoxStream,
+    peer: String,
+    shared: Arc<Shared>,
+    counted: Counted,
+    (open, handshake): (OpenSlot, HandshakeSlot),
+) {
     let (read, write) = tokio::io::split(stream);
+    // Until the Hello is accepted only a small frame is read: raised by the handshake.
     let reader = FramedRead::new(
         ProgressRead::new(read),
-        FrameCodec::new(shared.config.max_frame),
+        FrameCodec::new(shared.config.hello_max_frame),
     );
     // What this side writes is small (answers, pongs); the device's limit applies to it.
     let sink = FramedWrite::new(write, FrameCodec::new(usize::MAX));
@@ -128,11 +153,12 @@ pub(crate) async fn serve(stream: BoxStream, peer: String, shared: Arc<Shared>, 
     let (answers, answers_rx) = mpsc::unbounded_channel();
     debug!(%peer, "connection opened");
     tokio::join!(
-        session::read_side(reader, control, answers, &shared, &peer),
+        session::read_side(reader, control, answers, &shared, &peer, handshake),
         writer::write_side(sink, control_rx, answers_rx, &shared, &peer),
     );
     debug!(%peer, "connection closed");
     drop(counted);
+    drop(open);
 }
 
 /// Tells a connection over the limit why it is refused, and closes it.

@@ -141,7 +141,7 @@ impl ServerHandle {
 
     /// The metrics in the Prometheus (OpenMetrics) text format.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        self.shared.render_metrics()
     }
 
     /// The counters now.
@@ -205,6 +205,18 @@ impl Drop for ServerHandle {
     }
 }
 
+/// How a server is (see [`ServerMonitor::health`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Serving, and taking new connections.
+    Serving,
+    /// Serving its sessions, but a connection limit refused new connections within the last
+    /// 10 s: why.
+    Degraded(String),
+    /// Shutting down, stopped or killed.
+    ShuttingDown,
+}
+
 /// A cloneable, read-only view of a server: health, metrics, counters.
 #[derive(Clone, Debug)]
 pub struct ServerMonitor {
@@ -212,14 +224,30 @@ pub struct ServerMonitor {
 }
 
 impl ServerMonitor {
-    /// Whether the server is serving (not shutting down, stopped or killed).
+    /// Whether the server is serving (not shutting down, stopped or killed); it may be
+    /// [`Health::Degraded`].
     pub fn healthy(&self) -> bool {
         self.shared.phase() == Phase::Running
     }
 
+    /// How the server is, for `/healthz`.
+    pub fn health(&self) -> Health {
+        if !self.healthy() {
+            return Health::ShuttingDown;
+        }
+        match self.shared.limits.refusing() {
+            None => Health::Serving,
+            Some((ago, total)) => Health::Degraded(format!(
+                "refusing new connections: the last {} ms ago, {total} since the start \
+                 (a connection limit is reached; see collab_connections_refused_total)",
+                ago.as_millis()
+            )),
+        }
+    }
+
     /// The metrics in the Prometheus (OpenMetrics) text format.
     pub fn metrics_text(&self) -> String {
-        self.shared.metrics.render()
+        self.shared.render_metrics()
     }
 
     /// The counters now.

@@ -1,5 +1,6 @@
 //! Health and metrics over HTTP/1.1 on their own port: `GET /healthz` answers `200 ok`
-//! while the server serves and `503` once it shuts down; `GET /metrics` answers the
+//! while the server serves, `503 degraded: ...` while a connection limit is refusing new
+//! devices (within the last 10 s), and `503 shutting down` once it shuts down; `GET /metrics` answers the
 //! Prometheus (OpenMetrics) text; anything else is `404` (`400` for what is not a request
 //! line, `405` for other methods on those paths). One request per connection.
 //!
@@ -8,20 +9,25 @@
 //! most [`READ_TIMEOUT`], looks only at the request line, answers with `Connection: close`
 //! and never panics on what it is sent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 use super::connection::linger;
-use super::handle::ServerMonitor;
+use super::handle::{Health, ServerMonitor};
 
 /// Bytes of request head read at most.
 pub const MAX_HEAD: usize = 8 << 10;
 
 /// Time a client has to send its request head.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// HTTP connections answered at once, at most; one more is closed unanswered.
+pub const MAX_HTTP_CONNECTIONS: usize = 32;
 
 /// Time the answer has to be written.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -85,8 +91,13 @@ pub fn route(head: &[u8], monitor: &ServerMonitor) -> HttpReply {
         return HttpReply::text("405 Method Not Allowed", "only GET and HEAD\n");
     }
     let mut reply = match path {
-        "/healthz" if monitor.healthy() => HttpReply::text("200 OK", "ok\n"),
-        "/healthz" => HttpReply::text("503 Service Unavailable", "shutting down\n"),
+        "/healthz" => match monitor.health() {
+            Health::Serving => HttpReply::text("200 OK", "ok\n"),
+            Health::Degraded(why) => {
+                HttpReply::text("503 Service Unavailable", &format!("degraded: {why}\n"))
+            }
+            Health::ShuttingDown => HttpReply::text("503 Service Unavailable", "shutting down\n"),
+        },
         "/metrics" => HttpReply {
             status: "200 OK",
             content_type: "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -99,18 +110,25 @@ pub fn route(head: &[u8], monitor: &ServerMonitor) -> HttpReply {
     reply
 }
 
-/// Serves health and metrics on `listener` until the monitored server has stopped.
+/// Serves health and metrics on `listener` until the monitored server has stopped, at most
+/// [`MAX_HTTP_CONNECTIONS`] at once.
 pub async fn serve_http(listener: TcpListener, monitor: ServerMonitor) {
+    let permits = Arc::new(Semaphore::new(MAX_HTTP_CONNECTIONS));
     loop {
         tokio::select! {
             () = monitor.stopped() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        debug!(%peer, "http: at {MAX_HTTP_CONNECTIONS} connections; closed");
+                        continue;
+                    };
                     let monitor = monitor.clone();
                     tokio::spawn(async move {
                         if let Err(e) = answer(stream, &monitor).await {
                             debug!(%peer, "http: {e}");
                         }
+                        drop(permit);
                     });
                 }
                 Err(e) => {

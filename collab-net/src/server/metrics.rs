@@ -10,6 +10,11 @@
 //! | `collab_overloaded_total` | counter | requests refused by admission control |
 //! | `collab_in_flight` | gauge | requests accepted and not yet answered |
 //! | `collab_connections` | gauge | open device connections |
+//! | `collab_handshaking` | gauge | connections open that have not yet had their `Hello` accepted |
+//! | `collab_connections_refused_total{limit}` | counter | connections refused, by the limit that refused them |
+//! | `collab_handshakes_refused_total` | counter | handshakes refused (version, credential, model, no `Hello` in time) |
+//! | `collab_protocol_errors_total` | counter | sessions closed for a protocol violation (bad frame, stall, slow frame) |
+//! | `collab_warnings_suppressed_total` | counter | warning lines left out by the log rate limit |
 //! | `collab_position_seconds{position}` | gauge | recent seconds of one pass at a position |
 
 use std::sync::atomic::AtomicU64;
@@ -46,6 +51,11 @@ pub(crate) struct Metrics {
     pub(crate) overloaded: Counter,
     pub(crate) in_flight: Gauge,
     pub(crate) connections: Gauge,
+    pub(crate) handshaking: Gauge,
+    pub(crate) connections_refused: Family<Label<&'static str>, Counter>,
+    pub(crate) handshakes_refused: Counter,
+    pub(crate) protocol_errors: Counter,
+    pub(crate) warnings_suppressed: Counter,
     /// `queue_length` per position, by index.
     queue_gauges: Vec<Gauge>,
     /// `position_seconds` per position, by index.
@@ -113,6 +123,35 @@ impl Metrics {
             "Open device connections",
             connections.clone(),
         );
+        let handshaking = Gauge::default();
+        let connections_refused = Family::<Label<&'static str>, Counter>::default();
+        let (handshakes_refused, protocol_errors, warnings_suppressed) =
+            (Counter::default(), Counter::default(), Counter::default());
+        registry.register(
+            "collab_handshaking",
+            "Connections open that have not yet had their Hello accepted",
+            handshaking.clone(),
+        );
+        registry.register(
+            "collab_connections_refused",
+            "Connections refused, by the limit that refused them",
+            connections_refused.clone(),
+        );
+        registry.register(
+            "collab_handshakes_refused",
+            "Handshakes refused: version, credential, model, or no Hello in time",
+            handshakes_refused.clone(),
+        );
+        registry.register(
+            "collab_protocol_errors",
+            "Sessions closed for a protocol violation: bad frame, stall, too slow a frame",
+            protocol_errors.clone(),
+        );
+        registry.register(
+            "collab_warnings_suppressed",
+            "Warning lines left out by the log rate limit",
+            warnings_suppressed.clone(),
+        );
         registry.register(
             "collab_position_seconds",
             "Recent seconds of one pass at a position (block p, or the head at L)",
@@ -127,6 +166,11 @@ impl Metrics {
             overloaded,
             in_flight,
             connections,
+            handshaking,
+            connections_refused,
+            handshakes_refused,
+            protocol_errors,
+            warnings_suppressed,
             queue_gauges,
             position_gauges,
         }

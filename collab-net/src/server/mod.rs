@@ -33,6 +33,8 @@ mod connection;
 mod error;
 mod handle;
 mod http;
+mod limits;
+mod log_limit;
 mod metrics;
 mod session;
 mod state;
@@ -42,8 +44,8 @@ mod writer;
 
 pub use config::ServerConfig;
 pub use error::ServerError;
-pub use handle::{Server, ServerHandle, ServerMonitor};
-pub use http::{HttpReply, MAX_HEAD, READ_TIMEOUT, route, serve_http};
+pub use handle::{Health, Server, ServerHandle, ServerMonitor};
+pub use http::{HttpReply, MAX_HEAD, MAX_HTTP_CONNECTIONS, READ_TIMEOUT, route, serve_http};
 pub use stats::ServerStats;
 
 #[cfg(test)]

@@ -3,8 +3,11 @@
 //!
 //! Every violation ends in a typed `Goodbye` (or a plain close when the stream itself is
 //! gone), never a panic: a frame that does not decode, a message out of order, a first
-//! message other than `Hello`, no `Hello` within `hello_timeout`, or bytes of an unfinished
-//! frame left without progress for `frame_timeout`.
+//! message other than `Hello`, no `Hello` within `hello_timeout`, a frame over
+//! `hello_max_frame` before the `Hello` is accepted (over `max_frame` after), bytes of an
+//! unfinished frame left without progress for `frame_timeout`, or a frame not whole within
+//! `frame_timeout` plus its length at `min_transfer_rate` from its first byte (a peer
+//! trickling bytes). Violations are counted in `/metrics` and logged under a rate limit.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
 use super::connection::{ProgressRead, linger};
+use super::limits::HandshakeSlot;
 use super::state::{Admit, Phase, Reply, Shared};
 use super::stats::bump;
 use crate::transport::BoxStream;
@@ -59,6 +63,7 @@ pub(crate) async fn read_side(
     answers: Reply,
     shared: &Arc<Shared>,
     peer: &str,
+    mut handshake: HandshakeSlot,
 ) {
     let mut session = Session {
         shared,
@@ -70,6 +75,7 @@ pub(crate) async fn read_side(
     };
     let close = match session.handshake(&mut reader).await {
         Ok(()) => {
+            handshake.release();
             info!(peer, device = %session.device, "session opened");
             let close = session.serve(&mut reader).await;
             info!(peer, device = %session.device, "session closed");
@@ -77,6 +83,7 @@ pub(crate) async fn read_side(
         }
         Err(close) => close,
     };
+    handshake.release();
     if let Close::Goodbye(reason) = close
         && session.control.send(Message::Goodbye(reason)).await.is_ok()
     {
@@ -106,7 +113,10 @@ impl Session<'_> {
         };
         let refuse = |reason: RemoteError| {
             bump(&self.shared.counters.handshakes_refused);
-            info!(peer = self.peer, %reason, "handshake refused");
+            self.shared.metrics.handshakes_refused.inc();
+            if self.shared.log.allow() {
+                info!(peer = self.peer, %reason, "handshake refused");
+            }
             Err(Close::Goodbye(reason))
         };
         let hello: Hello = match first {
@@ -156,6 +166,8 @@ impl Session<'_> {
             max_frame: n(config.max_frame),
         };
         self.device = hello.device_id;
+        // Authenticated: frames up to the full limit from now on.
+        reader.decoder_mut().set_max_frame(config.max_frame);
         self.say(Message::Welcome(welcome)).await
     }
 
@@ -172,11 +184,30 @@ impl Session<'_> {
                 Close::Quiet
             }
             Some(reason) => {
-                bump(&self.shared.counters.protocol_errors);
-                warn!(peer = self.peer, device = %self.device, "bad frame: {e}");
+                self.violation(&format!("bad frame: {e}"));
                 Close::Goodbye(reason)
             }
         }
+    }
+
+    /// Counts a protocol violation and logs it (under the rate limit).
+    fn violation(&self, what: &str) {
+        bump(&self.shared.counters.protocol_errors);
+        self.shared.metrics.protocol_errors.inc();
+        if self.shared.log.allow() {
+            warn!(peer = self.peer, device = %self.device, "{what}");
+        }
+    }
+
+    /// When the frame whose first bytes are `buffered` must be whole, if it began at `start`:
+    /// `frame_timeout` plus its declared length at `min_transfer_rate`.
+    fn frame_deadline(&self, start: Instant, buffered: &[u8]) -> Instant {
+        let config = &self.shared.config;
+        let declared = buffered
+            .first_chunk::<4>()
+            .map_or(0, |b| u32::from_be_bytes(*b) as usize);
+        let transfer = declared as f64 / config.min_transfer_rate as f64;
+        start + config.frame_timeout + Duration::from_secs_f64(transfer.min(3600.0))
     }
 
     /// The session after the handshake.
@@ -185,13 +216,17 @@ impl Session<'_> {
         let stall_limit = config.frame_timeout;
         let mut tick = tokio::time::interval(config.load_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let buffered = !reader.read_buffer().is_empty();
+        reader.get_mut().frame_done(buffered);
         loop {
             // With nothing buffered, look again after `stall_limit`: bytes of a new frame may
             // arrive (and stop) while the read below is pending.
             let check_at = if reader.read_buffer().is_empty() {
                 Instant::now() + stall_limit
             } else {
-                reader.get_ref().last_progress() + stall_limit
+                let start = reader.get_ref().frame_start().unwrap_or_else(Instant::now);
+                let whole_by = self.frame_deadline(start, reader.read_buffer());
+                (reader.get_ref().last_progress() + stall_limit).min(whole_by)
             };
             tokio::select! {
                 biased;
@@ -215,6 +250,8 @@ impl Session<'_> {
                     }
                     Some(Err(e)) => return self.frame_error(&e),
                     Some(Ok(message)) => {
+                        let buffered = !reader.read_buffer().is_empty();
+                        reader.get_mut().frame_done(buffered);
                         if let Err(close) = self.on_message(message).await {
                             return close;
                         }
@@ -224,12 +261,22 @@ impl Session<'_> {
                     let buffered = reader.read_buffer().len();
                     let idle = reader.get_ref().last_progress().elapsed();
                     if buffered > 0 && idle >= stall_limit {
-                        bump(&self.shared.counters.protocol_errors);
-                        warn!(peer = self.peer, device = %self.device, buffered, "stalled mid-frame");
+                        self.violation(&format!("stalled mid-frame ({buffered} bytes buffered)"));
                         return Close::Goodbye(RemoteError::Protocol(format!(
                             "stalled mid-frame: {buffered} bytes of an unfinished frame and no \
                              progress for {} ms",
                             millis(idle)
+                        )));
+                    }
+                    if let Some(start) = reader.get_ref().frame_start()
+                        && buffered > 0
+                        && Instant::now() >= self.frame_deadline(start, reader.read_buffer())
+                    {
+                        self.violation(&format!("frame too slow ({buffered} bytes buffered)"));
+                        return Close::Goodbye(RemoteError::Protocol(format!(
+                            "frame too slow: {buffered} bytes in {} ms, slower than {} bytes/s",
+                            millis(start.elapsed()),
+                            config.min_transfer_rate
                         )));
                     }
                 }
@@ -250,8 +297,7 @@ impl Session<'_> {
                 Err(Close::Quiet)
             }
             other => {
-                bump(&self.shared.counters.protocol_errors);
-                warn!(peer = self.peer, device = %self.device, kind = other.kind(), "unexpected message");
+                self.violation(&format!("unexpected {}", other.kind()));
                 Err(Close::Goodbye(RemoteError::Protocol(format!(
                     "unexpected {} from a device in session",
                     other.kind()

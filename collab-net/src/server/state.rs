@@ -15,13 +15,15 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, mpsc as std_mpsc};
 use std::time::Instant;
 
 use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use super::config::ServerConfig;
+use super::limits::Limits;
+use super::log_limit::LogLimit;
 use super::metrics::Metrics;
 use super::stats::{Counters, ServerStats, bump};
 use super::timing::Timing;
@@ -106,6 +108,10 @@ pub(crate) struct Shared {
     pub(crate) metrics: Metrics,
     pub(crate) timing: Timing,
     pub(crate) counters: Counters,
+    /// Connection slots: how many are open and in their handshake, per address.
+    pub(crate) limits: Arc<Limits>,
+    /// The budget of warning lines that hostile peers can cause.
+    pub(crate) log: LogLimit,
     /// Requests queued in the worker per position, as of its last step.
     pub(crate) queues: Vec<AtomicU32>,
     admission: Mutex<Admission>,
@@ -123,12 +129,16 @@ impl Shared {
         compute: std_mpsc::Sender<Command>,
     ) -> Self {
         let layers = facts.layers;
+        let metrics = Metrics::new(layers);
+        let log = LogLimit::new(metrics.warnings_suppressed.clone());
         Self {
+            limits: Arc::new(Limits::new(&config)),
+            log,
             config,
             facts,
             serves,
             policy_name,
-            metrics: Metrics::new(layers),
+            metrics,
             timing: Timing::new(layers),
             counters: Counters::default(),
             queues: (0..=layers).map(|_| AtomicU32::new(0)).collect(),
@@ -351,6 +361,15 @@ impl Shared {
             in_flight: n(self.in_flight()),
             capacity: n(self.config.capacity),
         }
+    }
+
+    /// The metrics in the OpenMetrics text format, with the gauges read at render time.
+    pub(crate) fn render_metrics(&self) -> String {
+        let handshaking = self.limits.handshaking();
+        self.metrics
+            .handshaking
+            .set(i64::try_from(handshaking).unwrap_or(i64::MAX));
+        self.metrics.render()
     }
 
     /// A snapshot of the counters.

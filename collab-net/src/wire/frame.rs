@@ -98,6 +98,12 @@ impl FrameCodec {
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
+
+    /// Changes the limit (at least the 2-byte version) for the frames read from now on: a
+    /// server reads a small `Hello` first and raises the limit once the peer is authenticated.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.max_frame = max_frame.max(2);
+    }
 }
 
 /// Decodes the part of a frame after its length: the version and the body.

@@ -278,9 +278,11 @@ async fn stalls_and_silence_are_closed_in_time() {
         matches!(recv(&mut silent).await, Some(Message::Goodbye(RemoteError::Protocol(m))) if m.contains("no Hello"))
     );
     assert!(t.elapsed() < Duration::from_secs(2));
-    // Half a frame, then nothing; a frame trickling in is fine as long as bytes arrive.
+    // Half a frame, then nothing; a frame in pieces is fine while it is whole in time, and
+    // one trickling in too slowly is closed even though bytes keep arriving.
     let (mut stalled, _) = session(&f.transport, "stall").await;
     let (mut slow, _) = session(&f.transport, "slow").await;
+    let (mut trickle, _) = session(&f.transport, "trickle").await;
     stalled
         .get_mut()
         .write_all(&[0, 0, 0, 40, 0, 1])
@@ -291,13 +293,31 @@ async fn stalls_and_silence_are_closed_in_time() {
         pad: vec![0; 20],
     }))
     .expect("frame");
-    for byte in &frame {
-        slow.get_mut().write_all(&[*byte]).await.expect("write");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    for piece in frame.chunks(frame.len().div_ceil(3)) {
+        slow.get_mut().write_all(piece).await.expect("write");
+        tokio::time::sleep(Duration::from_millis(40)).await;
     }
     assert_eq!(
         recv(&mut slow).await,
         Some(Message::Pong(Pong { nonce: 9 }))
+    );
+    let t = std::time::Instant::now();
+    for byte in &frame {
+        if trickle.get_mut().write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    match recv(&mut trickle).await {
+        Some(Message::Goodbye(RemoteError::Protocol(m))) => {
+            assert!(m.contains("frame too slow"), "{m}")
+        }
+        other => panic!("expected a slow-frame Goodbye, got {other:?}"),
+    }
+    assert!(
+        t.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
     );
     match recv(&mut stalled).await {
         Some(Message::Goodbye(RemoteError::Protocol(m))) => {
