@@ -1,5 +1,7 @@
 //! collab-net: device and cloud as separate processes over a real network.
 //!
+//! - [`auth`]: who may open a session (a shared secret or a token per device), compared in
+//!   constant time and never printed;
 //! - [`wire`]: versioned, length-delimited frames of postcard-encoded messages, and the
 //!   validation a server applies to each request;
 //! - [`transport`]: TCP, in-process pipes, and [`transport::Shaped`] links with their own
@@ -14,6 +16,7 @@
 //! Async lives here and only here (DESIGN.md): compute stays synchronous and runs on its own
 //! threads.
 
+pub mod auth;
 pub mod client;
 pub mod pipeline;
 pub mod server;

@@ -158,6 +158,9 @@ pub struct ServerSection {
     /// The environment variable holding the devices' shared secret (default: the built-in
     /// demo token).
     pub token_env: Option<String>,
+    /// A token per device (a TOML file of `[devices]`, see `collab_net::auth`): each device
+    /// presents its own, and the shared secret opens nothing.
+    pub device_tokens: Option<PathBuf>,
 }
 
 /// `[device]`.
@@ -330,7 +333,16 @@ impl PipelineConfig {
             config.frame_timeout = positive_seconds("server.frame_timeout_s", v)?;
         }
         if let Some(var) = &s.token_env {
-            config.auth_token = token_from_env("server.token_env", var)?;
+            config.auth_token = token_from_env("server.token_env", var)?.into();
+        }
+        if let Some(path) = &s.device_tokens {
+            let tokens =
+                crate::auth::DeviceTokens::load(path).map_err(|e| PipelineError::Value {
+                    key: "server.device_tokens".into(),
+                    value: path.display().to_string(),
+                    allowed: e.to_string(),
+                })?;
+            config.device_tokens = Some(Arc::new(tokens));
         }
         if let Some(path) = &s.bases {
             let bases =

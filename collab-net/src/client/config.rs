@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
+use crate::auth::{DEMO_TOKEN, Secret};
 use crate::wire::DEFAULT_MAX_FRAME;
 
 /// Exponential backoff between connection attempts, with jitter.
@@ -65,8 +66,9 @@ pub struct ClientConfig {
     pub device_id: String,
     /// The model the device runs its part of (default `deit_tiny_patch16_224`).
     pub model_id: String,
-    /// The server's shared secret (default `collab-demo`).
-    pub auth_token: String,
+    /// The device's secret: the server's shared token or this device's own (default the
+    /// public [`DEMO_TOKEN`]). Read it from a file or the environment, not a command line.
+    pub auth_token: Secret,
     /// The largest frame this client reads or writes, bytes (default
     /// [`DEFAULT_MAX_FRAME`]); the server's own limit from its `Welcome` applies too.
     pub max_frame: usize,
@@ -85,7 +87,7 @@ impl Default for ClientConfig {
         Self {
             device_id: "device-0".into(),
             model_id: "deit_tiny_patch16_224".into(),
-            auth_token: "collab-demo".into(),
+            auth_token: DEMO_TOKEN.into(),
             max_frame: DEFAULT_MAX_FRAME,
             connect_timeout: Duration::from_secs(2),
             backoff: Backoff::default(),

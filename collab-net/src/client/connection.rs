@@ -9,6 +9,12 @@
 //! the next call. A refusal (`Goodbye(Unauthorized | WrongModel | UnsupportedVersion)`) fails
 //! every pending and later call with [`ClientError::Refused`].
 //!
+//! A server shutting down answers a request it did not accept `ShuttingDown`: that request
+//! stays pending, and so does every request made after it, unsent, until the server closes
+//! the session with `Goodbye(ShuttingDown)`; then they are re-sent on the next connection
+//! (the restarted server, or the next address of a [`crate::transport::Failover`]). A
+//! graceful restart thus loses nothing, as a crash does not.
+//!
 //! A server that breaks the protocol (an undecodable frame, a message out of place) or closes
 //! with another reason (`Goodbye(Protocol | FrameTooLarge | ...)`: something this client sent)
 //! fails what is pending instead: re-sending it would meet the same answer. Connections lost
@@ -107,10 +113,15 @@ async fn write(conn: &mut Conn, message: Message) -> Result<(), WriteError> {
 pub(super) struct Connection {
     transport: Arc<dyn Transport>,
     config: ClientConfig,
+    /// What every `Hello` of this client carries (see `Hello::instance`).
+    instance: u64,
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Command>,
     rng: StdRng,
     book: Book,
+    /// The server of this connection answered `ShuttingDown`: hold new requests until the
+    /// next connection.
+    draining: bool,
 }
 
 impl Connection {
@@ -118,6 +129,7 @@ impl Connection {
     pub(super) fn new(
         transport: Arc<dyn Transport>,
         config: ClientConfig,
+        instance: u64,
         shared: Arc<Shared>,
         rx: mpsc::UnboundedReceiver<Command>,
         rng: StdRng,
@@ -125,10 +137,12 @@ impl Connection {
         Self {
             transport,
             config,
+            instance,
             shared,
             rx,
             rng,
             book: Book::default(),
+            draining: false,
         }
     }
 
@@ -183,12 +197,14 @@ impl Connection {
         let Self {
             transport,
             config,
+            instance,
             shared,
             rx,
             rng,
             book,
+            ..
         } = self;
-        let attempt = connect_with_backoff(&**transport, config, rng);
+        let attempt = connect_with_backoff(&**transport, config, *instance, rng);
         tokio::pin!(attempt);
         let result = loop {
             tokio::select! {
@@ -229,6 +245,7 @@ impl Connection {
     /// until it ends. Also says whether anything was answered on it.
     async fn serve(&mut self, mut conn: Conn) -> (Ended, bool) {
         let mut answered = false;
+        self.draining = false;
         let resend: Vec<InferRequest> = self
             .book
             .requests
@@ -309,6 +326,9 @@ impl Connection {
                 self.book
                     .requests
                     .insert(request.request_id, (request.clone(), reply));
+                if self.draining {
+                    return None; // sent on the next connection
+                }
                 self.send_request(conn, request).await
             }
             Some(Command::Ping { pad, reply }) => {
@@ -338,6 +358,13 @@ impl Connection {
             Some(Ok(m)) => m,
         };
         match message {
+            Message::InferResponse(r) if r.outcome == Err(RemoteError::ShuttingDown) => {
+                // Not accepted by a server going away: kept, and re-sent after reconnecting.
+                if !self.draining {
+                    tracing::info!(device = %self.config.device_id, "the server is shutting down; holding requests until it is back");
+                }
+                self.draining = true;
+            }
             Message::InferResponse(r) => match self.book.requests.remove(&r.request_id) {
                 Some((_, reply)) => {
                     *answered = true;

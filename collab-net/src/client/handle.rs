@@ -103,7 +103,10 @@ impl DeviceClient {
         config: ClientConfig,
     ) -> Result<Self, ClientError> {
         let mut rng = StdRng::from_os_rng();
-        let (conn, welcome) = connect_with_backoff(&*transport, &config, &mut rng).await?;
+        // Binds this client's requests on the server to it (see `Hello::instance`).
+        let instance = rng.random();
+        let (conn, welcome) =
+            connect_with_backoff(&*transport, &config, instance, &mut rng).await?;
         let shared = Arc::new(Shared {
             welcome: Mutex::new(welcome),
             load: Mutex::new(None),
@@ -114,7 +117,7 @@ impl DeviceClient {
         // ids of requests an old server may still hold for the same device id.
         let first_id = rng.random_range(1..1u64 << 62);
         let connect_timeout = config.connect_timeout;
-        let task = Connection::new(transport, config, shared.clone(), rx, rng);
+        let task = Connection::new(transport, config, instance, shared.clone(), rx, rng);
         let task = tokio::spawn(task.run(conn));
         Ok(Self {
             inner: Arc::new(Inner {

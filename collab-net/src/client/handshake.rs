@@ -39,6 +39,7 @@ pub(super) fn is_refusal(e: &RemoteError) -> bool {
 pub(super) async fn handshake(
     transport: &dyn Transport,
     config: &ClientConfig,
+    instance: u64,
 ) -> Result<(Conn, Welcome), AttemptError> {
     let attempt = async {
         let stream = transport.connect().await.map_err(|e| {
@@ -47,9 +48,10 @@ pub(super) async fn handshake(
         let mut conn = Framed::new(stream, FrameCodec::new(config.max_frame));
         let hello = Hello {
             device_id: config.device_id.clone(),
+            instance,
             model_id: config.model_id.clone(),
             protocol_version: PROTOCOL_VERSION,
-            auth_token: config.auth_token.clone(),
+            auth_token: config.auth_token.expose().to_owned(),
         };
         conn.send(Message::Hello(hello))
             .await
@@ -98,8 +100,9 @@ pub(super) async fn handshake(
     }
 }
 
-/// Up to `config.max_attempts` (at least 1) handshakes, the first at once and each later one
-/// after [`super::Backoff::delay`].
+/// Up to `config.max_attempts` (at least 1) handshakes as `instance` (see
+/// [`Hello::instance`]), the first at once and each later one after
+/// [`super::Backoff::delay`].
 ///
 /// # Errors
 /// [`ClientError::Refused`] at the first refusal (not retried); [`ClientError::Unreachable`]
@@ -107,6 +110,7 @@ pub(super) async fn handshake(
 pub(super) async fn connect_with_backoff(
     transport: &dyn Transport,
     config: &ClientConfig,
+    instance: u64,
     rng: &mut StdRng,
 ) -> Result<(Conn, Welcome), ClientError> {
     let attempts = config.max_attempts.max(1);
@@ -116,7 +120,7 @@ pub(super) async fn connect_with_backoff(
             let wait: Duration = config.backoff.delay(n - 1, rng);
             tokio::time::sleep(wait).await;
         }
-        match handshake(transport, config).await {
+        match handshake(transport, config, instance).await {
             Ok(session) => return Ok(session),
             Err(AttemptError::Refused(e)) => return Err(ClientError::Refused(e)),
             Err(AttemptError::Retry(m)) => {

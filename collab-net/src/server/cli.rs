@@ -25,6 +25,7 @@ use collab_policies::svd::SplitBases;
 use tracing::info;
 
 use super::{Server, ServerConfig, serve_http};
+use crate::auth::{DEMO_TOKEN, DeviceTokens, TOKEN_ENV, read_token};
 use crate::pipeline::PipelineConfig;
 use crate::transport::TcpAcceptor;
 
@@ -50,9 +51,21 @@ pub struct ServerArgs {
     /// Model id devices must announce.
     #[arg(long, default_value = "deit_tiny_patch16_224")]
     pub model_id: String,
-    /// Shared secret devices must present.
-    #[arg(long, default_value = "collab-demo")]
-    pub token: String,
+    /// The environment variable holding the secret devices must present (unset: the public
+    /// demo token, refused beyond loopback without `--insecure-demo-token`). Never on the
+    /// command line, where `ps` shows it.
+    #[arg(long, default_value = TOKEN_ENV)]
+    pub token_env: String,
+    /// A file whose first line is the shared secret (instead of `--token-env`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    /// A token per device (TOML, `[devices]` with `device-id = "token"` lines): each device
+    /// must present its own, and the shared secret opens nothing.
+    #[arg(long)]
+    pub device_tokens: Option<PathBuf>,
+    /// Listen beyond loopback with the public demo token (anyone may then connect).
+    #[arg(long)]
+    pub insecure_demo_token: bool,
     /// Admission limit: requests accepted and not yet answered.
     #[arg(long, default_value_t = 64)]
     pub capacity: usize,
@@ -91,8 +104,8 @@ impl ServerArgs {
     /// The server config these options describe (reading `--bases`).
     ///
     /// # Errors
-    /// A timeout that is not a positive number of seconds; a bases file that cannot be read or
-    /// is damaged.
+    /// A timeout that is not a positive number of seconds; a bases file, token file or device
+    /// token file that cannot be read or is damaged; a token variable set but empty.
     pub fn config(&self) -> Result<ServerConfig> {
         let seconds = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s)
@@ -100,9 +113,17 @@ impl ServerArgs {
                 .filter(|d| !d.is_zero())
                 .with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
         };
+        let auth_token = read_token(self.token_file.as_deref(), &self.token_env)
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_else(|| DEMO_TOKEN.into());
+        let device_tokens = match &self.device_tokens {
+            Some(path) => Some(Arc::new(DeviceTokens::load(path)?)),
+            None => None,
+        };
         Ok(ServerConfig {
             model_id: self.model_id.clone(),
-            auth_token: self.token.clone(),
+            auth_token,
+            device_tokens,
             capacity: self.capacity,
             max_connections: self.max_connections,
             hello_timeout: seconds("hello-timeout-s", self.hello_timeout_s)?,
@@ -151,8 +172,36 @@ pub fn main(args: ServerArgs) -> Result<()> {
         }
     };
     config.validate()?;
+    check_exposure(&args, &config)?;
     let backend = args.backend.open()?;
     backend.run(Serve { args, config })
+}
+
+/// Refuses the public demo token on an address beyond loopback unless
+/// `--insecure-demo-token`; warns about what is exposed in clear text.
+///
+/// # Errors
+/// The demo token (and no per-device tokens) on a non-loopback `--listen`.
+pub fn check_exposure(args: &ServerArgs, config: &ServerConfig) -> Result<()> {
+    let public = !args.listen.ip().is_loopback();
+    let demo = config.device_tokens.is_none() && config.auth_token.is_demo();
+    if public && demo {
+        anyhow::ensure!(
+            args.insecure_demo_token,
+            "refusing to listen on {} with the public demo token: set ${} (or --token-file, \
+             --device-tokens), or pass --insecure-demo-token",
+            args.listen,
+            args.token_env
+        );
+        tracing::warn!(listen = %args.listen, "anyone can connect: the public demo token beyond loopback");
+    }
+    if public {
+        tracing::warn!(listen = %args.listen, "device traffic and tokens travel in clear text");
+    }
+    if !args.metrics.ip().is_loopback() {
+        tracing::warn!(metrics = %args.metrics, "/metrics and /healthz are open beyond loopback, without credentials");
+    }
+    Ok(())
 }
 
 /// The options and the server config a pipeline file gives (its addresses, backend and model

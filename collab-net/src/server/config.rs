@@ -10,6 +10,7 @@ use collab_policies::codec::CodecRegistry;
 use collab_policies::svd::SplitBases;
 
 use super::ServerError;
+use crate::auth::{DEMO_TOKEN, DeviceTokens, Secret};
 use crate::wire::DEFAULT_MAX_FRAME;
 
 /// A server's settings. [`ServerConfig::default`] gives the documented defaults; a test or
@@ -18,8 +19,12 @@ use crate::wire::DEFAULT_MAX_FRAME;
 pub struct ServerConfig {
     /// What `Hello.model_id` must equal (default `deit_tiny_patch16_224`).
     pub model_id: String,
-    /// What `Hello.auth_token` must equal (default `collab-demo`).
-    pub auth_token: String,
+    /// What `Hello.auth_token` must equal when there are no `device_tokens` (default
+    /// [`DEMO_TOKEN`], public: the command line refuses it beyond loopback unless told).
+    pub auth_token: Secret,
+    /// A token per device: when set, a device must present its own (the one listed for its
+    /// `Hello.device_id`), and `auth_token` opens nothing.
+    pub device_tokens: Option<Arc<DeviceTokens>>,
     /// The largest frame read from a device, bytes (default [`DEFAULT_MAX_FRAME`]).
     pub max_frame: usize,
     /// Admission limit: requests accepted and not yet answered, over all connections
@@ -69,7 +74,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             model_id: "deit_tiny_patch16_224".into(),
-            auth_token: "collab-demo".into(),
+            auth_token: DEMO_TOKEN.into(),
+            device_tokens: None,
             max_frame: DEFAULT_MAX_FRAME,
             capacity: 64,
             max_connections: 256,

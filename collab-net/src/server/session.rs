@@ -22,7 +22,7 @@ use tracing::{debug, info, warn};
 
 use super::connection::{ProgressRead, linger};
 use super::limits::HandshakeSlot;
-use super::state::{Admit, Phase, Reply, Shared};
+use super::state::{Admit, Identity, Phase, Reply, Shared};
 use super::stats::bump;
 use crate::transport::BoxStream;
 use crate::wire::validate::check_request;
@@ -41,15 +41,6 @@ enum Close {
     Quiet,
     /// Say why, then close.
     Goodbye(RemoteError),
-}
-
-/// Whether two secrets are equal, in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 fn millis(d: Duration) -> u128 {
@@ -71,7 +62,10 @@ pub(crate) async fn read_side(
         control,
         answers,
         phase: shared.subscribe(),
-        device: String::new(),
+        device: Identity {
+            device: String::new(),
+            instance: 0,
+        },
     };
     let close = match session.handshake(&mut reader).await {
         Ok(()) => {
@@ -99,7 +93,8 @@ struct Session<'a> {
     control: mpsc::Sender<Message>,
     answers: Reply,
     phase: watch::Receiver<Phase>,
-    device: String,
+    /// Who the device is, once its `Hello` is accepted.
+    device: Identity,
 }
 
 impl Session<'_> {
@@ -144,7 +139,11 @@ impl Session<'_> {
             });
         }
         // The token first: a device without it learns nothing about the model.
-        if !same_secret(&hello.auth_token, &config.auth_token) {
+        let authorized = match &config.device_tokens {
+            Some(tokens) => tokens.check(&hello.device_id, &hello.auth_token),
+            None => config.auth_token.matches(&hello.auth_token),
+        };
+        if !authorized {
             return refuse(RemoteError::Unauthorized);
         }
         if hello.model_id != config.model_id {
@@ -165,7 +164,10 @@ impl Session<'_> {
             features: n(facts.features),
             max_frame: n(config.max_frame),
         };
-        self.device = hello.device_id;
+        self.device = Identity {
+            device: hello.device_id,
+            instance: hello.instance,
+        };
         // Authenticated: frames up to the full limit from now on.
         reader.decoder_mut().set_max_frame(config.max_frame);
         self.say(Message::Welcome(welcome)).await

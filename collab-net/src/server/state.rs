@@ -4,7 +4,8 @@
 //! # Admission and the held requests
 //!
 //! Every request the server holds (queued for, or running on, the compute thread) is in one
-//! map keyed by `(device_id, request_id)`, with the channel its answer goes to. Admission
+//! map keyed by `(identity, request_id)` (the identity: the device id and its client's
+//! instance, see [`Identity`]), with the channel its answer goes to. Admission
 //! (under the map's lock) is: a key already held is a retry (the answer is re-pointed to the
 //! newest connection, nothing is queued twice); a closed server refuses with
 //! `ShuttingDown`; a full one (`held == capacity`) with `Overloaded`; otherwise the request is
@@ -30,8 +31,34 @@ use super::timing::Timing;
 use crate::wire::validate::{Checked, ModelFacts};
 use crate::wire::{InferResponse, Message, RemoteError, ServerLoad};
 
-/// A held request's identity: `(device_id, request_id)`.
-pub(crate) type Key = (String, u64);
+/// Who a held request belongs to: the device's id (authenticated by its own token where the
+/// server has per-device tokens) and the instance its client drew (see `Hello::instance`).
+/// Shown as the device id alone: the instance is a secret of the device's.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Identity {
+    pub(crate) device: String,
+    pub(crate) instance: u64,
+}
+
+#[cfg(test)]
+impl From<&str> for Identity {
+    fn from(device: &str) -> Self {
+        Self {
+            device: device.to_owned(),
+            instance: 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.device)
+    }
+}
+
+/// A held request's key: `(identity, request_id)`. Another client cannot reach it by
+/// claiming the same device id.
+pub(crate) type Key = (Identity, u64);
 
 /// Where a connection's answers go (its writer drains it).
 pub(crate) type Reply = mpsc::UnboundedSender<Message>;

@@ -6,10 +6,12 @@
 //! | [`Tcp`] / [`TcpAcceptor`] | real TCP sockets (tokio), `TCP_NODELAY` set |
 //! | [`InProcess`] / [`InProcessAcceptor`] | in-memory pipes (`tokio::io::duplex`) for tests |
 //! | [`Shaped`] | any transport behind an emulated link: bandwidth, RTT, jitter, loss |
+//! | [`Failover`] | several servers tried in turn, staying with the one that answered |
 //!
 //! The traits return boxed futures so that a server or client can hold a `dyn Transport`
 //! chosen at run time (DESIGN: async only here, in collab-net).
 
+mod failover;
 mod in_process;
 mod shaped;
 mod tcp;
@@ -20,6 +22,7 @@ use std::io;
 use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+pub use failover::Failover;
 pub use in_process::{InProcess, InProcessAcceptor, in_process};
 pub use shaped::{Link, SEGMENT, Shaped, shape};
 pub use tcp::{Tcp, TcpAcceptor};

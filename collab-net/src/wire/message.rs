@@ -10,8 +10,9 @@ use collab_core::split::CodecId;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; every frame carries it. Version 2: a request's
-/// codec is a [`CodecId`] (family and rank), not a name.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// codec is a [`CodecId`] (family and rank), not a name. Version 3: a [`Hello`] carries the
+/// device's `instance`, which binds its held requests to it.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The codec family of a server-only request's payload: the resized, centre-cropped image as
 /// interleaved 8-bit RGB (`3 * side * side` bytes). Activations name a family of the codec
@@ -73,13 +74,18 @@ impl Message {
 /// Opens a session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
-    /// Who the device is (labels metrics and logs; retries are matched per device).
+    /// Who the device is (labels metrics and logs; with per-device tokens, whose token
+    /// `auth_token` must be).
     pub device_id: String,
+    /// A random number the device draws once (per client) and sends in every `Hello`: the
+    /// server holds its requests under `(device_id, instance)`, so a retry after a reconnect
+    /// reaches them and another client claiming the same `device_id` cannot.
+    pub instance: u64,
     /// The model the device runs its part of (e.g. `deit_tiny_patch16_224`).
     pub model_id: String,
     /// The protocol version the device speaks.
     pub protocol_version: u16,
-    /// The shared secret the server was started with.
+    /// The device's secret: the server's shared token, or this device's own.
     pub auth_token: String,
 }
 

@@ -55,6 +55,7 @@ fn any_message() -> impl Strategy<Value = Message> {
             outcome: Err(RemoteError::DeadlineMissed { budget_ms: b }),
         })),
         "[a-z]{0,12}".prop_map(|s| Message::Hello(Hello {
+            instance: 7,
             device_id: s.clone(),
             model_id: s,
             protocol_version: PROTOCOL_VERSION,

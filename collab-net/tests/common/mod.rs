@@ -101,6 +101,7 @@ pub async fn raw(addr: SocketAddr) -> Framed<TcpStream, FrameCodec> {
     let mut framed = Framed::new(stream, FrameCodec::default());
     framed
         .send(Message::Hello(Hello {
+            instance: 7,
             device_id: "raw".into(),
             model_id: MODEL_ID.into(),
             protocol_version: PROTOCOL_VERSION,

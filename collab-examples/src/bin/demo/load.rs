@@ -23,9 +23,9 @@ pub(crate) struct LoadArgs {
     /// The server's address.
     #[arg(long)]
     server: std::net::SocketAddr,
-    /// Auth token.
-    #[arg(long, default_value = "collab-demo")]
-    token: String,
+    /// The environment variable holding the token (unset: the public demo token).
+    #[arg(long, default_value = collab_net::auth::TOKEN_ENV)]
+    token_env: String,
     /// Requests per second (Poisson arrivals).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -66,7 +66,9 @@ async fn run(args: LoadArgs) -> Result<()> {
     let transport: Arc<dyn Transport> = Arc::new(Tcp::new(args.server));
     let config = ClientConfig {
         device_id: "load-generator".into(),
-        auth_token: args.token.clone(),
+        auth_token: collab_net::auth::read_token(None, &args.token_env)
+            .map_err(anyhow::Error::msg)?
+            .unwrap_or_else(|| collab_net::auth::DEMO_TOKEN.into()),
         ..ClientConfig::default()
     };
     let client = DeviceClient::connect(transport, config)

@@ -55,9 +55,13 @@ pub struct DeviceArgs {
     /// This device's id (labels its lines, the server's metrics and retries).
     #[arg(long, default_value = "device-0")]
     pub device_id: String,
-    /// The server's auth token.
-    #[arg(long, default_value = "collab-demo")]
-    pub token: String,
+    /// The environment variable holding this device's token (unset: the public demo token).
+    /// Never on the command line, where `ps` shows it.
+    #[arg(long, default_value = crate::auth::TOKEN_ENV)]
+    pub token_env: String,
+    /// A file whose first line is this device's token (instead of `--token-env`).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
     /// DeiT-Tiny safetensors checkpoint (default: the fixtures' copy).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -186,8 +190,11 @@ pub fn from_pipeline(mut args: DeviceArgs, pipeline: &PipelineConfig) -> anyhow:
     if let Some(backend) = &device.backend {
         args.backend = backend.clone();
     }
-    if let Some(token) = pipeline.device_token()? {
-        args.token = token;
+    // Checked to be set now; read where the client is configured.
+    if pipeline.device_token()?.is_some()
+        && let Some(var) = &device.token_env
+    {
+        args.token_env = var.clone();
     }
     args.deadline_ms = config.deadline.as_secs_f64() * 1e3;
     args.max_loss = config.max_loss;

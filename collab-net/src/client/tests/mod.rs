@@ -127,6 +127,9 @@ async fn handshake_sends_hello_and_keeps_the_welcome() {
     assert_eq!(
         hello,
         Hello {
+            // Drawn by the client; what matters is that it is sent (and kept: see the
+            // reconnection tests).
+            instance: hello.instance,
             device_id: "d1".into(),
             model_id: "m".into(),
             protocol_version: PROTOCOL_VERSION,

@@ -100,13 +100,15 @@ fn command_line_defaults_and_config() {
         "127.0.0.1:9898".parse::<SocketAddr>().expect("addr")
     );
     assert_eq!(
-        (args.model_id.as_str(), args.token.as_str()),
-        ("deit_tiny_patch16_224", "collab-demo")
+        (args.model_id.as_str(), args.token_env.as_str()),
+        ("deit_tiny_patch16_224", "COLLAB_TOKEN")
     );
     let config = args.config().expect("config");
     let default = ServerConfig::default();
     assert_eq!(format!("{config:?}"), format!("{default:?}"));
 
+    let token_file = std::env::temp_dir().join(format!("collab-token-{}", std::process::id()));
+    std::fs::write(&token_file, "t0k3n\n").expect("token file");
     let args = Cli::try_parse_from([
         "collab-server",
         "--listen",
@@ -117,8 +119,8 @@ fn command_line_defaults_and_config() {
         "4",
         "--capacity",
         "9",
-        "--token",
-        "t",
+        "--token-file",
+        token_file.to_str().expect("path"),
         "--ready-file",
         "/tmp/x",
         "--frame-timeout-s",
@@ -132,10 +134,23 @@ fn command_line_defaults_and_config() {
         (policy.name(), policy.budget(), config.capacity),
         ("per-split(B=4)".to_owned(), 4, 9)
     );
+    std::fs::remove_file(&token_file).ok();
     assert_eq!(
-        (config.auth_token.as_str(), config.frame_timeout),
-        ("t", Duration::from_millis(500))
+        (config.auth_token.expose(), config.frame_timeout),
+        ("t0k3n", Duration::from_millis(500))
     );
+    assert!(crate::server::cli::check_exposure(&args, &config).is_ok());
+    // The public demo token beyond loopback: refused unless explicitly allowed.
+    let public = |extra: &[&str]| {
+        let mut argv = vec!["collab-server", "--listen", "0.0.0.0:0"];
+        argv.extend_from_slice(extra);
+        let args = Cli::try_parse_from(argv).expect("options").server;
+        let config = args.config().expect("config");
+        crate::server::cli::check_exposure(&args, &config)
+    };
+    let refused = public(&[]).expect_err("demo token on 0.0.0.0").to_string();
+    assert!(refused.contains("public demo token"), "{refused}");
+    assert!(public(&["--insecure-demo-token"]).is_ok());
     assert!(args.ready_file.is_some());
 
     let bad = Cli::try_parse_from(["collab-server", "--hello-timeout-s", "0"]).expect("parses");

@@ -71,6 +71,7 @@ pub(super) async fn connect(transport: &InProcess) -> Conn {
 
 pub(super) fn hello(device: &str) -> Hello {
     Hello {
+        instance: 7,
         device_id: device.into(),
         model_id: MODEL_ID.into(),
         protocol_version: PROTOCOL_VERSION,

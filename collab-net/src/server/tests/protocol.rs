@@ -44,6 +44,7 @@ async fn handshake_refusals_say_why_and_close() {
     let cases: Vec<(Message, Check)> = vec![
         (
             Message::Hello(Hello {
+                instance: 7,
                 auth_token: "wrong".into(),
                 ..hello("d")
             }),
@@ -51,6 +52,7 @@ async fn handshake_refusals_say_why_and_close() {
         ),
         (
             Message::Hello(Hello {
+                instance: 7,
                 model_id: "other".into(),
                 ..hello("d")
             }),
@@ -58,6 +60,7 @@ async fn handshake_refusals_say_why_and_close() {
         ),
         (
             Message::Hello(Hello {
+                instance: 7,
                 protocol_version: 99,
                 ..hello("d")
             }),
@@ -92,6 +95,7 @@ async fn handshake_refusals_say_why_and_close() {
     // A wrong token is refused before the model is compared: nothing leaks.
     let mut conn = connect(&f.transport).await;
     let both_wrong = Hello {
+        instance: 7,
         auth_token: "x".into(),
         model_id: "y".into(),
         ..hello("d")
