@@ -97,22 +97,56 @@ pub fn argmax(logits: &[f32]) -> u32 {
 
 /// A raw framed TCP connection, after a successful handshake.
 pub async fn raw(addr: SocketAddr) -> Framed<TcpStream, FrameCodec> {
+    match raw_as(addr, "raw", 7, TOKEN).await {
+        (framed, Some(Message::Welcome(_))) => framed,
+        (_, other) => panic!("expected Welcome, got {other:?}"),
+    }
+}
+
+/// A raw framed TCP connection that said `Hello` as `device` (client `instance`, `token`),
+/// with the server's first answer.
+pub async fn raw_as(
+    addr: SocketAddr,
+    device: &str,
+    instance: u64,
+    token: &str,
+) -> (Framed<TcpStream, FrameCodec>, Option<Message>) {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let mut framed = Framed::new(stream, FrameCodec::default());
     framed
         .send(Message::Hello(Hello {
-            instance: 7,
-            device_id: "raw".into(),
+            instance,
+            device_id: device.into(),
             model_id: MODEL_ID.into(),
             protocol_version: PROTOCOL_VERSION,
-            auth_token: TOKEN.into(),
+            auth_token: token.into(),
         }))
         .await
         .expect("hello");
-    match next(&mut framed).await {
-        Some(Message::Welcome(_)) => framed,
-        other => panic!("expected Welcome, got {other:?}"),
-    }
+    let first = next(&mut framed).await;
+    (framed, first)
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (`127.0.0.2`, ...): another
+/// peer address on the same machine, as the server's per-address limits see it.
+pub async fn connect_from(from: [u8; 4], addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(addr).await
+}
+
+/// The largest resident set this process has had, in MiB (`VmHWM` of /proc/self/status; 0
+/// where there is no such file).
+pub fn peak_rss_mib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
 }
 
 /// The next message other than a ServerLoad push; `None` at a clean close, error or 5 s.

@@ -169,6 +169,17 @@ fn admission_holds_capacity_repoints_retries_and_closes_for_shutdown() {
         "same device and id: a retry"
     );
     assert_eq!(admit("e", 1, &a), Admit::Accepted, "another device's id 1");
+    // Another client claiming device `d` (another instance) does not reach d's request: it
+    // is a request of its own, refused here only because the server is full.
+    let thief = crate::server::state::Identity {
+        device: "d".into(),
+        instance: 99,
+    };
+    let rgb = Checked::Pixels(vec![0; 3 * SIDE * SIDE]);
+    assert!(matches!(
+        shared.admit((thief, 1), &b, 0, rgb, now, 100),
+        Admit::Refused(RemoteError::Overloaded { .. })
+    ));
     assert_eq!(
         admit("e", 2, &a),
         Admit::Refused(RemoteError::Overloaded {
