@@ -75,6 +75,8 @@ pub(super) struct Shared {
     pub(super) welcome: Mutex<Welcome>,
     pub(super) load: Mutex<Option<ServerLoad>>,
     pub(super) reconnects: AtomicU64,
+    /// Answers that arrived for no pending request (a cancelled call, or a duplicate).
+    pub(super) unmatched: AtomicU64,
 }
 
 /// How a connection ended.
@@ -370,7 +372,10 @@ impl Connection {
                     *answered = true;
                     let _ = reply.send(r.outcome.map_err(ClientError::Remote));
                 }
-                None => tracing::debug!(id = r.request_id, "answer to no pending request"),
+                None => {
+                    self.shared.unmatched.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = r.request_id, "answer to no pending request");
+                }
             },
             Message::ServerLoad(load) => {
                 if let Ok(mut l) = self.shared.load.lock() {

@@ -111,6 +111,7 @@ impl DeviceClient {
             welcome: Mutex::new(welcome),
             load: Mutex::new(None),
             reconnects: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         // Ids start at a random point so that a restarted device process does not reuse the
@@ -241,6 +242,12 @@ impl DeviceClient {
     /// How many times the client reconnected after the first handshake.
     pub fn reconnects(&self) -> u64 {
         self.inner.shared.reconnects.load(Ordering::Relaxed)
+    }
+
+    /// Answers received for no pending request: one per call cancelled (timed out) before its
+    /// answer came, and one per duplicate answer, which a correct server never sends.
+    pub fn unmatched_answers(&self) -> u64 {
+        self.inner.shared.unmatched.load(Ordering::Relaxed)
     }
 
     /// Closes the connection and waits for the connection task to end. Calls still pending

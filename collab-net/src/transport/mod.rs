@@ -7,11 +7,13 @@
 //! | [`InProcess`] / [`InProcessAcceptor`] | in-memory pipes (`tokio::io::duplex`) for tests |
 //! | [`Shaped`] | any transport behind an emulated link: bandwidth, RTT, jitter, loss |
 //! | [`Failover`] | several servers tried in turn, staying with the one that answered |
+//! | [`Faulty`] | any transport whose connections die and stall at random (soak tests) |
 //!
 //! The traits return boxed futures so that a server or client can hold a `dyn Transport`
 //! chosen at run time (DESIGN: async only here, in collab-net).
 
 mod failover;
+mod faulty;
 mod in_process;
 mod shaped;
 mod tcp;
@@ -23,6 +25,7 @@ use futures_util::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use failover::Failover;
+pub use faulty::{Faults, Faulty};
 pub use in_process::{InProcess, InProcessAcceptor, in_process};
 pub use shaped::{Link, SEGMENT, Shaped, shape};
 pub use tcp::{Tcp, TcpAcceptor};

@@ -11,6 +11,7 @@ mod net_overhead;
 mod otas;
 mod plot;
 mod profile;
+mod soak;
 mod stats;
 mod sti;
 mod svd_accuracy;
@@ -50,6 +51,9 @@ pub(crate) enum Exp {
     Otas(otas::Args),
     /// DeiT-Tiny on the quantised device backend at f32/q8/q4: accuracy, agreement, memory.
     ArmQuant(arm_quant::Args),
+    /// Many requests from several devices with disconnects, stalls, restarts and malformed
+    /// frames injected: every request answered exactly once?
+    Soak(soak::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -68,6 +72,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::TokenProfile(a) => otas::run_profile(a),
         Exp::Otas(a) => otas::run(a),
         Exp::ArmQuant(a) => arm_quant::run(a),
+        Exp::Soak(a) => soak::run(a),
     }
 }
 
