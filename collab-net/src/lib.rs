@@ -4,6 +4,7 @@
 //!   constant time and never printed;
 //! - [`wire`]: versioned, length-delimited frames of postcard-encoded messages, and the
 //!   validation a server applies to each request;
+//! - [`tls`]: TLS on device <-> cloud (rustls), certificates from PEM files;
 //! - [`transport`]: TCP, in-process pipes, and [`transport::Shaped`] links with their own
 //!   bandwidth, RTT, jitter and loss;
 //! - [`server`]: the cloud server (accepts many devices, admission control, a compute thread
@@ -21,5 +22,6 @@ pub mod client;
 pub mod pipeline;
 pub mod server;
 pub mod testing;
+pub mod tls;
 pub mod transport;
 pub mod wire;

@@ -161,6 +161,10 @@ pub struct ServerSection {
     /// A token per device (a TOML file of `[devices]`, see `collab_net::auth`): each device
     /// presents its own, and the shared secret opens nothing.
     pub device_tokens: Option<PathBuf>,
+    /// TLS: the server's certificate chain (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of `tls_cert` (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 /// `[device]`.
@@ -188,6 +192,10 @@ pub struct DeviceSection {
     pub bases: Option<PathBuf>,
     /// The environment variable holding the shared secret (default: the built-in demo token).
     pub token_env: Option<String>,
+    /// TLS to the server, trusting the CA certificates of this PEM file.
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (default `localhost`).
+    pub tls_name: Option<String>,
 }
 
 fn arc_codecs<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Arc<dyn CodecFactory>>, D::Error> {
@@ -343,6 +351,25 @@ impl PipelineConfig {
                     allowed: e.to_string(),
                 })?;
             config.device_tokens = Some(Arc::new(tokens));
+        }
+        match (&s.tls_cert, &s.tls_key) {
+            (None, None) => {}
+            (Some(cert), Some(key)) => {
+                let tls =
+                    crate::tls::server_config(cert, key).map_err(|e| PipelineError::Value {
+                        key: "server.tls_cert".into(),
+                        value: cert.display().to_string(),
+                        allowed: e.to_string(),
+                    })?;
+                config.tls = Some(tls);
+            }
+            _ => {
+                return Err(PipelineError::Value {
+                    key: "server.tls_cert".into(),
+                    value: "(one of tls_cert, tls_key)".into(),
+                    allowed: "both tls_cert and tls_key, or neither".into(),
+                });
+            }
         }
         if let Some(path) = &s.bases {
             let bases =

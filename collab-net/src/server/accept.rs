@@ -57,7 +57,8 @@ pub(crate) async fn accept_loop(mut listener: impl Listener, shared: Arc<Shared>
                         if shared.log.allow() {
                             warn!(%peer, limit, "connection refused");
                         }
-                        if refusals.len() < MAX_REFUSING {
+                        // Over TLS a clear-text Goodbye would not be read: just close.
+                        if refusals.len() < MAX_REFUSING && shared.config.tls.is_none() {
                             let open = shared.counters.connections.load(Ordering::Relaxed);
                             let n = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
                             let reason = RemoteError::Overloaded {

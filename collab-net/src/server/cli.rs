@@ -66,6 +66,12 @@ pub struct ServerArgs {
     /// Listen beyond loopback with the public demo token (anyone may then connect).
     #[arg(long)]
     pub insecure_demo_token: bool,
+    /// TLS for device connections: the server's certificate chain (PEM; with `--tls-key`).
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key of `--tls-cert` (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Admission limit: requests accepted and not yet answered.
     #[arg(long, default_value_t = 64)]
     pub capacity: usize,
@@ -120,10 +126,15 @@ impl ServerArgs {
             Some(path) => Some(Arc::new(DeviceTokens::load(path)?)),
             None => None,
         };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            _ => None,
+        };
         Ok(ServerConfig {
             model_id: self.model_id.clone(),
             auth_token,
             device_tokens,
+            tls,
             capacity: self.capacity,
             max_connections: self.max_connections,
             hello_timeout: seconds("hello-timeout-s", self.hello_timeout_s)?,
@@ -195,8 +206,8 @@ pub fn check_exposure(args: &ServerArgs, config: &ServerConfig) -> Result<()> {
         );
         tracing::warn!(listen = %args.listen, "anyone can connect: the public demo token beyond loopback");
     }
-    if public {
-        tracing::warn!(listen = %args.listen, "device traffic and tokens travel in clear text");
+    if public && config.tls.is_none() {
+        tracing::warn!(listen = %args.listen, "device traffic and tokens travel in clear text (see --tls-cert)");
     }
     if !args.metrics.ip().is_loopback() {
         tracing::warn!(metrics = %args.metrics, "/metrics and /healthz are open beyond loopback, without credentials");

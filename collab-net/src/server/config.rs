@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// A token per device: when set, a device must present its own (the one listed for its
     /// `Hello.device_id`), and `auth_token` opens nothing.
     pub device_tokens: Option<Arc<DeviceTokens>>,
+    /// TLS for every device connection ([`crate::tls::server_config`]; default none:
+    /// clear text). The handshake must end within `hello_timeout`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// The largest frame read from a device, bytes (default [`DEFAULT_MAX_FRAME`]).
     pub max_frame: usize,
     /// Admission limit: requests accepted and not yet answered, over all connections
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             model_id: "deit_tiny_patch16_224".into(),
             auth_token: DEMO_TOKEN.into(),
             device_tokens: None,
+            tls: None,
             max_frame: DEFAULT_MAX_FRAME,
             capacity: 64,
             max_connections: 256,

@@ -141,6 +141,27 @@ pub(crate) async fn serve(
     counted: Counted,
     (open, handshake): (OpenSlot, HandshakeSlot),
 ) {
+    let stream = match &shared.config.tls {
+        None => stream,
+        Some(tls) => {
+            let limit = shared.config.hello_timeout;
+            match tokio::time::timeout(limit, crate::tls::accept(tls.clone(), stream)).await {
+                Ok(Ok(s)) => s,
+                failed => {
+                    bump(&shared.counters.handshakes_refused);
+                    shared.metrics.handshakes_refused.inc();
+                    if shared.log.allow() {
+                        let why = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => format!("not done within {} ms", limit.as_millis()),
+                        };
+                        tracing::info!(%peer, "TLS handshake failed: {why}");
+                    }
+                    return;
+                }
+            }
+        }
+    };
     let (read, write) = tokio::io::split(stream);
     // Until the Hello is accepted only a small frame is read: raised by the handshake.
     let reader = FramedRead::new(

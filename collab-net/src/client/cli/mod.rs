@@ -62,6 +62,12 @@ pub struct DeviceArgs {
     /// A file whose first line is this device's token (instead of `--token-env`).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// TLS to the server, trusting the CA certificates of this PEM file.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// The name the server's certificate must carry (with `--tls-ca`).
+    #[arg(long, default_value = "localhost")]
+    pub tls_name: String,
     /// DeiT-Tiny safetensors checkpoint (default: the fixtures' copy).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -195,6 +201,12 @@ pub fn from_pipeline(mut args: DeviceArgs, pipeline: &PipelineConfig) -> anyhow:
         && let Some(var) = &device.token_env
     {
         args.token_env = var.clone();
+    }
+    if device.tls_ca.is_some() {
+        args.tls_ca = device.tls_ca.clone();
+    }
+    if let Some(name) = &device.tls_name {
+        args.tls_name = name.clone();
     }
     args.deadline_ms = config.deadline.as_secs_f64() * 1e3;
     args.max_loss = config.max_loss;

@@ -160,7 +160,8 @@ fn measure<B: Backend>(model: &Transformer<B>, model_id: &str) -> Result<Measure
     Ok(profile_model(model, model_id, &spec, &input)?)
 }
 
-/// TCP to the server, behind the emulated link when one is asked for.
+/// TCP to the server, behind the emulated link when one is asked for, with TLS on top when
+/// `--tls-ca` is given.
 fn transport(args: &DeviceArgs) -> Result<Arc<dyn Transport>> {
     let server = args
         .server
@@ -172,10 +173,18 @@ fn transport(args: &DeviceArgs) -> Result<Arc<dyn Transport>> {
         jitter: args.jitter_ms / 1e3,
         loss: args.loss,
     };
-    Ok(if link == Link::IDEAL {
+    let plain: Arc<dyn Transport> = if link == Link::IDEAL {
         Arc::new(tcp)
     } else {
         Arc::new(Shaped::new(tcp, link, seed(args)))
+    };
+    Ok(match &args.tls_ca {
+        None => plain,
+        Some(ca) => Arc::new(crate::tls::TlsTransport::new(
+            plain,
+            crate::tls::client_config(ca)?,
+            &args.tls_name,
+        )?),
     })
 }
 
