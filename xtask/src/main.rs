@@ -11,6 +11,8 @@
 //! - `cargo xtask exp block-profile --model deit-tiny|vit-b16|minilm`: the measured cost model;
 //! - `cargo xtask exp calibrate-cost-model`: the calibrated roofline of this CPU and its
 //!   held-out error per operator (SPEC §7);
+//! - `cargo xtask fuzz [--seconds 60]`: the cargo-fuzz targets of `collab-net/fuzz`, with
+//!   executions and findings under `results/fuzz/`;
 //! - `cargo xtask shard --model minilm|deit-tiny`: the STI shard file of a real checkpoint
 //!   (SPEC §3).
 //!
@@ -20,6 +22,7 @@ mod check_arm;
 mod cuda;
 mod exp;
 mod fetch;
+mod fuzz;
 mod libtorch;
 mod new;
 mod shard;
@@ -71,6 +74,9 @@ enum Cmd {
     /// Write a standalone crate that extends collab from a template (batch-policy, codec,
     /// split-strategy, pipeline), with its tests.
     New(new::Args),
+    /// Run the cargo-fuzz targets (the frame decoder and request validation, every built-in
+    /// codec's decoder) for a set time each; record executions and findings.
+    Fuzz(fuzz::Args),
     /// Cross-build the quantised device backend for aarch64 and run its tests and a
     /// split-classify run under qemu (installs the toolchain with apt when missing).
     CheckArm(check_arm::Args),
@@ -104,5 +110,6 @@ fn main() -> Result<()> {
         Cmd::SetupCuda => cuda::setup(),
         Cmd::CheckArm(args) => check_arm::run(args),
         Cmd::New(args) => new::run(args),
+        Cmd::Fuzz(args) => fuzz::run(args),
     }
 }

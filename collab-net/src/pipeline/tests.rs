@@ -103,6 +103,14 @@ fn bad_files_name_the_key_the_value_and_what_is_allowed() {
         "{m}[server]\ntoken_env = \"COLLAB_TEST_NO_SUCH_VAR\"\n"
     ));
     assert!(e.contains("server.token_env"), "{e}");
+    let e = parse_error(&format!("{m}[server]\ntls_cert = \"cert.pem\"\n"));
+    assert!(e.contains("both tls_cert and tls_key"), "{e}");
+    let e = parse_error(&format!(
+        "{m}[server]\ndevice_tokens = \"/no/such/tokens.toml\"\n"
+    ));
+    assert!(e.contains("server.device_tokens"), "{e}");
+    let e = parse_error(&format!("{m}[server]\nmax_handshaking = 0\n"));
+    assert!(e.contains("max_handshaking must be at least 1"), "{e}");
     let e = parse_error(&format!("{m}[[codecs]]\nkind = \"builtin\"\n[server]\n"));
     assert!(
         e.contains("codecs[0]") && e.contains("registered twice"),
