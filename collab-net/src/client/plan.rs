@@ -124,7 +124,9 @@ pub fn server_budget(deadline: Duration, elapsed: Duration, rtt: Duration) -> Op
         .filter(|d| !d.is_zero())
 }
 
-/// The `k` largest logits with their classes, best first (NaNs last).
+/// The `k` largest logits with their classes, best first (NaNs last, ties: the lower class
+/// first). The server answers a classifier's requests with it; a device answering locally
+/// uses it too, so both sides rank alike.
 pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
     let mut v: Vec<(u32, f32)> = logits
         .iter()
@@ -132,8 +134,8 @@ pub fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
         .map(|(i, &x)| (u32::try_from(i).unwrap_or(u32::MAX), x))
         .collect();
     v.sort_by(|a, b| match (a.1.is_nan(), b.1.is_nan()) {
-        (false, false) => b.1.total_cmp(&a.1),
-        (an, bn) => an.cmp(&bn),
+        (false, false) => b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)),
+        (an, bn) => an.cmp(&bn).then(a.0.cmp(&b.0)),
     });
     v.truncate(k);
     v

@@ -30,6 +30,7 @@ use collab_policies::batch::{ModelExecutor, Payload, Work, Worker};
 use tracing::{debug, error, info};
 
 use super::state::{Command, Job, Key, Shared};
+use crate::client::top_k;
 use crate::wire::validate::{Checked, InputFacts, decode_activation};
 use crate::wire::{InferResponse, Prediction, RemoteError};
 
@@ -49,20 +50,17 @@ struct Meta {
     budget_ms: u32,
 }
 
-/// Starts the compute thread.
+/// Starts the compute thread with `first`, the policy the caller built from `policy` (which
+/// builds a fresh one after a panic).
 ///
 /// # Errors
 /// The OS refused to spawn the thread.
 pub(crate) fn spawn<B: Backend>(
     model: Arc<Transformer<B>>,
-    policy: Arc<dyn BatchPolicyConfig>,
+    (first, policy): (Box<dyn BatchPolicy>, Arc<dyn BatchPolicyConfig>),
     shared: Arc<Shared>,
     commands: Receiver<Command>,
 ) -> std::io::Result<JoinHandle<()>> {
-    // Validated by the caller: building the same policy again cannot fail.
-    let first = policy
-        .build()
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
     std::thread::Builder::new()
         .name("collab-compute".into())
         .spawn(move || {
@@ -364,16 +362,4 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// The `k` largest logits with their classes, best first (ties: the lower class first).
-pub(crate) fn top_k(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
-    let mut ranked: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (u32::try_from(i).unwrap_or(u32::MAX), l))
-        .collect();
-    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked.truncate(k);
-    ranked
 }

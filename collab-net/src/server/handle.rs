@@ -63,8 +63,8 @@ impl Server {
             "server starting"
         );
         let shared = Arc::new(Shared::new(config, facts, serves, policy_name, commands));
-        let compute =
-            compute::spawn(model, kind, shared.clone(), receiver).map_err(ServerError::Thread)?;
+        let compute = compute::spawn(model, (policy, kind), shared.clone(), receiver)
+            .map_err(ServerError::Thread)?;
         let accept = runtime.spawn(accept_loop(listener, shared.clone()));
         Ok(ServerHandle {
             shared,

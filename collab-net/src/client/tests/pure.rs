@@ -133,6 +133,11 @@ fn top_k_is_best_first_with_nans_last() {
     let t = top_k(&[0.5, f32::NAN, 3.0, -1.0, 2.0], 3);
     assert_eq!(t, vec![(2, 3.0), (4, 2.0), (0, 0.5)]);
     assert_eq!(top_k(&[1.0], 5), vec![(0, 1.0)]);
+    assert_eq!(
+        top_k(&[2.0, 5.0, 5.0], 2),
+        vec![(1, 5.0), (2, 5.0)],
+        "ties: lower class"
+    );
     let nan = top_k(&[f32::NAN, 1.0], 2);
     assert_eq!(nan[0], (1, 1.0));
     assert!(nan[1].1.is_nan());
