@@ -80,6 +80,31 @@ impl From<String> for Secret {
 /// from by default.
 pub const TOKEN_ENV: &str = "COLLAB_TOKEN";
 
+/// Where a command line reads its secret: a file or an environment variable, never an
+/// argument (`ps` shows those). Flattened into `collab-server`, `collab-device` and the
+/// demo's load generator.
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
+pub struct TokenArgs {
+    /// The environment variable holding the secret (unset: the public demo token). Never on
+    /// the command line, where `ps` shows it.
+    #[arg(long, default_value = TOKEN_ENV)]
+    pub token_env: String,
+    /// A file whose first line is the secret (instead of `--token-env`).
+    #[arg(long)]
+    pub token_file: Option<std::path::PathBuf>,
+}
+
+impl TokenArgs {
+    /// The secret these options name, or [`DEMO_TOKEN`] when they name none.
+    ///
+    /// # Errors
+    /// As [`read_token`].
+    pub fn secret(&self) -> Result<Secret, String> {
+        let token = read_token(self.token_file.as_deref(), &self.token_env)?;
+        Ok(token.unwrap_or_else(|| DEMO_TOKEN.into()))
+    }
+}
+
 /// A token from `file` (its first line, trimmed) if given, else from the environment
 /// variable `env` if set; `None` if neither gives one (the caller falls back to
 /// [`DEMO_TOKEN`]).

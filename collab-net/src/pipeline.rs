@@ -230,6 +230,15 @@ fn positive_seconds(key: &str, seconds: f64) -> Result<Duration, PipelineError> 
 }
 
 /// The secret in environment variable `var` (`key` names the config key for the error).
+/// A file named at `key` that could not be used, and why.
+fn file_error(key: &str, path: &std::path::Path, e: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Value {
+        key: key.into(),
+        value: path.display().to_string(),
+        allowed: e.to_string(),
+    }
+}
+
 fn token_from_env(key: &str, var: &str) -> Result<String, PipelineError> {
     std::env::var(var).map_err(|_| PipelineError::Value {
         key: key.into(),
@@ -344,23 +353,15 @@ impl PipelineConfig {
             config.auth_token = token_from_env("server.token_env", var)?.into();
         }
         if let Some(path) = &s.device_tokens {
-            let tokens =
-                crate::auth::DeviceTokens::load(path).map_err(|e| PipelineError::Value {
-                    key: "server.device_tokens".into(),
-                    value: path.display().to_string(),
-                    allowed: e.to_string(),
-                })?;
+            let tokens = crate::auth::DeviceTokens::load(path)
+                .map_err(|e| file_error("server.device_tokens", path, e))?;
             config.device_tokens = Some(Arc::new(tokens));
         }
         match (&s.tls_cert, &s.tls_key) {
             (None, None) => {}
             (Some(cert), Some(key)) => {
-                let tls =
-                    crate::tls::server_config(cert, key).map_err(|e| PipelineError::Value {
-                        key: "server.tls_cert".into(),
-                        value: cert.display().to_string(),
-                        allowed: e.to_string(),
-                    })?;
+                let tls = crate::tls::server_config(cert, key)
+                    .map_err(|e| file_error("server.tls_cert", cert, e))?;
                 config.tls = Some(tls);
             }
             _ => {
@@ -372,12 +373,8 @@ impl PipelineConfig {
             }
         }
         if let Some(path) = &s.bases {
-            let bases =
-                collab_policies::svd::SplitBases::load(path).map_err(|e| PipelineError::Value {
-                    key: "server.bases".into(),
-                    value: path.display().to_string(),
-                    allowed: e.to_string(),
-                })?;
+            let bases = collab_policies::svd::SplitBases::load(path)
+                .map_err(|e| file_error("server.bases", path, e))?;
             config.bases = Some(Arc::new(bases));
         }
         config.validate().map_err(|e| PipelineError::Value {
@@ -436,12 +433,8 @@ impl PipelineConfig {
             config.slowdown = slowdown;
         }
         if let Some(path) = &d.bases {
-            let bases =
-                collab_policies::svd::SplitBases::load(path).map_err(|e| PipelineError::Value {
-                    key: "device.bases".into(),
-                    value: path.display().to_string(),
-                    allowed: e.to_string(),
-                })?;
+            let bases = collab_policies::svd::SplitBases::load(path)
+                .map_err(|e| file_error("device.bases", path, e))?;
             config.bases = Some(Arc::new(bases));
         }
         let strategy = d

@@ -13,9 +13,9 @@ use collab_core::Backend;
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, Transformer};
 use collab_core::split::{Activation, ActivationCodec};
-use collab_net::client::{ClientConfig, ClientError, Device, DeviceClient, DeviceConfig, Outgoing};
+use collab_net::client::{ClientError, Device, DeviceClient, DeviceConfig, Outgoing};
 use collab_net::server::{Server, ServerError};
-use collab_net::transport::{Tcp, TcpAcceptor, Transport};
+use collab_net::transport::TcpAcceptor;
 use collab_net::wire::RemoteError;
 use collab_policies::split::{AccuracyEntry, DeviceDefault, device_default};
 use collab_policies::svd::{Family, PlainCodec, Precision, SplitBases, SplitBasis};
@@ -45,19 +45,6 @@ fn bases(model: &Transformer<CandleBackend>, first: u64) -> SplitBases {
         bases.insert(split, basis).expect("insert");
     }
     bases
-}
-
-async fn client(addr: std::net::SocketAddr, device: &str) -> DeviceClient {
-    let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
-    let config = ClientConfig {
-        device_id: device.into(),
-        model_id: MODEL_ID.into(),
-        auth_token: TOKEN.into(),
-        ..ClientConfig::default()
-    };
-    DeviceClient::connect(transport, config)
-        .await
-        .expect("connect")
 }
 
 fn request(split: u32, codec: &str, payload: Vec<u8>) -> Outgoing {

@@ -26,9 +26,7 @@ use std::time::{Duration, Instant};
 use collab_backends::candle::CandleBackend;
 use collab_core::model::Transformer;
 use collab_net::auth::DeviceTokens;
-use collab_net::client::{ClientConfig, DeviceClient, Outgoing};
 use collab_net::server::{Health, ServerConfig};
-use collab_net::transport::{Tcp, Transport};
 use collab_net::wire::{InferRequest, InferResponse, Message, RemoteError};
 use common::*;
 use futures_util::SinkExt;
@@ -37,30 +35,6 @@ use tokio::io::AsyncWriteExt;
 /// What the attacks may add to this process's peak resident set, MiB (the bomb of issue 31
 /// took the server to 1.28 GB).
 const MEMORY_BOUND_MIB: u64 = 256;
-
-async fn device(addr: SocketAddr, id: &str) -> DeviceClient {
-    let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
-    let config = ClientConfig {
-        device_id: id.into(),
-        model_id: MODEL_ID.into(),
-        auth_token: TOKEN.into(),
-        ..ClientConfig::default()
-    };
-    DeviceClient::connect(transport, config)
-        .await
-        .expect("a legitimate device connects")
-}
-
-fn outgoing(payload: Vec<u8>, split: u32) -> Outgoing {
-    Outgoing {
-        split,
-        codec: "f32".parse().expect("codec id"),
-        payload,
-        budget: Duration::from_secs(30),
-        max_loss: 0.0,
-        meta: None,
-    }
-}
 
 /// A legitimate device sending `n` requests, `gap` apart, while an attack runs: how many were
 /// answered, each with its own image's answer (anything else fails the test).
@@ -71,7 +45,7 @@ async fn legitimate(
     n: u64,
     gap: Duration,
 ) -> usize {
-    let client = device(addr, id).await;
+    let client = client(addr, id).await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..n {
         let split = 1 + (i % 3) as u32;
@@ -79,7 +53,7 @@ async fn legitimate(
         let c = client.clone();
         calls.spawn(async move {
             let p = c
-                .infer(outgoing(payload, split), Duration::from_secs(60))
+                .infer(request(payload, split), Duration::from_secs(60))
                 .await
                 .unwrap_or_else(|e| panic!("{id}: request {i}: {e}"));
             assert_eq!(p.top[0].0, argmax(&logits), "{id}: request {i}'s answer");
@@ -104,7 +78,7 @@ fn svd_header(tokens: u32, features: u32, rank: u32) -> Vec<u8> {
     h
 }
 
-fn request(id: u64, split: u32, codec: &str, payload: Vec<u8>) -> Message {
+fn raw_request(id: u64, split: u32, codec: &str, payload: Vec<u8>) -> Message {
     Message::InferRequest(InferRequest {
         request_id: id,
         split,
@@ -143,7 +117,7 @@ async fn a_decompression_bomb_is_refused_before_decoding() {
     let mut f = raw(addr).await;
     for i in 0..24u64 {
         let payload = bombs[(i % 3) as usize].clone();
-        f.send(request(i, 2, "svd-r4", payload))
+        f.send(raw_request(i, 2, "svd-r4", payload))
             .await
             .expect("send");
     }
@@ -201,10 +175,10 @@ async fn a_flood_of_silent_connections_does_not_keep_devices_out() {
     for d in 0..20u64 {
         let model = model.clone();
         devices.spawn(async move {
-            let client = device(addr, &format!("device-{d}")).await;
+            let client = client(addr, &format!("device-{d}")).await;
             let (payload, logits) = activation_payload(&model, d, 2);
             let p = client
-                .infer(outgoing(payload, 2), Duration::from_secs(60))
+                .infer(request(payload, 2), Duration::from_secs(60))
                 .await
                 .expect("answered");
             assert_eq!(p.top[0].0, argmax(&logits));
@@ -326,11 +300,11 @@ async fn another_client_cannot_take_a_devices_answers() {
     // The thief re-sends the device's request ids right after it (a "retry" of each).
     for id in 0..8 {
         victim
-            .send(request(id, 2, "f32", mine.clone()))
+            .send(raw_request(id, 2, "f32", mine.clone()))
             .await
             .expect("send");
         thief
-            .send(request(id, 2, "f32", theirs.clone()))
+            .send(raw_request(id, 2, "f32", theirs.clone()))
             .await
             .expect("send");
     }
@@ -394,7 +368,7 @@ async fn another_client_cannot_take_a_devices_answers() {
 async fn a_graceful_restart_under_load_answers_every_request_once() {
     let model = tiny_model();
     let (server, addr) = start(&model, config(), None).await;
-    let client = device(addr, "phone").await;
+    let client = client(addr, "phone").await;
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..30u64 {
         let (payload, logits) = activation_payload(&model, i, 2);
@@ -402,7 +376,7 @@ async fn a_graceful_restart_under_load_answers_every_request_once() {
         calls.spawn(async move {
             tokio::time::sleep(Duration::from_millis(i * 25)).await;
             let p = c
-                .infer(outgoing(payload, 2), Duration::from_secs(60))
+                .infer(request(payload, 2), Duration::from_secs(60))
                 .await
                 .unwrap_or_else(|e| panic!("request {i}: {e}"));
             assert_eq!(p.top[0].0, argmax(&logits), "request {i}");

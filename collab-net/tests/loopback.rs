@@ -8,41 +8,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use collab_net::client::{ClientConfig, ClientError, DeviceClient, Outgoing};
-use collab_net::transport::{Tcp, Transport};
+use collab_net::client::{ClientError, DeviceClient};
 use collab_net::wire::{InferRequest, Message, RemoteError};
 use common::*;
 use futures_util::SinkExt;
 use proptest::prelude::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-
-fn client_config(device: &str) -> ClientConfig {
-    ClientConfig {
-        device_id: device.into(),
-        model_id: MODEL_ID.into(),
-        auth_token: TOKEN.into(),
-        ..ClientConfig::default()
-    }
-}
-
-async fn client(addr: std::net::SocketAddr, device: &str) -> DeviceClient {
-    let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
-    DeviceClient::connect(transport, client_config(device))
-        .await
-        .expect("connect")
-}
-
-fn request(payload: Vec<u8>, split: u32) -> Outgoing {
-    Outgoing {
-        split,
-        codec: "f32".parse().expect("codec id"),
-        payload,
-        budget: Duration::from_secs(20),
-        max_loss: 0.0,
-        meta: None,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_devices_each_get_their_own_answers() {

@@ -42,11 +42,8 @@ fn make_pki(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
 
 fn device_config() -> ClientConfig {
     ClientConfig {
-        device_id: "phone".into(),
-        model_id: MODEL_ID.into(),
-        auth_token: TOKEN.into(),
         max_attempts: 2,
-        ..ClientConfig::default()
+        ..common::client_config("phone")
     }
 }
 

@@ -25,7 +25,7 @@ use collab_policies::svd::SplitBases;
 use tracing::info;
 
 use super::{Server, ServerConfig, serve_http};
-use crate::auth::{DEMO_TOKEN, DeviceTokens, TOKEN_ENV, read_token};
+use crate::auth::{DeviceTokens, TokenArgs};
 use crate::pipeline::PipelineConfig;
 use crate::transport::TcpAcceptor;
 
@@ -51,14 +51,10 @@ pub struct ServerArgs {
     /// Model id devices must announce.
     #[arg(long, default_value = "deit_tiny_patch16_224")]
     pub model_id: String,
-    /// The environment variable holding the secret devices must present (unset: the public
-    /// demo token, refused beyond loopback without `--insecure-demo-token`). Never on the
-    /// command line, where `ps` shows it.
-    #[arg(long, default_value = TOKEN_ENV)]
-    pub token_env: String,
-    /// A file whose first line is the shared secret (instead of `--token-env`).
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    /// The secret devices must present (the public demo token when none is given, which is
+    /// refused beyond loopback without `--insecure-demo-token`).
+    #[command(flatten)]
+    pub token: TokenArgs,
     /// A token per device (TOML, `[devices]` with `device-id = "token"` lines): each device
     /// must present its own, and the shared secret opens nothing.
     #[arg(long)]
@@ -119,9 +115,7 @@ impl ServerArgs {
                 .filter(|d| !d.is_zero())
                 .with_context(|| format!("--{name} must be a positive number of seconds, got {s}"))
         };
-        let auth_token = read_token(self.token_file.as_deref(), &self.token_env)
-            .map_err(anyhow::Error::msg)?
-            .unwrap_or_else(|| DEMO_TOKEN.into());
+        let auth_token = self.token.secret().map_err(anyhow::Error::msg)?;
         let device_tokens = match &self.device_tokens {
             Some(path) => Some(Arc::new(DeviceTokens::load(path)?)),
             None => None,
@@ -202,7 +196,7 @@ pub fn check_exposure(args: &ServerArgs, config: &ServerConfig) -> Result<()> {
             "refusing to listen on {} with the public demo token: set ${} (or --token-file, \
              --device-tokens), or pass --insecure-demo-token",
             args.listen,
-            args.token_env
+            args.token.token_env
         );
         tracing::warn!(listen = %args.listen, "anyone can connect: the public demo token beyond loopback");
     }

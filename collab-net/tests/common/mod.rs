@@ -11,8 +11,9 @@ use collab_backends::candle::CandleBackend;
 use collab_core::Backend;
 use collab_core::model::{Input, Transformer};
 use collab_core::split::{Activation, ActivationCodec};
+use collab_net::client::{ClientConfig, DeviceClient, Outgoing};
 use collab_net::server::{Server, ServerConfig, ServerHandle};
-use collab_net::transport::TcpAcceptor;
+use collab_net::transport::{Tcp, TcpAcceptor, Transport};
 use collab_net::wire::{FrameCodec, Hello, Message, PROTOCOL_VERSION};
 use collab_policies::svd::{PlainCodec, Precision};
 use futures_util::{SinkExt, StreamExt};
@@ -135,18 +136,39 @@ pub async fn connect_from(from: [u8; 4], addr: SocketAddr) -> std::io::Result<Tc
     socket.connect(addr).await
 }
 
-/// The largest resident set this process has had, in MiB (`VmHWM` of /proc/self/status; 0
-/// where there is no such file).
+/// The largest resident set this process has had, in MiB (0 where the platform does not say).
 pub fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
+    collab_policies::shard::meter::peak_rss_bytes().map_or(0, |b| b >> 20)
+}
+
+/// A client config of `device` for the test server (its model and token).
+pub fn client_config(device: &str) -> ClientConfig {
+    ClientConfig {
+        device_id: device.into(),
+        model_id: MODEL_ID.into(),
+        auth_token: TOKEN.into(),
+        ..ClientConfig::default()
+    }
+}
+
+/// A device client over loopback TCP to `addr`, as `device`.
+pub async fn client(addr: SocketAddr, device: &str) -> DeviceClient {
+    let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
+    DeviceClient::connect(transport, client_config(device))
+        .await
+        .expect("connect")
+}
+
+/// An `f32` activation request entering at `split`, with 20 s of server budget.
+pub fn request(payload: Vec<u8>, split: u32) -> Outgoing {
+    Outgoing {
+        split,
+        codec: "f32".parse().expect("codec id"),
+        payload,
+        budget: Duration::from_secs(20),
+        max_loss: 0.0,
+        meta: None,
+    }
 }
 
 /// The next message other than a ServerLoad push; `None` at a clean close, error or 5 s.

@@ -420,7 +420,7 @@ async fn soak(args: Args) -> Result<()> {
         answered + tally.wrong.load(Ordering::Relaxed) + tally.lost.load(Ordering::Relaxed);
     // Requests never finished within the limit are lost too.
     let lost = tally.lost.load(Ordering::Relaxed) + n.saturating_sub(recorded);
-    let peak = peak_rss_mib();
+    let peak = collab_policies::shard::meter::peak_rss_bytes().map_or(0, |b| b >> 20);
     let kinds = tally.kinds.lock().map(|k| k.clone()).unwrap_or_default();
     println!(
         "{} s{}: {} predictions, {} wrong answers; reconnects {reconnects}; server restarts {graceful} graceful + {killed} killed; {malformed} malformed connections",
@@ -451,17 +451,4 @@ async fn soak(args: Args) -> Result<()> {
         "soak requests={n} answered_once={answered} lost={lost} duplicated={duplicated} peak_rss_mb={peak}"
     );
     Ok(())
-}
-
-/// The largest resident set of this process so far, MiB (`VmHWM`; 0 without /proc).
-fn peak_rss_mib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb / 1024)
 }

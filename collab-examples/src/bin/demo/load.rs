@@ -23,9 +23,9 @@ pub(crate) struct LoadArgs {
     /// The server's address.
     #[arg(long)]
     server: std::net::SocketAddr,
-    /// The environment variable holding the token (unset: the public demo token).
-    #[arg(long, default_value = collab_net::auth::TOKEN_ENV)]
-    token_env: String,
+    /// The server's secret.
+    #[command(flatten)]
+    token: collab_net::auth::TokenArgs,
     /// Requests per second (Poisson arrivals).
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
@@ -66,9 +66,7 @@ async fn run(args: LoadArgs) -> Result<()> {
     let transport: Arc<dyn Transport> = Arc::new(Tcp::new(args.server));
     let config = ClientConfig {
         device_id: "load-generator".into(),
-        auth_token: collab_net::auth::read_token(None, &args.token_env)
-            .map_err(anyhow::Error::msg)?
-            .unwrap_or_else(|| collab_net::auth::DEMO_TOKEN.into()),
+        auth_token: args.token.secret().map_err(anyhow::Error::msg)?,
         ..ClientConfig::default()
     };
     let client = DeviceClient::connect(transport, config)

@@ -55,13 +55,9 @@ pub struct DeviceArgs {
     /// This device's id (labels its lines, the server's metrics and retries).
     #[arg(long, default_value = "device-0")]
     pub device_id: String,
-    /// The environment variable holding this device's token (unset: the public demo token).
-    /// Never on the command line, where `ps` shows it.
-    #[arg(long, default_value = crate::auth::TOKEN_ENV)]
-    pub token_env: String,
-    /// A file whose first line is this device's token (instead of `--token-env`).
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
+    /// This device's secret: the server's shared token or its own.
+    #[command(flatten)]
+    pub token: crate::auth::TokenArgs,
     /// TLS to the server, trusting the CA certificates of this PEM file.
     #[arg(long)]
     pub tls_ca: Option<PathBuf>,
@@ -200,7 +196,7 @@ pub fn from_pipeline(mut args: DeviceArgs, pipeline: &PipelineConfig) -> anyhow:
     if pipeline.device_token()?.is_some()
         && let Some(var) = &device.token_env
     {
-        args.token_env = var.clone();
+        args.token.token_env = var.clone();
     }
     if device.tls_ca.is_some() {
         args.tls_ca = device.tls_ca.clone();

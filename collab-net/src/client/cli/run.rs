@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::auth::{DEMO_TOKEN, read_token};
 use anyhow::Result;
 use collab_core::Backend;
 use collab_core::split::SplitStrategy;
@@ -99,9 +98,7 @@ pub(super) async fn run<B: Backend>(
     let config = ClientConfig {
         device_id: id.clone(),
         model_id: args.model_id.clone(),
-        auth_token: read_token(args.token_file.as_deref(), &args.token_env)
-            .map_err(anyhow::Error::msg)?
-            .unwrap_or_else(|| DEMO_TOKEN.into()),
+        auth_token: args.token.secret().map_err(anyhow::Error::msg)?,
         ..ClientConfig::default()
     };
     let client = match DeviceClient::connect(setup.transport.clone(), config).await {

@@ -100,7 +100,7 @@ fn command_line_defaults_and_config() {
         "127.0.0.1:9898".parse::<SocketAddr>().expect("addr")
     );
     assert_eq!(
-        (args.model_id.as_str(), args.token_env.as_str()),
+        (args.model_id.as_str(), args.token.token_env.as_str()),
         ("deit_tiny_patch16_224", "COLLAB_TOKEN")
     );
     let config = args.config().expect("config");
