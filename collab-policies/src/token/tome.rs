@@ -10,7 +10,10 @@
 //! 4. merging is a size-weighted average: `x * size` and `size` are scatter-added into the
 //!    destinations and divided, so the result carries `sizes`;
 //! 5. output order: the unmerged A tokens in ascending position, then all B tokens in order, so
-//!    a protected token at position 0 (the class token) stays first.
+//!    a protected token at position 0 (the class token) stays first;
+//! 6. a padded batch (a server batch joined from requests of unequal token counts, padded at
+//!    the end with a mask) merges each row's real tokens as that row would alone: padding is
+//!    never matched, is dropped, and the shorter rows are padded again after merging.
 //!
 //! Proportional attention (`log(size)` added to each key's logit) is applied by the block
 //! through [`Hidden::attention_bias`]; this module only keeps `sizes` up to date.
@@ -67,12 +70,13 @@ fn plan_row(n: usize, protected: usize, r: usize, best: &[f32], partner: &[u32])
 }
 
 /// Each A token's best cosine score against B and the B index achieving it (the first on
-/// ties), as host vectors of length `b * |A|`.
+/// ties), as host vectors of length `b * |A|`. `b_bias` `[b, 1, |B|]`, when given, is added to
+/// the scores (a large negative value keeps padding out of every match).
 fn best_partners<B: Backend>(
     backend: &B,
     keys: &B::Tensor,
-    b: usize,
-    n: usize,
+    (b, n): (usize, usize),
+    b_bias: Option<&B::Tensor>,
 ) -> Result<(Vec<f32>, Vec<u32>)> {
     // The mean over heads as a sum of head slices: a reduction over a middle dimension is
     // much slower on some backends (candle CPU: 3.5 ms vs 0.2 ms at DeiT-Tiny batch 16).
@@ -94,28 +98,59 @@ fn best_partners<B: Backend>(
     let (na, nb) = (even.len(), odd.len());
     let a = backend.index_select(&k, 1, &backend.index_from_vec(even, &[na])?)?;
     let bt = backend.index_select(&k, 1, &backend.index_from_vec(odd, &[nb])?)?;
-    let scores = backend.matmul(&a, &backend.permute(&bt, &[0, 2, 1])?)?;
+    let mut scores = backend.matmul(&a, &backend.permute(&bt, &[0, 2, 1])?)?;
+    if let Some(bias) = b_bias {
+        scores = backend.add(&scores, bias)?;
+    }
     let best = backend.to_vec(&backend.max_keepdim(&scores, 2)?)?;
     let partner = backend.index_to_vec(&backend.argmax_last(&scores)?)?;
     Ok((best, partner))
 }
 
-/// One ToMe step: merges `r` tokens of `hidden` (capped at `(tokens - protected) / 2`) by
-/// bipartite soft matching on `keys` `[batch, heads, tokens, head_dim]`, the same `r` in every
-/// row of the batch. The result has `tokens - r` tokens, the same `protected`, no mask, and
-/// `sizes` `[batch, tokens - r]` (sizes count 1 per token when `hidden.sizes` is `None`). When
-/// the capped `r` is 0 the input comes back unchanged. See the module docs for the matching
-/// and the token order.
+/// The score bias that keeps padding out of the matching: what [`best_partners`] adds.
+const PADDING_SCORE: f32 = -1e4;
+
+/// The real (unpadded) token count of each row of a `[b, n]` padding mask, which must pad at
+/// the end: every row is ones, then zeros (as [`Hidden`]'s batches are joined).
+fn real_counts(mask: &[f32], b: usize, n: usize) -> Result<Vec<usize>> {
+    (0..b)
+        .map(|row| {
+            let r = &mask[row * n..(row + 1) * n];
+            let real = r.iter().take_while(|&&m| m > 0.5).count();
+            if r[real..].iter().any(|&m| m > 0.5) {
+                return Err(Error::InvalidInput(format!(
+                    "ToMe merges batches padded at the end only; row {row}'s mask has a real \
+                     token after padding"
+                )));
+            }
+            Ok(real)
+        })
+        .collect()
+}
+
+/// One ToMe step: merges up to `r` tokens of each row of `hidden` by bipartite soft matching on
+/// `keys` `[batch, heads, tokens, head_dim]`. See the module docs for the matching and the
+/// token order.
+///
+/// Each row merges `min(r, (real - protected) / 2)` of its own real tokens, where `real` is
+/// its token count before padding (all tokens without a mask). Without a mask every row
+/// merges the same count and the result has `tokens - r` tokens, no mask, and `sizes`
+/// `[batch, tokens - r]` (sizes count 1 per token when `hidden.sizes` is `None`). With a mask
+/// (a batch joined from requests of unequal token counts, padded at the end), the padding is
+/// never matched and is dropped; the rows are padded again at the end to the longest merged
+/// row with zero values, size 1 and mask 0, and the mask is `None` when no row needs padding.
+/// A row that merges nothing keeps its token order. When no row merges anything the input
+/// comes back unchanged.
 ///
 /// Only a protected token at position 0 is guaranteed to stay in place; other protected
 /// tokens are never sources, but one at an odd position may receive merges and moves behind
 /// the unmerged even-position tokens (as the matching is defined).
 ///
 /// # Errors
-/// [`Error::InvalidInput`] when `r > 0` and the batch has a padding mask (ToMe does not merge
-/// padded batches); [`Error::Shape`] when `hidden.x` is not 3-D, `keys` is not
-/// `[batch, heads, tokens, head_dim]` of the same batch and tokens, `sizes` is not
-/// `[batch, tokens]`, or `protected` exceeds the tokens; backend errors.
+/// [`Error::InvalidInput`] when the mask has a real token after padding; [`Error::Shape`] when
+/// `hidden.x` is not 3-D, `keys` is not `[batch, heads, tokens, head_dim]` of the same batch
+/// and tokens, `mask` or `sizes` is not `[batch, tokens]`, or `protected` exceeds the tokens;
+/// backend errors.
 pub fn merge_tokens<B: Backend>(
     backend: &B,
     hidden: Hidden<B>,
@@ -123,11 +158,6 @@ pub fn merge_tokens<B: Backend>(
     r: usize,
 ) -> Result<Hidden<B>> {
     let (b, n, d) = hidden.dims3(backend)?;
-    if r > 0 && hidden.mask.is_some() {
-        return Err(Error::InvalidInput(
-            "ToMe does not merge padded batches (the hidden states carry a padding mask)".into(),
-        ));
-    }
     match backend.dims(keys)[..] {
         [kb, _, kn, _] if kb == b && kn == n => {}
         ref other => {
@@ -139,13 +169,15 @@ pub fn merge_tokens<B: Backend>(
             ));
         }
     }
-    if let Some(s) = &hidden.sizes
-        && backend.dims(s) != [b, n]
-    {
-        return Err(Error::shape(
-            "merge_tokens",
-            format!("sizes must be [{b}, {n}], got {:?}", backend.dims(s)),
-        ));
+    for (what, t) in [("sizes", &hidden.sizes), ("mask", &hidden.mask)] {
+        if let Some(t) = t
+            && backend.dims(t) != [b, n]
+        {
+            return Err(Error::shape(
+                "merge_tokens",
+                format!("{what} must be [{b}, {n}], got {:?}", backend.dims(t)),
+            ));
+        }
     }
     if hidden.protected > n {
         return Err(Error::shape(
@@ -153,45 +185,90 @@ pub fn merge_tokens<B: Backend>(
             format!("{} protected tokens but only {n} tokens", hidden.protected),
         ));
     }
-    let r = r.min((n - hidden.protected) / 2);
     if r == 0 {
         return Ok(hidden);
     }
-    let (best, partner) = best_partners(backend, keys, b, n)?;
+    let real = match &hidden.mask {
+        Some(m) => real_counts(&backend.to_vec(m)?, b, n)?,
+        None => vec![n; b],
+    };
+    let merged: Vec<usize> = real
+        .iter()
+        .map(|&k| r.min(k.saturating_sub(hidden.protected) / 2))
+        .collect();
+    if merged.iter().all(|&k| k == 0) {
+        return Ok(hidden);
+    }
+    let out_len: Vec<usize> = real.iter().zip(&merged).map(|(k, r)| k - r).collect();
+    let m = out_len.iter().copied().max().unwrap_or(0);
+    let padded = out_len.iter().any(|&k| k != m);
+    // Padding is never a partner: its B columns get a large negative score.
+    let b_bias = match &hidden.mask {
+        Some(_) => {
+            let nb = n / 2;
+            let bias = real
+                .iter()
+                .flat_map(|&k| {
+                    (0..nb).map(move |j| if 2 * j + 1 < k { 0.0 } else { PADDING_SCORE })
+                })
+                .collect();
+            Some(backend.from_vec(bias, &[b, 1, nb])?)
+        }
+        None => None,
+    };
+    let (best, partner) = best_partners(backend, keys, (b, n), b_bias.as_ref())?;
     let na = n.div_ceil(2);
-    let m = n - r;
+    // Output slots past a row's own tokens read this extra row: zero values, size 1.
+    let pad_row = (b * n) as u32;
+    let total: usize = merged.iter().sum();
     let (mut keep, mut src, mut dst) = (
         Vec::with_capacity(b * m),
-        Vec::with_capacity(b * r),
-        Vec::with_capacity(b * r),
+        Vec::with_capacity(total),
+        Vec::with_capacity(total),
     );
     for row in 0..b {
-        let span = row * na..(row + 1) * na;
-        let plan = plan_row(n, hidden.protected, r, &best[span.clone()], &partner[span]);
         let (base_in, base_out) = ((row * n) as u32, (row * m) as u32);
-        keep.extend(plan.keep.iter().map(|&p| base_in + p));
-        for (s, t) in plan.merges {
-            src.push(base_in + s);
-            dst.push(base_out + t);
+        let k = real[row];
+        if merged[row] == 0 {
+            keep.extend((0..k as u32).map(|p| base_in + p));
+        } else {
+            let span = row * na..row * na + k.div_ceil(2);
+            let plan = plan_row(
+                k,
+                hidden.protected,
+                merged[row],
+                &best[span.clone()],
+                &partner[span],
+            );
+            keep.extend(plan.keep.iter().map(|&p| base_in + p));
+            for (s, t) in plan.merges {
+                src.push(base_in + s);
+                dst.push(base_out + t);
+            }
         }
+        keep.extend(std::iter::repeat_n(pad_row, m - out_len[row]));
     }
     let keep = backend.index_from_vec(keep, &[b * m])?;
-    let src = backend.index_from_vec(src, &[b * r])?;
+    let src = backend.index_from_vec(src, &[total])?;
     let dst_x: Vec<u32> = dst
         .iter()
         .flat_map(|&t| std::iter::repeat_n(t, d))
         .collect();
-    let dst_x = backend.index_from_vec(dst_x, &[b * r, d])?;
-    let dst_s = backend.index_from_vec(dst, &[b * r, 1])?;
+    let dst_x = backend.index_from_vec(dst_x, &[total, d])?;
+    let dst_s = backend.index_from_vec(dst, &[total, 1])?;
 
     let x = backend.reshape(&hidden.x, &[b * n, d])?;
-    let (xs, sizes) = match &hidden.sizes {
+    let (mut xs, mut sizes) = match &hidden.sizes {
         Some(s) => {
             let s = backend.reshape(s, &[b * n, 1])?;
             (backend.mul(&x, &s)?, s)
         }
         None => (x, backend.from_vec(vec![1.0; b * n], &[b * n, 1])?),
     };
+    if padded {
+        xs = backend.cat(&[&xs, &backend.zeros(&[1, d])?], 0)?;
+        sizes = backend.cat(&[&sizes, &backend.from_vec(vec![1.0], &[1, 1])?], 0)?;
+    }
     let merge = |t: &B::Tensor, idx: &B::Index| -> Result<B::Tensor> {
         let kept = backend.index_select(t, 0, &keep)?;
         let moved = backend.index_select(t, 0, &src)?;
@@ -200,9 +277,18 @@ pub fn merge_tokens<B: Backend>(
     let sum_x = merge(&xs, &dst_x)?;
     let sum_s = merge(&sizes, &dst_s)?;
     let x = backend.reshape(&backend.div(&sum_x, &sum_s)?, &[b, m, d])?;
+    let mask = if padded {
+        let values = out_len
+            .iter()
+            .flat_map(|&k| (0..m).map(move |j| if j < k { 1.0 } else { 0.0 }))
+            .collect();
+        Some(backend.from_vec(values, &[b, m])?)
+    } else {
+        None
+    };
     Ok(Hidden {
         x,
-        mask: None,
+        mask,
         sizes: Some(backend.reshape(&sum_s, &[b, m])?),
         protected: hidden.protected,
     })

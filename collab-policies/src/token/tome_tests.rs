@@ -82,22 +82,108 @@ fn a_second_merge_accumulates_sizes_as_weights() {
 }
 
 #[test]
-fn padded_batches_and_bad_shapes_are_refused() {
+fn holes_in_the_mask_and_bad_shapes_are_refused() {
     let be = CandleBackend::cpu();
     let mut h = Hidden::new(t(&be, &[0.0; 12], &[1, 6, 2]), 1);
     let keys = t(&be, &[0.5; 12], &[1, 1, 6, 2]);
-    h.mask = Some(t(&be, &[1.0; 6], &[1, 6]));
+    h.mask = Some(t(&be, &[1.0, 1.0, 0.0, 1.0, 1.0, 0.0], &[1, 6]));
     let e = merge_tokens(&be, h.clone(), &keys, 1).unwrap_err();
     assert!(
-        matches!(&e, Error::InvalidInput(m) if m.contains("padded")),
+        matches!(&e, Error::InvalidInput(m) if m.contains("padded at the end")),
         "{e}"
     );
+    h.mask = Some(t(&be, &[1.0; 5], &[1, 5]));
+    assert!(matches!(
+        merge_tokens(&be, h.clone(), &keys, 1),
+        Err(Error::Shape { .. })
+    ));
     h.mask = None;
     let bad = t(&be, &[0.5; 10], &[1, 1, 5, 2]);
     assert!(matches!(
         merge_tokens(&be, h, &bad, 1),
         Err(Error::Shape { .. })
     ));
+}
+
+/// Rows of `real` tokens padded at the end to the longest, with garbage in the padding: each
+/// row merges exactly as it does alone, and the padding is dropped and rebuilt.
+fn check_padded_rows(real: &[usize], p: usize, r: usize, seed: u64) -> Result<(), TestCaseError> {
+    let be = CandleBackend::cpu();
+    let (heads, hd, d) = (2, 3, 4);
+    let (b, n) = (real.len(), real.iter().copied().max().unwrap_or(0));
+    let mut rng = StdRng::seed_from_u64(seed);
+    let x = random(&mut rng, b * n * d);
+    let keys = random(&mut rng, b * heads * n * hd);
+    let sizes: Vec<f32> = (0..b * n).map(|_| rng.random_range(1.0f32..4.0)).collect();
+    let mask: Vec<f32> = real
+        .iter()
+        .flat_map(|&k| (0..n).map(move |j| f32::from(u8::from(j < k))))
+        .collect();
+    let batch = Hidden {
+        x: t(&be, &x, &[b, n, d]),
+        mask: Some(t(&be, &mask, &[b, n])),
+        sizes: Some(t(&be, &sizes, &[b, n])),
+        protected: p,
+    };
+    let out = merge_tokens(&be, batch, &t(&be, &keys, &[b, heads, n, hd]), r)
+        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+    let (ob, m, od) = out.dims3(&be).unwrap();
+    prop_assert_eq!((ob, od), (b, d));
+    let ox = be.to_vec(&out.x).unwrap();
+    let os = be.to_vec(out.sizes.as_ref().unwrap()).unwrap();
+    let om = out.mask.as_ref().map(|t| be.to_vec(t).unwrap());
+    for (row, &k) in real.iter().enumerate() {
+        // The row alone: its real tokens, its keys for them, no mask.
+        let rx: Vec<f32> = x[row * n * d..][..k * d].to_vec();
+        let rk: Vec<f32> = (0..heads)
+            .flat_map(|h| keys[(row * heads + h) * n * hd..][..k * hd].to_vec())
+            .collect();
+        let rs = sizes[row * n..][..k].to_vec();
+        let alone = Hidden {
+            x: t(&be, &rx, &[1, k, d]),
+            mask: None,
+            sizes: Some(t(&be, &rs, &[1, k])),
+            protected: p,
+        };
+        let alone = merge_tokens(&be, alone, &t(&be, &rk, &[1, heads, k, hd]), r)
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let k2 = alone.dims3(&be).unwrap().1;
+        let ax = be.to_vec(&alone.x).unwrap();
+        let asz = be.to_vec(alone.sizes.as_ref().unwrap()).unwrap();
+        for i in 0..k2 * d {
+            prop_assert!(
+                (ox[row * m * d + i] - ax[i]).abs() < 1e-5,
+                "row {} value {}",
+                row,
+                i
+            );
+        }
+        for j in 0..m {
+            let mask_j = om.as_ref().map_or(1.0, |v| v[row * m + j]);
+            if j < k2 {
+                prop_assert!((os[row * m + j] - asz[j]).abs() < 1e-5);
+                prop_assert_eq!(mask_j, 1.0);
+            } else {
+                prop_assert_eq!(os[row * m + j], 1.0);
+                prop_assert_eq!(mask_j, 0.0);
+                prop_assert!(ox[(row * m + j) * d..][..d].iter().all(|&v| v == 0.0));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn each_padded_row_merges_as_it_does_alone(
+        real in proptest::collection::vec(2usize..=24, 1..=4),
+        p in 0usize..=1,
+        r in 1usize..10,
+        seed in any::<u64>(),
+    ) {
+        check_padded_rows(&real, p, r, seed)?;
+    }
 }
 
 /// Several consecutive merges on seeded random data, checking the invariants after each.
