@@ -21,8 +21,6 @@
 //!   executor's own code;
 //! - [`traces`]: arrival traces for serving experiments (a Poisson trace with a moving rate,
 //!   and a bursty generator matching the published statistics of a production trace);
-//! - [`token_profile`]: OTAS's token-profile file (accuracy and latency per gamma and batch,
-//!   merge schedules), written by `cargo xtask exp token-profile`;
 //! - [`estimate`]: a per-block cost profile derived from a roofline (peak FLOP/s, memory
 //!   bandwidth, a per-kernel launch cost) for hardware we cannot measure, labelled as an
 //!   estimate in the profile itself ([`MeasuredProfile::estimate`]).
@@ -38,5 +36,4 @@ pub mod search;
 pub mod serving;
 pub mod sti;
 pub mod sweep;
-pub mod token_profile;
 pub mod traces;

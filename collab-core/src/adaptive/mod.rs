@@ -18,6 +18,7 @@
 //! [`BatchFormer::evict_expired`] evicting queries whose deadline is `<= now`.
 
 mod allocation;
+mod pass;
 mod profile;
 
 use std::fmt::Debug;
@@ -25,6 +26,7 @@ use std::fmt::Debug;
 use serde::{Deserialize, Serialize};
 
 pub use allocation::deadline_order;
+pub use pass::{PassContext, PassTokenPolicy, TokenPlan, TokenPolicyConfig, TokenPolicyContext};
 pub use profile::{ProfileTable, ProfileTableData};
 
 /// The token adaptation of one batch: prompt tokens per layer (`> 0`), tokens merged per layer

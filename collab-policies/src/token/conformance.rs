@@ -11,6 +11,8 @@
 //! - with `sizes`, every row's size sum equals the previous one (tokens count 1 when there were
 //!   no sizes) plus the tokens added;
 //! - every value is finite.
+//!
+//! [`check_pass_policy`] is the suite of a live server's per-pass merge policy.
 
 use collab_core::model::Hidden;
 use collab_core::token::TokenAdapter;
@@ -251,6 +253,88 @@ pub fn check_adapter<B: Backend>(
             .before_mlp(backend, layer, h, &keys)
             .map_err(wrap(at.hook))?;
         check(backend, &h, &before, gamma.min(0), case, &at)?;
+    }
+    Ok(())
+}
+
+/// The [`PassTokenPolicy`] conformance suite: drives `policy` (built for `context`) through
+/// `rounds` seeded pass contexts and checks that every plan passes [`TokenPlan::check`] for
+/// that model. The contexts include the hostile ones a server can hand it: no request waiting,
+/// thousands waiting, deadlines already past or infinite, NaN and infinite arrival rates, a
+/// clock before the arrivals. A panic fails the caller's test.
+///
+/// # Errors
+/// [`Error::Config`] naming the policy, the round and the plan that breaks the contract.
+///
+/// [`PassTokenPolicy`]: collab_core::adaptive::PassTokenPolicy
+/// [`TokenPlan::check`]: collab_core::adaptive::TokenPlan::check
+pub fn check_pass_policy(
+    policy: &mut dyn collab_core::adaptive::PassTokenPolicy,
+    context: &collab_core::adaptive::TokenPolicyContext,
+    rounds: usize,
+    seed: u64,
+) -> Result<()> {
+    use collab_core::adaptive::{Batch, LoadInfo, PassContext, Query};
+    let mut rng = StdRng::seed_from_u64(seed);
+    let odd = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, -1.0, 0.0, 1e12];
+    for round in 0..rounds {
+        let hostile = round % 4 == 3;
+        let now = if hostile {
+            odd[rng.random_range(0..odd.len())]
+        } else {
+            rng.random_range(0.0..100.0)
+        };
+        let waiting = match round % 7 {
+            0 => 0,
+            1 => rng.random_range(1000..3000),
+            _ => rng.random_range(1..64),
+        };
+        let queries = (0..waiting)
+            .map(|i| {
+                let arrival = if hostile {
+                    odd[i % odd.len()]
+                } else {
+                    now - rng.random_range(0.0..1.0)
+                };
+                let budget = if hostile && i % 2 == 0 {
+                    -1.0
+                } else {
+                    rng.random_range(0.0..2.0)
+                };
+                Query {
+                    id: i as u64,
+                    task: 0,
+                    arrival,
+                    deadline: arrival + budget,
+                    utility: 1.0,
+                }
+            })
+            .collect();
+        let batch = Batch::new(queries);
+        let load = LoadInfo {
+            rate: if hostile {
+                odd[round % odd.len()]
+            } else {
+                rng.random_range(0.0..2000.0)
+            },
+            uptime: if hostile {
+                f64::NAN
+            } else {
+                rng.random_range(0.0..60.0)
+            },
+        };
+        let plan = policy.plan(&PassContext {
+            now,
+            waiting: &batch,
+            load,
+        });
+        plan.check(context.layers, context.tokens, context.protected)
+            .map_err(|e| {
+                Error::Config(format!(
+                    "pass token policy `{}`, round {round} ({waiting} waiting): {e}; plan {plan:?}",
+                    policy.name()
+                ))
+            })?;
     }
     Ok(())
 }

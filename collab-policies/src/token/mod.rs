@@ -8,6 +8,8 @@
 //! - [`batching`]: adaptive batching (Alg. 1);
 //! - [`allocate`], [`load_rule`], [`fixed`]: gamma allocation per batch, by dynamic programming
 //!   (Alg. 2), by the load-based rule (Alg. 3) and fixed (the baselines);
+//! - [`live`], [`saved`]: per-pass merge plans for a live server ([`PassTokenPolicy`]s: fixed
+//!   and OTAS allocation from a saved profile) and the profile file they load;
 //! - [`serve`]: the serving loop that drives a former, an allocator and a `BatchExecutor`, and
 //!   ends every query in exactly one outcome.
 
@@ -15,15 +17,19 @@ pub mod allocate;
 pub mod batching;
 pub mod conformance;
 pub mod fixed;
+pub mod live;
 pub mod load_rule;
 pub mod prompt;
 pub mod repo;
+pub mod saved;
 pub mod schedule;
 pub mod serve;
 pub mod tasks;
 pub mod tome;
 pub mod train;
 
+#[cfg(test)]
+mod live_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]

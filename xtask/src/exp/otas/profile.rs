@@ -10,9 +10,9 @@ use std::io::Write;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use collab_bench::token_profile::SavedTokenProfile;
 use collab_core::adaptive::{Gamma, ProfileTable};
 use collab_policies::token::repo::PromptRepository;
+use collab_policies::token::saved::SavedTokenProfile;
 use collab_policies::token::schedule::{MergeSchedule, ScheduleKind};
 use collab_policies::token::tasks::LabelledImages;
 

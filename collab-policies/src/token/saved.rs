@@ -1,14 +1,14 @@
 //! The token-profile file of OTAS (SPEC §4, "Profiles"): accuracy per task and gamma on held-out
 //! data, latency per gamma and batch size, and the merge schedule chosen for each gamma < 0.
-//! `cargo xtask exp token-profile` writes it; `cargo xtask exp otas` and any other serving
-//! experiment load it.
+//! `cargo xtask exp token-profile` writes it; `cargo xtask exp otas` and a live server's
+//! `otas` token policy ([`super::live`]) load it.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use super::schedule::MergeSchedule;
 use collab_core::adaptive::{Gamma, ProfileTable};
 use collab_core::{Error, Result};
-use collab_policies::token::schedule::MergeSchedule;
 use serde::{Deserialize, Serialize};
 
 /// What a token-profile run saves.
