@@ -16,6 +16,7 @@
 //! | `collab_protocol_errors_total` | counter | sessions closed for a protocol violation (bad frame, stall, slow frame) |
 //! | `collab_warnings_suppressed_total` | counter | warning lines left out by the log rate limit |
 //! | `collab_position_seconds{position}` | gauge | recent seconds of one pass at a position |
+//! | `collab_passes_total{gamma}` | counter | passes that ran the head, by the token plan's gamma (0: no merging) |
 
 use std::sync::atomic::AtomicU64;
 
@@ -56,6 +57,8 @@ pub(crate) struct Metrics {
     pub(crate) handshakes_refused: Counter,
     pub(crate) protocol_errors: Counter,
     pub(crate) warnings_suppressed: Counter,
+    /// Passes that ran the head, by gamma.
+    pub(crate) passes: Family<Label<i64>, Counter>,
     /// `queue_length` per position, by index.
     queue_gauges: Vec<Gauge>,
     /// `position_seconds` per position, by index.
@@ -152,6 +155,12 @@ impl Metrics {
             "Warning lines left out by the log rate limit",
             warnings_suppressed.clone(),
         );
+        let passes = Family::<Label<i64>, Counter>::default();
+        registry.register(
+            "collab_passes",
+            "Passes that ran the head, by the gamma of their token plan (0: no merging)",
+            passes.clone(),
+        );
         registry.register(
             "collab_position_seconds",
             "Recent seconds of one pass at a position (block p, or the head at L)",
@@ -171,6 +180,7 @@ impl Metrics {
             handshakes_refused,
             protocol_errors,
             warnings_suppressed,
+            passes,
             queue_gauges,
             position_gauges,
         }

@@ -3,10 +3,13 @@
 
 use std::sync::Arc;
 
+use collab_core::adaptive::TokenPlan;
 use collab_core::model::{Hidden, Input, Transformer};
 use collab_core::{Backend, Error, Result};
 
 use super::executor::Executor;
+use crate::token::schedule::MergeSchedule;
+use crate::token::tome::ToMe;
 
 /// What a request brings to the server.
 #[derive(Clone, Debug)]
@@ -19,15 +22,43 @@ pub enum Payload<B: Backend> {
 
 /// Runs a shared model for the [`super::Worker`]: joins payloads into the running batch,
 /// runs one block at a time, and answers each request with its head output row.
+///
+/// With a [`TokenPlan`] set ([`set_token_plan`](Self::set_token_plan)), block `l` merges
+/// `plan.merges[l]` tokens of each row by ToMe (OTAS, SPEC §4); rows of unequal token counts
+/// (requests that joined at later blocks, or merged on their device) are padded and masked,
+/// and each row merges only its own tokens.
 #[derive(Debug)]
 pub struct ModelExecutor<B: Backend> {
     model: Arc<Transformer<B>>,
+    plan: TokenPlan,
+    tome: Option<ToMe>,
 }
 
 impl<B: Backend> ModelExecutor<B> {
-    /// An executor over `model`.
+    /// An executor over `model`, merging nothing.
     pub fn new(model: Arc<Transformer<B>>) -> Self {
-        Self { model }
+        Self {
+            model,
+            plan: TokenPlan::none(),
+            tome: None,
+        }
+    }
+
+    /// Merges by `plan` from the next block run on. A server sets it between passes, so one
+    /// pass runs one plan; set within a pass, it applies to the blocks still to run.
+    pub fn set_token_plan(&mut self, plan: TokenPlan) {
+        self.tome = (!plan.is_none()).then(|| {
+            ToMe::new(MergeSchedule::new(
+                format!("plan{}", plan.gamma),
+                plan.merges.clone(),
+            ))
+        });
+        self.plan = plan;
+    }
+
+    /// The plan blocks run with.
+    pub fn token_plan(&self) -> &TokenPlan {
+        &self.plan
     }
 
     /// The model.
@@ -139,7 +170,10 @@ impl<B: Backend> Executor for ModelExecutor<B> {
     }
 
     fn run_block(&mut self, batch: Hidden<B>, block: usize) -> Result<Hidden<B>> {
-        self.model.run_blocks(batch, block..block + 1)
+        match &self.tome {
+            Some(tome) => self.model.run_blocks_with(batch, block..block + 1, tome),
+            None => self.model.run_blocks(batch, block..block + 1),
+        }
     }
 
     fn finish(&mut self, batch: Hidden<B>) -> Result<Vec<Vec<f32>>> {
@@ -177,6 +211,81 @@ mod tests {
             normalize: true,
         });
         Transformer::new(CandleBackend::cpu(), cfg, &SeededRandom::new(3)).expect("tiny bert")
+    }
+
+    fn image(model: &Transformer<CandleBackend>, seed: u64) -> Input<CandleBackend> {
+        let values = (0..3 * 32 * 32)
+            .map(|i| ((i as u64 * 7919 + seed * 104_729) % 1000) as f32 / 500.0 - 1.0)
+            .collect();
+        Input::Images(
+            model
+                .backend()
+                .from_vec(values, &[1, 3, 32, 32])
+                .expect("image"),
+        )
+    }
+
+    #[test]
+    fn a_token_plan_merges_each_row_as_it_would_alone_whatever_block_it_joined_at() {
+        let model = Arc::new(crate::shard::layout::test_models::tiny_vit(5).expect("vit"));
+        let be = model.backend();
+        let plan = TokenPlan {
+            gamma: -2,
+            merges: vec![2, 2, 2],
+        };
+        let tome = ToMe::new(MergeSchedule::new("plan", plan.merges.clone()));
+        let [a, b, c] = [1, 2, 3].map(|s| image(&model, s));
+        let embed = |x: &Input<CandleBackend>| model.embed(x).expect("embed");
+        // Alone: A served from block 0; B's device ran block 0 unmerged; C's device ran blocks
+        // 0-1 merging as the plan does. Each then meets the plan on the server.
+        let b1 = model.run_blocks(embed(&b), 0..1).expect("b device");
+        let c2 = model
+            .run_blocks_with(embed(&c), 0..2, &tome)
+            .expect("c device");
+        let alone = [
+            model.run_blocks_with(embed(&a), 0..3, &tome).expect("a"),
+            model.run_blocks_with(b1.clone(), 1..3, &tome).expect("b"),
+            model.run_blocks_with(c2.clone(), 2..3, &tome).expect("c"),
+        ]
+        .map(|h| be.to_vec(&model.head(&h).expect("head")).expect("logits"));
+        let mut exec = ModelExecutor::new(model.clone());
+        exec.set_token_plan(plan.clone());
+        assert_eq!(exec.token_plan(), &plan);
+        let batch = exec.join(None, vec![Payload::Input(a)], 0).expect("join a");
+        let batch = exec.run_block(batch, 0).expect("block 0");
+        let batch = exec
+            .join(Some(batch), vec![Payload::Hidden(b1)], 1)
+            .expect("join b");
+        let batch = exec.run_block(batch, 1).expect("block 1");
+        let batch = exec
+            .join(Some(batch), vec![Payload::Hidden(c2)], 2)
+            .expect("join c");
+        assert!(batch.mask.is_some(), "rows of unequal counts are masked");
+        let batch = exec.run_block(batch, 2).expect("block 2");
+        let out = exec.finish(batch).expect("head");
+        for (row, (got, want)) in out.iter().zip(&alone).enumerate() {
+            let diff = got
+                .iter()
+                .zip(want)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "row {row} differs from alone by {diff}");
+        }
+        // Without the plan the same batch gives other answers: the plan ran.
+        exec.set_token_plan(TokenPlan::none());
+        let plain = exec
+            .join(None, vec![Payload::Input(image(&model, 1))], 0)
+            .and_then(|h| exec.run_block(h, 0))
+            .and_then(|h| exec.run_block(h, 1))
+            .and_then(|h| exec.run_block(h, 2))
+            .and_then(|h| exec.finish(h))
+            .expect("plain");
+        assert!(
+            plain[0]
+                .iter()
+                .zip(&alone[0])
+                .any(|(x, y)| (x - y).abs() > 1e-4)
+        );
     }
 
     #[test]
