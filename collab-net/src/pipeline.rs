@@ -24,6 +24,9 @@
 //! [server.batch]
 //! kind = "shared"                        # per-split, server-only, or a registered one
 //! budget = 8
+//! # [server.tokens]                      # token merging per pass (default: none)
+//! # kind = "otas"                        # fixed (gamma = -8), or a registered one
+//! # profile = "results/otas/token-profile.json"
 //!
 //! [device]
 //! server = "127.0.0.1:7878"
@@ -44,6 +47,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collab_backends::any::BackendName;
+use collab_core::adaptive::TokenPolicyConfig;
 use collab_core::batch::BatchPolicyConfig;
 use collab_policies::codec::{CodecFactory, CodecRegistry};
 use collab_policies::split::{SelectorStrategy, SplitStrategyConfig};
@@ -133,6 +137,10 @@ pub struct ServerSection {
     /// The batch policy (default `{ kind = "shared", budget = 8 }`).
     #[serde(default, deserialize_with = "arc_policy")]
     pub batch: Option<Arc<dyn BatchPolicyConfig>>,
+    /// The token merging of each pass (default none; `{ kind = "fixed", gamma = -8 }`,
+    /// `{ kind = "otas", profile = "..." }` or a registered one), built for the model at start.
+    #[serde(default, deserialize_with = "arc_tokens")]
+    pub tokens: Option<Arc<dyn TokenPolicyConfig>>,
     /// Admission limit (default 64).
     pub capacity: Option<usize>,
     /// Open connections at most (default 256).
@@ -209,6 +217,12 @@ fn arc_policy<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<Arc<dyn BatchPolicyConfig>>, D::Error> {
     Ok(Option::<Box<dyn BatchPolicyConfig>>::deserialize(d)?.map(Arc::from))
+}
+
+fn arc_tokens<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Arc<dyn TokenPolicyConfig>>, D::Error> {
+    Ok(Option::<Box<dyn TokenPolicyConfig>>::deserialize(d)?.map(Arc::from))
 }
 
 fn arc_strategy<'de, D: Deserializer<'de>>(
@@ -323,6 +337,7 @@ impl PipelineConfig {
             })?;
             config.policy = policy.clone();
         }
+        config.tokens.clone_from(&s.tokens);
         if let Some(v) = s.capacity {
             config.capacity = v;
         }

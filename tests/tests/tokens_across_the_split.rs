@@ -1,21 +1,27 @@
 //! A device-side token adapter crosses the split: a device merges tokens with ToMe in its
 //! blocks, the merged tokens' sizes travel with the activation, and the server's blocks attend
 //! and pool by them. Over real loopback TCP on DeiT-Tiny, each answer equals the same
-//! computation in one process (ToMe in blocks `0..k`, plain blocks `k..L`).
+//! computation in one process (ToMe in blocks `0..k`, plain blocks `k..L`). With a token plan
+//! on the server as well, a pass mixes rows of unequal token counts and each still equals its
+//! computation alone.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
+use collab_core::batch::{BatchPolicy, BatchPolicyConfig, QueueView};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, Transformer};
+use collab_core::split::CodecId;
 use collab_core::{Backend, fixtures};
 use collab_net::client::{ClientConfig, Device, DeviceClient, DeviceConfig};
 use collab_net::server::{Server, ServerConfig};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
 use collab_policies::split::FixedSplit;
+use collab_policies::token::live::FixedTokens;
 use collab_policies::token::schedule::MergeSchedule;
 use collab_policies::token::tome::ToMe;
+use serde::{Deserialize, Serialize};
 
 const SPLIT: usize = 6;
 const MERGE_PER_BLOCK: usize = 12;
@@ -91,4 +97,164 @@ async fn merged_tokens_and_their_sizes_cross_the_split() {
     }
     let stats = server.shutdown().await;
     assert_eq!((stats.accepted, stats.done), (4, 4));
+}
+
+// ----- the server merges too: a token plan per pass -------------------------------------------
+
+/// Starts a pass only once `n` requests wait, then admits every request at every position:
+/// makes the mixed batch below certain rather than a matter of timing (a test aid).
+#[derive(Debug)]
+struct Gather {
+    n: usize,
+}
+
+impl BatchPolicy for Gather {
+    fn name(&self) -> String {
+        format!("gather({})", self.n)
+    }
+    fn budget(&self) -> usize {
+        64
+    }
+    fn start(&mut self, q: &QueueView<'_>, _now: f64) -> Option<usize> {
+        if q.total() >= self.n {
+            q.non_empty().next()
+        } else {
+            None
+        }
+    }
+    fn admit(&mut self, position: usize, running: usize, q: &QueueView<'_>, _now: f64) -> usize {
+        q.len(position).min(64 - running)
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct GatherConfig {
+    n: usize,
+}
+
+#[typetag::serde(name = "gather")]
+impl BatchPolicyConfig for GatherConfig {
+    fn build(&self) -> collab_core::Result<Box<dyn BatchPolicy>> {
+        Ok(Box::new(Gather { n: self.n }))
+    }
+}
+
+const SERVER_MERGE: i32 = -8;
+
+/// The logits of `img` with `device` merging in blocks `0..split` and the server's plan
+/// (8 per block) in `split..L`, in one process.
+fn merged_logits(
+    model: &Transformer<CandleBackend>,
+    device: &ToMe,
+    server: &ToMe,
+    split: usize,
+    img: &image::RgbImage,
+) -> Vec<f32> {
+    let be = model.backend();
+    let pixels = ImagePreprocess::imagenet(224)
+        .apply(img)
+        .expect("preprocess");
+    let x = be.from_vec(pixels, &[1, 3, 224, 224]).expect("tensor");
+    let h = model.embed(&Input::Images(x)).expect("embed");
+    let h = model.run_blocks_with(h, 0..split, device).expect("device");
+    let h = model
+        .run_blocks_with(h, split..model.num_blocks(), server)
+        .expect("server");
+    be.to_vec(&model.head(&h).expect("head")).expect("logits")
+}
+
+/// The server runs `[server.tokens] kind = "fixed", gamma = -8`: every pass merges 8 tokens
+/// per block. One pass holds 4 server-only requests (197 tokens at block 0) and 4 requests
+/// that a device split at block 6 after merging 12 per block there (125 tokens on arrival,
+/// against the others' 149): rows of unequal counts, padded and masked, each merging its own.
+/// Every answer equals the same computation in one process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_merges_each_pass_by_its_token_plan() {
+    let model = Arc::new(fixtures::deit_tiny(CandleBackend::cpu()).expect("DeiT-Tiny fixture"));
+    let layers = model.num_blocks();
+    let device_tome = Arc::new(ToMe::new(MergeSchedule::constant(MERGE_PER_BLOCK, layers)));
+    let server_tome = ToMe::new(MergeSchedule::constant(8, layers));
+    let acceptor = TcpAcceptor::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr().expect("addr");
+    let config = ServerConfig {
+        policy: Arc::new(GatherConfig { n: 8 }),
+        tokens: Some(Arc::new(FixedTokens {
+            gamma: SERVER_MERGE,
+            schedule: None,
+        })),
+        ..ServerConfig::default()
+    };
+    let server = Server::start(model.clone(), config, acceptor).expect("server");
+    let device = |split: usize, adapter: Option<Arc<ToMe>>| {
+        let model = model.clone();
+        async move {
+            let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
+            let client = DeviceClient::connect(transport, ClientConfig::default())
+                .await
+                .expect("connect");
+            let codec = if split == 0 {
+                CodecId::raw()
+            } else {
+                "f32".parse().expect("id")
+            };
+            let strategy = FixedSplit::new(split, codec, layers).expect("split");
+            let config = DeviceConfig {
+                deadline: Duration::from_secs(120),
+                ..DeviceConfig::default()
+            };
+            let d = Device::new(model, strategy, client, config);
+            Arc::new(match adapter {
+                Some(a) => d.with_token_adapter(a),
+                None => d,
+            })
+        }
+    };
+    let devices = [
+        (0, device(0, None).await),
+        (SPLIT, device(SPLIT, Some(device_tome.clone())).await),
+    ];
+    let images: Vec<Arc<image::RgbImage>> = fixtures::imagenet_sample()
+        .expect("sample images")
+        .iter()
+        .take(4)
+        .map(|s| Arc::new(image::open(&s.path).expect("decode").to_rgb8()))
+        .collect();
+    let mut tasks = Vec::new();
+    for (split, d) in &devices {
+        for img in &images {
+            let (d, img, split) = (d.clone(), img.clone(), *split);
+            tasks.push(tokio::spawn(async move {
+                (split, img.clone(), d.classify(&img).await)
+            }));
+        }
+    }
+    let identity = ToMe::new(MergeSchedule::constant(0, layers));
+    for task in tasks {
+        let (split, img, answer) = task.await.expect("task");
+        let answer = answer.expect("classified");
+        assert_eq!(answer.batch, 8, "one pass of all 8 requests: {answer:?}");
+        let device = if split == 0 {
+            &identity
+        } else {
+            device_tome.as_ref()
+        };
+        let want = merged_logits(&model, device, &server_tome, split, &img);
+        for (class, logit) in &answer.top {
+            let diff = (logit - want[*class as usize]).abs();
+            assert!(
+                diff < 1e-3,
+                "split {split}, class {class}: {logit} against {}",
+                want[*class as usize]
+            );
+        }
+    }
+    let metrics = server.metrics_text();
+    assert!(
+        metrics.contains("collab_passes_total{gamma=\"-8\"} 1"),
+        "{metrics}"
+    );
+    let stats = server.shutdown().await;
+    assert_eq!((stats.accepted, stats.done, stats.passes), (8, 8, 1));
 }

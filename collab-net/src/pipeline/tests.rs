@@ -15,6 +15,9 @@ hello_timeout_s = 0.5
 [server.batch]
 kind = "per-split"
 budget = 4
+[server.tokens]
+kind = "fixed"
+gamma = -6
 
 [device]
 server = "127.0.0.1:7000"
@@ -38,6 +41,14 @@ fn a_full_file_sets_both_sides() {
     assert_eq!(server.hello_timeout, Duration::from_millis(500));
     assert_eq!(server.model_id, "deit_tiny_patch16_224");
     assert_eq!(server.codecs.families().count(), 38);
+    let context = collab_core::adaptive::TokenPolicyContext {
+        layers: 12,
+        tokens: 197,
+        protected: 1,
+        batch_budget: 4,
+    };
+    let tokens = server.tokens.as_ref().expect("tokens").build(&context);
+    assert_eq!(tokens.expect("token policy").name(), "fixed(-6)");
     let (device, strategy) = p.device_config().expect("device");
     assert_eq!(device.deadline, Duration::from_millis(250));
     assert_eq!(device.max_loss, 0.01);
@@ -59,6 +70,7 @@ fn missing_keys_take_the_defaults() {
         policy.name()
     );
     assert_eq!(server.capacity, ServerConfig::default().capacity);
+    assert!(server.tokens.is_none());
     assert!(matches!(
         p.device_config(),
         Err(PipelineError::Missing("device"))

@@ -13,8 +13,13 @@
 //! `DeadlineMissed` before computing what can no longer make it. A panic inside a step is
 //! caught: every request the thread holds is answered `Failed` and a fresh worker takes over,
 //! so even then each accepted request gets its one answer.
+//!
+//! With a token policy ([`PassTokenPolicy`], OTAS), the thread asks it for a [`TokenPlan`]
+//! before each pass begins, from the requests waiting and the arrival rate of the last
+//! [`RATE_WINDOW`], and the whole pass merges by that plan. A plan that breaks its contract
+//! (or a policy that panics) runs the pass unmerged, with a rate-limited error.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -23,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use collab_core::Backend;
+use collab_core::adaptive::{Batch, LoadInfo, PassContext, PassTokenPolicy, Query, TokenPlan};
 use collab_core::batch::{BatchPolicy, BatchPolicyConfig, Outcome, Response};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, Transformer};
@@ -42,6 +48,9 @@ const TOP: usize = 5;
 /// How long the thread waits for news when the policy stays idle with requests queued.
 const IDLE_WAIT: Duration = Duration::from_millis(1);
 
+/// The window over which a token policy's arrival rate is measured, seconds.
+pub(crate) const RATE_WINDOW: f64 = 2.0;
+
 /// What the thread keeps of a request while the worker holds it.
 #[derive(Debug)]
 struct Meta {
@@ -51,13 +60,14 @@ struct Meta {
 }
 
 /// Starts the compute thread with `first`, the policy the caller built from `policy` (which
-/// builds a fresh one after a panic).
+/// builds a fresh one after a panic), and `tokens`, the token policy if any.
 ///
 /// # Errors
 /// The OS refused to spawn the thread.
 pub(crate) fn spawn<B: Backend>(
     model: Arc<Transformer<B>>,
     (first, policy): (Box<dyn BatchPolicy>, Arc<dyn BatchPolicyConfig>),
+    tokens: Option<Box<dyn PassTokenPolicy>>,
     shared: Arc<Shared>,
     commands: Receiver<Command>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -70,6 +80,8 @@ pub(crate) fn spawn<B: Backend>(
                 worker,
                 shared,
                 policy,
+                tokens,
+                arrivals: VecDeque::new(),
                 origin: Instant::now(),
                 jobs: HashMap::new(),
                 draining: false,
@@ -96,6 +108,10 @@ struct Compute<B: Backend> {
     worker: ServerWorker<B>,
     shared: Arc<Shared>,
     policy: Arc<dyn BatchPolicyConfig>,
+    /// The token policy, if any.
+    tokens: Option<Box<dyn PassTokenPolicy>>,
+    /// Arrival times (worker's clock) within the last [`RATE_WINDOW`].
+    arrivals: VecDeque<f64>,
     /// Time zero of the worker's clock.
     origin: Instant,
     jobs: HashMap<u64, Meta>,
@@ -137,6 +153,7 @@ impl<B: Backend> Compute<B> {
             if self.worker.is_empty() {
                 continue;
             }
+            self.plan_pass();
             if !self.step() {
                 match commands.recv_timeout(IDLE_WAIT) {
                     Ok(c) => {
@@ -171,6 +188,9 @@ impl<B: Backend> Compute<B> {
 
     fn intake(&mut self, job: Job) {
         let arrival = self.clock(job.received);
+        if self.tokens.is_some() {
+            self.arrivals.push_back(arrival);
+        }
         let deadline = arrival + f64::from(job.budget_ms) / 1e3;
         let meta = Meta {
             key: job.key,
@@ -238,6 +258,74 @@ impl<B: Backend> Compute<B> {
         }
     }
 
+    /// Before a pass begins (none under way), sets the executor's token plan from the token
+    /// policy; within a pass the plan stays.
+    fn plan_pass(&mut self) {
+        if self.tokens.is_none() || self.worker.position().is_some() {
+            return;
+        }
+        let now = self.clock(Instant::now());
+        while self
+            .arrivals
+            .front()
+            .is_some_and(|&t| t < now - RATE_WINDOW)
+        {
+            self.arrivals.pop_front();
+        }
+        let window = RATE_WINDOW.min(now).max(1e-3);
+        let load = LoadInfo {
+            rate: self.arrivals.len() as f64 / window,
+            uptime: now,
+        };
+        let waiting = Batch::new(
+            self.jobs
+                .iter()
+                .map(|(&id, m)| {
+                    let arrival = self.clock(m.received);
+                    Query {
+                        id,
+                        task: 0,
+                        arrival,
+                        deadline: arrival + f64::from(m.budget_ms) / 1e3,
+                        utility: 1.0,
+                    }
+                })
+                .collect(),
+        );
+        let facts = &self.shared.facts;
+        let Some(policy) = self.tokens.as_mut() else {
+            return;
+        };
+        let pass = PassContext {
+            now,
+            waiting: &waiting,
+            load,
+        };
+        // A token policy is user code: a panic or a broken plan runs this pass unmerged.
+        let plan = match catch_unwind(AssertUnwindSafe(|| policy.plan(&pass))) {
+            Ok(plan) => match plan.check(facts.layers, facts.tokens, facts.protected()) {
+                Ok(()) => plan,
+                Err(e) => {
+                    if self.shared.log.allow() {
+                        error!("token policy `{}`: {e}; running unmerged", policy.name());
+                    }
+                    TokenPlan::none()
+                }
+            },
+            Err(panic) => {
+                if self.shared.log.allow() {
+                    let message = panic_message(panic.as_ref());
+                    error!("token policy panicked: {message}; running unmerged");
+                }
+                TokenPlan::none()
+            }
+        };
+        if &plan != self.worker.executor().token_plan() {
+            debug!(gamma = plan.gamma, "token plan");
+            self.worker.executor_mut().set_token_plan(plan);
+        }
+    }
+
     /// Runs one step; `false` when it neither computed nor answered anything.
     fn step(&mut self) -> bool {
         let now = self.clock(Instant::now());
@@ -261,6 +349,12 @@ impl<B: Backend> Compute<B> {
                     .set_position_seconds(position, timing.pass_seconds(position));
                 if position == self.worker.layers() {
                     self.shared.metrics.batch_size.observe(batch as f64);
+                    let gamma = i64::from(self.worker.executor().token_plan().gamma);
+                    self.shared
+                        .metrics
+                        .passes
+                        .get_or_create(&[("gamma", gamma)])
+                        .inc();
                 }
                 batch
             }

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use collab_core::adaptive::TokenPolicyConfig;
 use collab_core::batch::BatchPolicyConfig;
 use collab_policies::batch::SharedModelConfig;
 use collab_policies::codec::CodecRegistry;
@@ -63,6 +64,10 @@ pub struct ServerConfig {
     /// after a fault); any registered [`BatchPolicyConfig`], a user's own included (default
     /// [`SharedModelConfig`] with budget 8).
     pub policy: Arc<dyn BatchPolicyConfig>,
+    /// The token merging of each pass (OTAS, SPEC §4): any registered [`TokenPolicyConfig`]
+    /// (`fixed`, `otas`, a user's own), built for the served model at start; `None` (the
+    /// default) merges nothing.
+    pub tokens: Option<Arc<dyn TokenPolicyConfig>>,
     /// The codecs the server decodes (default [`CodecRegistry::builtin`]); a request naming a
     /// family outside it is answered `Invalid` naming the family.
     pub codecs: Arc<CodecRegistry>,
@@ -92,6 +97,7 @@ impl Default for ServerConfig {
             min_transfer_rate: 64 << 10,
             load_interval: Duration::from_millis(250),
             policy: Arc::new(SharedModelConfig::new(8)),
+            tokens: None,
             codecs: Arc::new(CodecRegistry::builtin()),
             bases: None,
         }

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use collab_core::Backend;
+use collab_core::adaptive::TokenPolicyContext;
 use collab_core::model::{ModelConfig, Transformer};
 use collab_policies::svd::SplitBases;
 use tracing::{info, warn};
@@ -30,7 +31,7 @@ impl Server {
     /// # Errors
     /// [`ServerError::NoRuntime`] outside a runtime; [`ServerError::Config`] for an unusable
     /// config, a model that is neither a 3-channel ViT classifier nor a BERT-family encoder,
-    /// or split bases that do not fit
+    /// a token policy that does not build for the model, or split bases that do not fit
     /// the model (another feature width, a split point at or past its last block);
     /// [`ServerError::Thread`] if the compute thread cannot be spawned.
     pub fn start<B: Backend>(
@@ -51,6 +52,22 @@ impl Server {
         let serves = (0..=facts.layers)
             .map(|k| policy.accepts(k, facts.layers))
             .collect();
+        let tokens = match &config.tokens {
+            Some(t) => {
+                let context = TokenPolicyContext {
+                    layers: facts.layers,
+                    tokens: facts.tokens,
+                    protected: facts.protected(),
+                    batch_budget: policy.budget(),
+                };
+                let built = t
+                    .build(&context)
+                    .map_err(|e| ServerError::Config(format!("tokens {t:?}: {e}")))?;
+                info!(tokens = %built.name(), "token merging per pass");
+                Some(built)
+            }
+            None => None,
+        };
         let policy_name = policy.name();
         let (commands, receiver) = std::sync::mpsc::channel();
         let kind = config.policy.clone();
@@ -63,7 +80,7 @@ impl Server {
             "server starting"
         );
         let shared = Arc::new(Shared::new(config, facts, serves, policy_name, commands));
-        let compute = compute::spawn(model, (policy, kind), shared.clone(), receiver)
+        let compute = compute::spawn(model, (policy, kind), tokens, shared.clone(), receiver)
             .map_err(ServerError::Thread)?;
         let accept = runtime.spawn(accept_loop(listener, shared.clone()));
         Ok(ServerHandle {
