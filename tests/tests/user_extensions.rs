@@ -1,16 +1,20 @@
 //! Proof from outside the crates: a user's own batch policy (earliest deadline first), codec
-//! (top-k sparsification) and split strategy (a step on the measured bandwidth: loopback is
-//! fast, so the devices take the early split with top-k), written here against the public
-//! API only, registered with `typetag`, named in one pipeline config file next to nothing of
-//! ours, and served over real loopback TCP: a real server on DeiT-Tiny and two devices. Every
-//! request is answered exactly once, with the unsplit model's top-1. The three are also held
-//! to the public conformance suites, as a user would hold their own.
+//! (top-k sparsification), split strategy (a step on the measured bandwidth: loopback is
+//! fast, so the devices take the early split with top-k) and per-pass token policy (merging
+//! only when a long queue waits), written here against the public API only, registered with
+//! `typetag`, named in one pipeline config file next to nothing of ours, and served over real
+//! loopback TCP: a real server on DeiT-Tiny and two devices. Every request is answered exactly
+//! once, with the unsplit model's top-1. The four are also held to the public conformance
+//! suites, as a user would hold their own.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
+use collab_core::adaptive::{
+    PassContext, PassTokenPolicy, TokenPlan, TokenPolicyConfig, TokenPolicyContext,
+};
 use collab_core::batch::{BatchPolicy, BatchPolicyConfig, QueueView};
 use collab_core::split::{
     Activation, ActivationCodec, CodecId, Conditions, SplitChoice, SplitStrategy,
@@ -292,7 +296,90 @@ split_strategy_conformance!(
     }
 );
 
-// ----- the three in one pipeline, over real sockets ------------------------------------------
+// ----- a token policy: merge only when a long queue waits -------------------------------------
+
+/// Plans merging 4 tokens per block (within what the tokens allow) when at least
+/// `min_waiting` requests wait, none otherwise.
+#[derive(Debug)]
+struct MergeWhenBusy {
+    min_waiting: usize,
+    merges: Vec<usize>,
+    /// Whether its plans count in [`TOKEN_PLANS`] (only the one a server built from the file).
+    counted: bool,
+}
+
+/// 4 tokens merged per block, or fewer where the running count would not allow it.
+fn four_per_block(c: &TokenPolicyContext) -> Vec<usize> {
+    let mut n = c.tokens;
+    (0..c.layers)
+        .map(|_| {
+            let r = 4.min(n.saturating_sub(c.protected) / 2);
+            n -= r;
+            r
+        })
+        .collect()
+}
+
+/// How many plans the server asked the user's token policy for.
+static TOKEN_PLANS: AtomicUsize = AtomicUsize::new(0);
+
+impl PassTokenPolicy for MergeWhenBusy {
+    fn name(&self) -> String {
+        format!("merge-when-busy({})", self.min_waiting)
+    }
+
+    fn plan(&mut self, pass: &PassContext<'_>) -> TokenPlan {
+        if self.counted {
+            TOKEN_PLANS.fetch_add(1, Ordering::Relaxed);
+        }
+        if pass.waiting.len() >= self.min_waiting {
+            TokenPlan {
+                gamma: -4,
+                merges: self.merges.clone(),
+            }
+        } else {
+            TokenPlan::none()
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MergeWhenBusyConfig {
+    min_waiting: usize,
+}
+
+#[typetag::serde(name = "merge-when-busy")]
+impl TokenPolicyConfig for MergeWhenBusyConfig {
+    fn build(&self, c: &TokenPolicyContext) -> Result<Box<dyn PassTokenPolicy>> {
+        Ok(Box::new(MergeWhenBusy {
+            min_waiting: self.min_waiting,
+            merges: four_per_block(c),
+            counted: true,
+        }))
+    }
+}
+
+#[test]
+fn merge_when_busy_passes_the_token_policy_suite() {
+    for (tokens, layers) in [(197, 12), (9, 12), (2, 3)] {
+        let context = TokenPolicyContext {
+            layers,
+            tokens,
+            protected: 1,
+            batch_budget: 8,
+        };
+        let mut policy = MergeWhenBusy {
+            min_waiting: 10,
+            merges: four_per_block(&context),
+            counted: false,
+        };
+        collab_policies::token::conformance::check_pass_policy(&mut policy, &context, 200, 7)
+            .expect("conformance");
+    }
+}
+
+// ----- the four in one pipeline, over real sockets -------------------------------------------
 
 /// The pipeline file: nothing but the user's three parts and the addresses.
 fn pipeline(server: std::net::SocketAddr) -> String {
@@ -309,6 +396,9 @@ capacity = 32
 [server.batch]
 kind = "edf"
 budget = 4
+[server.tokens]
+kind = "merge-when-busy"
+min_waiting = 1000
 
 [device]
 server = "{server}"
@@ -344,7 +434,10 @@ async fn a_users_policy_codec_and_strategy_serve_from_one_config_file() {
     let addr = acceptor.local_addr().expect("addr");
     let pipeline = PipelineConfig::from_toml(&pipeline(addr)).expect("the pipeline parses");
 
-    let builds = EDF_BUILDS.load(Ordering::Relaxed);
+    let (builds, plans) = (
+        EDF_BUILDS.load(Ordering::Relaxed),
+        TOKEN_PLANS.load(Ordering::Relaxed),
+    );
     let server_config = pipeline.server_config().expect("server config");
     let server = Server::start(model.clone(), server_config, acceptor).expect("server");
     assert!(
@@ -416,6 +509,10 @@ async fn a_users_policy_codec_and_strategy_serve_from_one_config_file() {
         other => panic!("expected Invalid, got {other:?}"),
     }
 
+    assert!(
+        TOKEN_PLANS.load(Ordering::Relaxed) > plans,
+        "the server asked the user's token policy for its plans"
+    );
     let stats = server.shutdown().await;
     assert_eq!(
         (stats.accepted, stats.done, stats.invalid, stats.retries),
