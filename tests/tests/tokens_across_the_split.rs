@@ -9,16 +9,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collab_backends::candle::CandleBackend;
+use collab_core::adaptive::{ProfileTable, ProfileTableData};
 use collab_core::batch::{BatchPolicy, BatchPolicyConfig, QueueView};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, Transformer};
 use collab_core::split::CodecId;
 use collab_core::{Backend, fixtures};
 use collab_net::client::{ClientConfig, Device, DeviceClient, DeviceConfig};
+use collab_net::pipeline::PipelineConfig;
 use collab_net::server::{Server, ServerConfig};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
 use collab_policies::split::FixedSplit;
 use collab_policies::token::live::FixedTokens;
+use collab_policies::token::saved::SavedTokenProfile;
 use collab_policies::token::schedule::MergeSchedule;
 use collab_policies::token::tome::ToMe;
 use serde::{Deserialize, Serialize};
@@ -257,4 +260,94 @@ async fn the_server_merges_each_pass_by_its_token_plan() {
     );
     let stats = server.shutdown().await;
     assert_eq!((stats.accepted, stats.done, stats.passes), (8, 8, 1));
+}
+
+/// `collab_passes_total{gamma="g"}` from the metrics text (0 when absent).
+fn passes_at(metrics: &str, gamma: i32) -> u64 {
+    let key = format!("collab_passes_total{{gamma=\"{gamma}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .map_or(0, |v| v.trim().parse().expect("a count"))
+}
+
+/// `kind = "otas"` on a live server: the load-based rule (the allocator's first 2 s, and its
+/// rule for short queues) maps the measured arrival rate to a gamma through a profile. The
+/// profile here is written by the test (a test aid, not a measurement): the plain model
+/// serves 5 requests/s, gamma -16 serves 1000/s, so the rate table switches at 4.5/s. Three
+/// requests 1.2 s apart run plain; a burst of 16 runs merged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otas_on_a_live_server_merges_when_the_arrival_rate_rises() {
+    let dir = std::env::temp_dir().join(format!("collab-otas-live-{}", std::process::id()));
+    let path = dir.join("token-profile.json");
+    let table = ProfileTable::new(ProfileTableData {
+        gammas: vec![-16, 0],
+        batch_sizes: vec![1],
+        accuracy: vec![vec![Some(0.70), Some(0.82)]],
+        per_sample_time: vec![vec![Some(vec![0.001]), Some(vec![0.2])]],
+    })
+    .expect("table");
+    SavedTokenProfile {
+        table,
+        schedules: Default::default(),
+        schedule_scores: Default::default(),
+        test_examples: vec![1],
+    }
+    .save(&path)
+    .expect("save");
+    let model = Arc::new(fixtures::deit_tiny(CandleBackend::cpu()).expect("DeiT-Tiny fixture"));
+    let layers = model.num_blocks();
+    let pipeline = PipelineConfig::from_toml(&format!(
+        "[model]\nid = \"deit_tiny_patch16_224\"\n[server]\n[server.tokens]\nkind = \"otas\"\nprofile = {:?}\n",
+        path.display().to_string()
+    ))
+    .expect("pipeline");
+    let acceptor = TcpAcceptor::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .expect("bind");
+    let addr = acceptor.local_addr().expect("addr");
+    let server_config = pipeline.server_config().expect("server config");
+    let server = Server::start(model.clone(), server_config, acceptor).expect("server");
+    let transport: Arc<dyn Transport> = Arc::new(Tcp::new(addr));
+    let client = DeviceClient::connect(transport, ClientConfig::default())
+        .await
+        .expect("connect");
+    let strategy = FixedSplit::new(0, CodecId::raw(), layers).expect("split");
+    let config = DeviceConfig {
+        deadline: Duration::from_secs(120),
+        ..DeviceConfig::default()
+    };
+    let device = Arc::new(Device::new(model.clone(), strategy, client, config));
+    let img = Arc::new(
+        image::open(&fixtures::imagenet_sample().expect("sample")[0].path)
+            .expect("decode")
+            .to_rgb8(),
+    );
+    // Slow arrivals: at most 2 in any 2 s window, 1/s.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..3 {
+        device.classify(&img).await.expect("classified");
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    let calm = server.metrics_text();
+    assert_eq!(
+        (passes_at(&calm, 0), passes_at(&calm, -16)),
+        (3, 0),
+        "{calm}"
+    );
+    // A burst: 16 at once, over 8/s within the window.
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let (device, img) = (device.clone(), img.clone());
+            tokio::spawn(async move { device.classify(&img).await })
+        })
+        .collect();
+    for task in burst {
+        task.await.expect("task").expect("classified");
+    }
+    let busy = server.metrics_text();
+    assert!(passes_at(&busy, -16) >= 1, "{busy}");
+    let stats = server.shutdown().await;
+    assert_eq!((stats.accepted, stats.done), (19, 19));
+    std::fs::remove_dir_all(&dir).expect("clean up");
 }
