@@ -71,6 +71,9 @@ pub struct VitConfig {
 }
 
 impl VitConfig {
+    /// The class token, kept first by token adapters.
+    pub const PROTECTED_TOKENS: usize = 1;
+
     /// Patches per image.
     pub fn num_patches(&self) -> usize {
         (self.image_size / self.patch_size).pow(2)
@@ -98,6 +101,11 @@ pub struct BertConfig {
     pub normalize: bool,
 }
 
+impl BertConfig {
+    /// None: mean pooling weighs every token, and no token has a fixed role.
+    pub const PROTECTED_TOKENS: usize = 0;
+}
+
 /// Any model the generic Transformer can build.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
@@ -117,6 +125,19 @@ pub const PRESETS: &[&str] = &[
 ];
 
 impl ModelConfig {
+    /// Leading tokens of the embedded input that token adapters keep ([`Hidden::protected`]):
+    /// a ViT's class token; none for BERT, whose pooling is a mean over all tokens. The one
+    /// place this default is written: the embeddings, the device's token facts and the
+    /// server's request checks all read it.
+    ///
+    /// [`Hidden::protected`]: super::Hidden::protected
+    pub fn protected_tokens(&self) -> usize {
+        match self {
+            Self::Vit(_) => VitConfig::PROTECTED_TOKENS,
+            Self::Bert(_) => BertConfig::PROTECTED_TOKENS,
+        }
+    }
+
     /// A named preset (see [`PRESETS`]).
     ///
     /// # Errors

@@ -98,7 +98,7 @@ impl<B: Backend> PatchEmbed<B> {
         let cls = backend.add(&backend.zeros(&[b, 1, d])?, &self.cls)?;
         let x = backend.cat(&[&cls, &x], 1)?;
         let x = backend.add(&x, &self.pos)?;
-        Ok(Hidden::new(x, 1))
+        Ok(Hidden::new(x, VitConfig::PROTECTED_TOKENS))
     }
 }
 
@@ -215,7 +215,7 @@ impl<B: Backend> TextEmbed<B> {
                 Some(backend.from_vec(mask, &[b, n])?)
             },
             sizes: None,
-            protected: 0,
+            protected: BertConfig::PROTECTED_TOKENS,
         })
     }
 }

@@ -146,10 +146,7 @@ fn token_meta<B: Backend>(
     hidden: &Hidden<B>,
 ) -> Result<Option<TokenMeta>, ClientError> {
     let be = model.backend();
-    let default_protected = match model.config() {
-        ModelConfig::Vit(_) => 1,
-        ModelConfig::Bert(_) => 0,
-    };
+    let default_protected = model.config().protected_tokens();
     if hidden.mask.is_none() && hidden.sizes.is_none() && hidden.protected == default_protected {
         return Ok(None);
     }

@@ -14,7 +14,7 @@
 //!
 //! Every failure is a [`RemoteError::Invalid`] naming the problem.
 
-use collab_core::model::HostHidden;
+use collab_core::model::{BertConfig, HostHidden, VitConfig};
 use collab_core::split::ActivationCodec;
 use collab_policies::codec::{CodecContext, CodecRegistry};
 use collab_policies::svd::SplitBases;
@@ -55,11 +55,12 @@ pub struct ModelFacts {
 
 impl ModelFacts {
     /// Leading tokens of a request's hidden states that token adapters keep unless the
-    /// request says otherwise: the class token of an image model, none for text.
+    /// request says otherwise: the class token of an image model, none for text
+    /// ([`ModelConfig::protected_tokens`](collab_core::model::ModelConfig::protected_tokens)).
     pub fn protected(&self) -> usize {
         match self.input {
-            InputFacts::Image { .. } => 1,
-            InputFacts::Text { .. } => 0,
+            InputFacts::Image { .. } => VitConfig::PROTECTED_TOKENS,
+            InputFacts::Text { .. } => BertConfig::PROTECTED_TOKENS,
         }
     }
 }
