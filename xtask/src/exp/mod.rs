@@ -6,6 +6,7 @@ mod arm_quant;
 mod calibrate;
 mod collabtrans;
 mod estimate;
+mod live_tokens;
 mod llm_placement;
 mod net_overhead;
 mod otas;
@@ -39,6 +40,8 @@ pub(crate) enum Exp {
     CalibrateCostModel(calibrate::Args),
     /// Operator-level LLM placement between device and cloud: TTFT, TPOT, cost (SPEC §7).
     LlmPlacement(llm_placement::Args),
+    /// Token merging on the live server: throughput and accuracy per gamma over TCP.
+    LiveTokens(live_tokens::Args),
     /// Server throughput over TCP against the in-process batch worker at the same load.
     NetOverhead(net_overhead::Args),
     /// On-device elastic execution under a memory budget: STI against its baselines (SPEC §3).
@@ -66,6 +69,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::CollabtransThroughput(a) => collabtrans::run(a),
         Exp::CalibrateCostModel(a) => calibrate::run(a),
         Exp::LlmPlacement(a) => llm_placement::run(a),
+        Exp::LiveTokens(a) => live_tokens::run(a),
         Exp::NetOverhead(a) => net_overhead::run(a),
         Exp::Sti(a) => sti::run(a),
         Exp::TokenTrain(a) => otas::train::run(a),
