@@ -12,6 +12,8 @@
 //! - [`graph`]: the two-level IR of a LLaMA-style decoder (layer graph lowered to an operator
 //!   graph with FLOPs, bytes and data movement) that operator placement plans over (SPEC §7);
 //! - [`cost`]: the `CostModel` trait and a measured per-block profile;
+//! - [`distill`]: the `Distiller` trait of selective feature distillation (SPEC §6) and what a
+//!   device uploads;
 //! - [`input`]: image preprocessing and tokenisation for the real checkpoints;
 //! - [`json`]: pretty JSON files for profiles, calibrations and tables;
 //! - [`seed`]: seeds and round counts of the randomised conformance suites;
@@ -24,6 +26,7 @@ pub mod adaptive;
 mod backend;
 pub mod batch;
 pub mod cost;
+pub mod distill;
 mod error;
 pub mod fixtures;
 pub mod graph;

@@ -15,10 +15,13 @@
 //! - [`shard`]: elastic on-device execution under a memory budget (SPEC §3, STI): shards at
 //!   several fidelities in one file, importance, the pipeline planner and the streaming executor;
 //! - [`token`]: elastic serving by token adaptation (SPEC §4, OTAS): ToMe merging, prompt
-//!   tokens and their training, adaptive batching and gamma allocation.
+//!   tokens and their training, adaptive batching and gamma allocation;
+//! - [`distill`]: selective feature distillation (SPEC §6): what a device uploads and which
+//!   public samples the cloud distils its student on.
 
 pub mod batch;
 pub mod codec;
+pub mod distill;
 pub mod operator;
 pub mod shard;
 pub mod split;

@@ -1,0 +1,22 @@
+//! Selective feature distillation (SPEC §6): the built-in [`Distiller`]s.
+//!
+//! | distiller | device uploads | cloud distils on |
+//! | --- | --- | --- |
+//! | [`AllDistill`] | nothing | every public sample |
+//! | [`RandomSelection`] | its sample count | `n` random public samples per private sample |
+//! | [`SimilaritySelection`] | one class-probability vector per sample | per vector, the `n` most cosine-similar public samples not yet chosen |
+//! | [`PrototypeSelection`] | k-means prototypes of those vectors, each the mean of at least `group_size` | per prototype, `n` x its members most similar |
+//!
+//! - [`kmeans`]: the seeded k-means with a smallest group size that prototypes come from;
+//! - [`conformance`]: the `Distiller` suite every distiller runs (a user's too).
+//!
+//! [`Distiller`]: collab_core::distill::Distiller
+
+pub mod conformance;
+pub mod kmeans;
+mod select;
+
+pub use select::{AllDistill, PrototypeSelection, RandomSelection, SimilaritySelection};
+
+#[cfg(test)]
+mod tests;
