@@ -83,9 +83,32 @@ pub(crate) fn stream(mut cmd: Command, what: &str) -> Result<(Counts, bool)> {
     Ok((counts, child.wait()?.success()))
 }
 
-/// `cargo`, as the running cargo names itself.
+/// `cargo`, as the running cargo names itself, without the variables `cargo run` set for
+/// xtask itself (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`, ...).
+///
+/// Build scripts ask cargo to rerun them when such a variable changes (ring's asks for
+/// `CARGO_MANIFEST_DIR` and `CARGO_PKG_*`), and cargo compares its own environment. A `cargo
+/// test` started from xtask with xtask's values therefore re-ran ring's build script and
+/// rebuilt ring, rustls and everything above them, all built a moment before for xtask
+/// (measured in the session-19 CI log: the test build began with `Compiling ring`).
 pub(crate) fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_by_cargo_run = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+        ]
+        .iter()
+        .any(|p| key.starts_with(p))
+            || key == "CARGO_PRIMARY_PACKAGE";
+        if set_by_cargo_run {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 /// A stage of `cargo xtask test`.
