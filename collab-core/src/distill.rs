@@ -71,13 +71,20 @@ impl Upload {
 
     /// Private samples the upload stands for.
     pub fn samples(&self) -> usize {
-        self.members.iter().sum()
+        // Counts come off the network: saturate rather than overflow.
+        self.members
+            .iter()
+            .fold(0usize, |a, &m| a.saturating_add(m))
     }
 
     /// Bytes of the upload on the wire as `f32` vectors and `u32` counts (what the paper's
     /// upload comparison counts).
     pub fn bytes(&self) -> usize {
-        4 * (self.vectors.len() * self.classes + self.members.len())
+        self.vectors
+            .len()
+            .saturating_mul(self.classes)
+            .saturating_add(self.members.len())
+            .saturating_mul(4)
     }
 
     /// Checks the invariants above.

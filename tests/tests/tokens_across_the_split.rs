@@ -14,12 +14,15 @@ use collab_core::batch::{BatchPolicy, BatchPolicyConfig, QueueView};
 use collab_core::input::ImagePreprocess;
 use collab_core::model::{Input, Transformer};
 use collab_core::split::CodecId;
+use collab_core::split::{Activation, ActivationCodec};
 use collab_core::{Backend, fixtures};
-use collab_net::client::{ClientConfig, Device, DeviceClient, DeviceConfig};
+use collab_net::client::{ClientConfig, ClientError, Device, DeviceClient, DeviceConfig, Outgoing};
 use collab_net::pipeline::PipelineConfig;
 use collab_net::server::{Server, ServerConfig};
 use collab_net::transport::{Tcp, TcpAcceptor, Transport};
+use collab_net::wire::{RemoteError, TokenMeta};
 use collab_policies::split::FixedSplit;
+use collab_policies::svd::{PlainCodec, Precision};
 use collab_policies::token::live::FixedTokens;
 use collab_policies::token::saved::SavedTokenProfile;
 use collab_policies::token::schedule::MergeSchedule;
@@ -258,8 +261,42 @@ async fn the_server_merges_each_pass_by_its_token_plan() {
         metrics.contains("collab_passes_total{gamma=\"-8\"} 1"),
         "{metrics}"
     );
+    // A request that declares its own protected tokens would change every row's merging:
+    // under a token policy it is refused, alone.
+    let activation = Activation::new(197, 192, vec![0.0; 197 * 192]).expect("activation");
+    let outgoing = Outgoing {
+        split: SPLIT as u32,
+        codec: "f32".parse().expect("id"),
+        payload: PlainCodec {
+            precision: Precision::F32,
+        }
+        .encode(&activation)
+        .expect("encode"),
+        budget: Duration::from_secs(30),
+        max_loss: 1.0,
+        meta: Some(TokenMeta {
+            protected: 2,
+            mask: None,
+            sizes: None,
+        }),
+    };
+    match devices[0]
+        .1
+        .client()
+        .infer(outgoing, Duration::from_secs(30))
+        .await
+    {
+        Err(ClientError::Remote(RemoteError::Invalid(m))) => {
+            assert!(m.contains("protected"), "{m}");
+        }
+        other => panic!("expected Invalid, got {other:?}"),
+    }
     let stats = server.shutdown().await;
-    assert_eq!((stats.accepted, stats.done, stats.passes), (8, 8, 1));
+    assert_eq!(
+        (stats.done, stats.invalid, stats.passes),
+        (8, 1, 1),
+        "{stats:?}"
+    );
 }
 
 /// `collab_passes_total{gamma="g"}` from the metrics text (0 when absent).

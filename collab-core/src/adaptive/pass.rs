@@ -93,8 +93,9 @@ impl TokenPlan {
 /// # Contract
 /// [`plan`](Self::plan) never panics, whatever the context (no request waiting, NaN rates,
 /// deadlines already past), and returns a plan that passes [`TokenPlan::check`] for the model
-/// it was built for. It is called once before each pass begins, on the compute thread, so it
-/// must be quick (well under a millisecond). `collab_policies::token::conformance` checks all
+/// it was built for. A server calls it on its compute thread before a pass begins, and again
+/// (while none has begun) whenever a request arrives, so it must be quick (well under a
+/// millisecond); the last plan asked for runs the pass. `collab_policies::token::conformance` checks all
 /// of this on a user's policy.
 pub trait PassTokenPolicy: Debug + Send {
     /// A short name for reports (e.g. `"otas(dp)"`, `"fixed(-8)"`).

@@ -15,8 +15,9 @@
 //! so even then each accepted request gets its one answer.
 //!
 //! With a token policy ([`PassTokenPolicy`], OTAS), the thread asks it for a [`TokenPlan`]
-//! before each pass begins, from the requests waiting and the arrival rate of the last
-//! [`RATE_WINDOW`], and the whole pass merges by that plan. A plan that breaks its contract
+//! before a pass begins (again if a request arrives first), from the requests waiting and the
+//! arrival rate of the accepted requests over the last [`RATE_WINDOW`], and the whole pass
+//! merges by that plan. A plan that breaks its contract
 //! (or a policy that panics) runs the pass unmerged, with a rate-limited error.
 
 use std::collections::{HashMap, VecDeque};
@@ -82,6 +83,7 @@ pub(crate) fn spawn<B: Backend>(
                 policy,
                 tokens,
                 arrivals: VecDeque::new(),
+                replan: true,
                 origin: Instant::now(),
                 jobs: HashMap::new(),
                 draining: false,
@@ -110,8 +112,11 @@ struct Compute<B: Backend> {
     policy: Arc<dyn BatchPolicyConfig>,
     /// The token policy, if any.
     tokens: Option<Box<dyn PassTokenPolicy>>,
-    /// Arrival times (worker's clock) within the last [`RATE_WINDOW`].
+    /// Arrival times (worker's clock) of accepted requests within the last [`RATE_WINDOW`].
     arrivals: VecDeque<f64>,
+    /// Whether the token plan must be asked for again before the next pass: a request
+    /// arrived or a pass ran since it was last asked.
+    replan: bool,
     /// Time zero of the worker's clock.
     origin: Instant,
     jobs: HashMap<u64, Meta>,
@@ -188,9 +193,6 @@ impl<B: Backend> Compute<B> {
 
     fn intake(&mut self, job: Job) {
         let arrival = self.clock(job.received);
-        if self.tokens.is_some() {
-            self.arrivals.push_back(arrival);
-        }
         let deadline = arrival + f64::from(job.budget_ms) / 1e3;
         let meta = Meta {
             key: job.key,
@@ -204,6 +206,10 @@ impl<B: Backend> Compute<B> {
                 return;
             }
         };
+        if self.tokens.is_some() {
+            self.arrivals.push_back(arrival);
+            self.replan = true;
+        }
         self.jobs.insert(job.id, meta);
         if let Err(r) = self
             .worker
@@ -253,6 +259,16 @@ impl<B: Backend> Compute<B> {
                         panic_message(panic.as_ref())
                     ))
                 })??;
+                // One row's protected tokens apply to the whole merged batch: under a token
+                // policy a request may not choose its own, or it would change other rows'
+                // merging.
+                if self.tokens.is_some() && hidden.protected != facts.protected() {
+                    return Err(RemoteError::Invalid(format!(
+                        "{} protected tokens: this server merges tokens and keeps exactly {}",
+                        hidden.protected,
+                        facts.protected()
+                    )));
+                }
                 Ok(Payload::Hidden(hidden.to_backend(be).map_err(failed)?))
             }
         }
@@ -348,6 +364,7 @@ impl<B: Backend> Compute<B> {
                     .metrics
                     .set_position_seconds(position, timing.pass_seconds(position));
                 if position == self.worker.layers() {
+                    self.replan = true;
                     self.shared.metrics.batch_size.observe(batch as f64);
                     let gamma = i64::from(self.worker.executor().token_plan().gamma);
                     self.shared
@@ -421,6 +438,7 @@ impl<B: Backend> Compute<B> {
             self.reply(&meta, Err(outcome.clone()));
         }
         self.passes_before += self.worker.stats().passes as u64;
+        self.replan = true;
         match self.policy.build() {
             Ok(policy) => self.worker = new_worker(policy, &self.model, &self.shared),
             Err(e) => {

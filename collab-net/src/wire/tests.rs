@@ -353,6 +353,20 @@ mod validation {
             ),
             (
                 TokenMeta {
+                    mask: Some(vec![1, 0, 1, 0, 0]),
+                    ..good.clone()
+                },
+                "ones first",
+            ),
+            (
+                TokenMeta {
+                    mask: Some(vec![0; 5]),
+                    ..good.clone()
+                },
+                "at least one",
+            ),
+            (
+                TokenMeta {
                     sizes: Some(vec![1.0; 6]),
                     ..good.clone()
                 },

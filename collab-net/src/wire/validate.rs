@@ -242,9 +242,12 @@ pub fn decode_activation(
             return invalid(format!("{protected} protected tokens of {n}"));
         }
         if let Some(v) = &m.mask {
-            if v.len() != n || v.iter().any(|&b| b > 1) {
+            // Padding goes at the end, after at least one real token (as batches are
+            // joined, and as ToMe merges them).
+            let real = v.iter().take_while(|&&b| b == 1).count();
+            if v.len() != n || real == 0 || v[real..].iter().any(|&b| b != 0) {
                 return invalid(format!(
-                    "a mask of {} values (each 0 or 1) for {n} tokens",
+                    "a mask of {} values for {n} tokens: each 0 or 1, ones first, at least one",
                     v.len()
                 ));
             }

@@ -5,7 +5,9 @@
 //! - every selection holds distinct indices into the public set, at most all of them, the
 //!   same for the same seed;
 //! - hostile input (empty sets, NaN, vectors of unequal lengths, uploads of another kind or
-//!   with tampered counts) is answered with an error or a valid result, never a panic.
+//!   with tampered counts) is answered with an error or a valid result, never a panic;
+//! - a well-formed case (64 private and 256 public probability vectors over 10 classes) is
+//!   served: the upload and the selection on it succeed.
 //!
 //! Selection sees only the upload by its signature: nothing of the device's private data
 //! reaches it except what the device chose to upload.
@@ -91,6 +93,21 @@ fn tampered(up: &Upload) -> Vec<Upload> {
 pub fn check_distiller(distiller: &dyn Distiller, rounds: usize, seed: u64) -> Result<()> {
     let name = distiller.name();
     let mut rng = StdRng::seed_from_u64(seed);
+    let (private, public) = (
+        probabilities(&mut rng, 64, 10),
+        probabilities(&mut rng, 256, 10),
+    );
+    let up = distiller.upload(&private, seed).map_err(|e| {
+        Error::InvalidInput(format!(
+            "distiller `{name}` refused a well-formed upload of 64 samples: {e}"
+        ))
+    })?;
+    let sel = distiller.select(&up, &public, seed).map_err(|e| {
+        Error::InvalidInput(format!(
+            "distiller `{name}` refused to select on its own well-formed upload: {e}"
+        ))
+    })?;
+    check_selection(&name, "the well-formed case", &sel, public.len())?;
     for round in 0..rounds {
         let classes = rng.random_range(2..12);
         let (m, p) = (rng.random_range(0..48), rng.random_range(0..160));

@@ -69,6 +69,9 @@ fn most_similar(queries: &[(&[f32], usize)], public: &[Vec<f32>]) -> Vec<usize> 
     let mut taken = vec![false; public.len()];
     let mut out = Vec::new();
     for &(q, count) in queries {
+        if out.len() == public.len() {
+            break;
+        }
         let mut scored: Vec<(f64, usize)> = public
             .iter()
             .enumerate()

@@ -193,3 +193,28 @@ proptest! {
         }
     }
 }
+
+/// Refuses every upload: a distiller that serves nothing must fail the suite too.
+#[derive(Debug)]
+struct Refuses;
+
+impl Distiller for Refuses {
+    fn name(&self) -> String {
+        "refuses".into()
+    }
+    fn upload(&self, _: &[Vec<f32>], _: u64) -> collab_core::Result<Upload> {
+        Err(Error::InvalidInput("no".into()))
+    }
+    fn select(&self, _: &Upload, _: &[Vec<f32>], _: u64) -> collab_core::Result<Vec<usize>> {
+        Err(Error::InvalidInput("no".into()))
+    }
+}
+
+#[test]
+fn a_distiller_that_refuses_well_formed_input_fails_the_suite() {
+    let e = check_distiller(&Refuses, 5, 1).unwrap_err();
+    assert!(
+        e.to_string().contains("refused a well-formed upload"),
+        "{e}"
+    );
+}

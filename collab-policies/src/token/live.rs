@@ -268,6 +268,13 @@ impl OtasPolicy {
         })
     }
 
+    /// The plan it runs at `gamma` (one per gamma <= 0 of the profile): the profile's merge
+    /// schedule for that gamma when it has one, else the constant schedule; `None` for a gamma
+    /// the profile does not list.
+    pub fn plan_for(&self, gamma: Gamma) -> Option<&TokenPlan> {
+        self.plans.get(&gamma)
+    }
+
     /// The gamma the allocator gives the pass about to begin.
     pub fn gamma(&mut self, pass: &PassContext<'_>) -> Gamma {
         let mut queries: Vec<Query> = pass

@@ -133,8 +133,16 @@ fn otas_uses_the_profiles_schedule_and_the_fastest_gamma_when_nothing_fits() {
     // Every deadline already past: nothing can make it; run the fastest.
     let late = plan(&mut p, 10.0, &waiting(10.0, 48, -0.5), 2000.0);
     assert_eq!(late.gamma, -16);
-    // The profile chose a linear schedule for -8; the plan follows it.
+    // The profile chose a linear schedule for -8; OTAS's plan follows it, and -16 (no
+    // schedule in the profile) is the constant one.
     let linear = MergeSchedule::linear(8, 12).fitted(197, 1);
+    assert_eq!(p.plan_for(-8).unwrap().merges, linear.per_layer());
+    assert_eq!(
+        p.plan_for(-16).unwrap().merges,
+        vec![16; 11].into_iter().chain([10]).collect::<Vec<_>>()
+    );
+    assert_eq!(p.plan_for(0), Some(&TokenPlan::none()));
+    assert_eq!(p.plan_for(4), None, "prompts are not served live");
     let config = FixedTokens {
         gamma: -8,
         schedule: Some(super::schedule::ScheduleKind::Linear),

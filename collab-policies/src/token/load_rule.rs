@@ -67,9 +67,10 @@ impl RateTable {
     /// A table profiled on this machine (what SPEC §4's "profiled table" is on another
     /// machine than the paper's): each gamma but the smallest serves rates below `headroom`
     /// times its best measured throughput for `task` (queries/s, the most over batch sizes
-    /// 1-64 of `1 / per_sample_time`), taken from the largest gamma down; thresholds are made
-    /// ascending (a gamma never gets a lower threshold than a larger one), and rates above all
-    /// of them get the smallest gamma.
+    /// 1-64 of `1 / per_sample_time`), taken from the largest gamma down; a gamma whose
+    /// threshold would not exceed a larger gamma's is left out (it would never be chosen: a
+    /// larger gamma serves that rate), so the thresholds are strictly ascending and pass
+    /// [`validate`](Self::validate); rates above all of them get the smallest gamma.
     ///
     /// # Errors
     /// [`Error::Config`] when `headroom` is not in (0, 1], or no gamma of the profile has a
@@ -102,7 +103,12 @@ impl RateTable {
         let mut thresholds = Vec::new();
         let mut floor = 0.0f64;
         for &g in rest.iter().rev() {
-            let t = (headroom * best(g).unwrap_or(0.0)).max(floor);
+            let t = headroom * best(g).unwrap_or(0.0);
+            // A gamma no faster than a larger one would get the same threshold and never be
+            // chosen; leaving it out keeps the thresholds strictly ascending (`validate`).
+            if !thresholds.is_empty() && t <= floor {
+                continue;
+            }
             thresholds.push((t, g));
             floor = t;
         }

@@ -39,12 +39,16 @@ struct RowPlan {
     merges: Vec<(u32, u32)>,
 }
 
-/// Plans the merges of one row from each A token's best score and partner (B index).
+/// Plans the merges of one row of `n` real tokens from each A token's best score and partner
+/// (B index). An A token whose partner is not one of the row's `n / 2` real B tokens (only
+/// possible with NaN scores) is never a source, so no row writes outside its own slots.
 fn plan_row(n: usize, protected: usize, r: usize, best: &[f32], partner: &[u32]) -> RowPlan {
     let na = n.div_ceil(2);
     // Protected A tokens (positions < protected) are never candidates: their score is -inf.
     let first = protected.div_ceil(2).min(na);
-    let mut cand: Vec<usize> = (first..na).collect();
+    let mut cand: Vec<usize> = (first..na)
+        .filter(|&i| (partner[i] as usize) < n / 2)
+        .collect();
     let key = |i: usize| {
         if best[i].is_nan() {
             f32::NEG_INFINITY
@@ -132,10 +136,10 @@ fn real_counts(mask: &[f32], b: usize, n: usize) -> Result<Vec<usize>> {
 /// `keys` `[batch, heads, tokens, head_dim]`. See the module docs for the matching and the
 /// token order.
 ///
-/// Each row merges `min(r, (real - protected) / 2)` of its own real tokens, where `real` is
-/// its token count before padding (all tokens without a mask). Without a mask every row
-/// merges the same count and the result has `tokens - r` tokens, no mask, and `sizes`
-/// `[batch, tokens - r]` (sizes count 1 per token when `hidden.sizes` is `None`). With a mask
+/// Each row merges `min(r, (real - protected) / 2)` of its own real tokens (`r'` below), where
+/// `real` is its token count before padding (all tokens without a mask). Without a mask every
+/// row merges the same `r'` and the result has `tokens - r'` tokens, no mask, and `sizes`
+/// `[batch, tokens - r']` (sizes count 1 per token when `hidden.sizes` is `None`). With a mask
 /// (a batch joined from requests of unequal token counts, padded at the end), the padding is
 /// never matched and is dropped; the rows are padded again at the end to the longest merged
 /// row with zero values, size 1 and mask 0, and the mask is `None` when no row needs padding.
@@ -199,9 +203,6 @@ pub fn merge_tokens<B: Backend>(
     if merged.iter().all(|&k| k == 0) {
         return Ok(hidden);
     }
-    let out_len: Vec<usize> = real.iter().zip(&merged).map(|(k, r)| k - r).collect();
-    let m = out_len.iter().copied().max().unwrap_or(0);
-    let padded = out_len.iter().any(|&k| k != m);
     // Padding is never a partner: its B columns get a large negative score.
     let b_bias = match &hidden.mask {
         Some(_) => {
@@ -218,32 +219,47 @@ pub fn merge_tokens<B: Backend>(
     };
     let (best, partner) = best_partners(backend, keys, (b, n), b_bias.as_ref())?;
     let na = n.div_ceil(2);
+    // Each row's plan; a row that merges nothing keeps its tokens in order.
+    let plans: Vec<Option<RowPlan>> = (0..b)
+        .map(|row| {
+            let k = real[row];
+            (merged[row] > 0).then(|| {
+                let span = row * na..row * na + k.div_ceil(2);
+                plan_row(
+                    k,
+                    hidden.protected,
+                    merged[row],
+                    &best[span.clone()],
+                    &partner[span],
+                )
+            })
+        })
+        .collect();
+    let out_len: Vec<usize> = plans
+        .iter()
+        .zip(&real)
+        .map(|(p, &k)| p.as_ref().map_or(k, |p| p.keep.len()))
+        .collect();
+    let m = out_len.iter().copied().max().unwrap_or(0);
+    let padded = out_len.iter().any(|&k| k != m);
     // Output slots past a row's own tokens read this extra row: zero values, size 1.
     let pad_row = (b * n) as u32;
-    let total: usize = merged.iter().sum();
+    let total: usize = plans.iter().flatten().map(|p| p.merges.len()).sum();
     let (mut keep, mut src, mut dst) = (
         Vec::with_capacity(b * m),
         Vec::with_capacity(total),
         Vec::with_capacity(total),
     );
-    for row in 0..b {
+    for (row, plan) in plans.iter().enumerate() {
         let (base_in, base_out) = ((row * n) as u32, (row * m) as u32);
-        let k = real[row];
-        if merged[row] == 0 {
-            keep.extend((0..k as u32).map(|p| base_in + p));
-        } else {
-            let span = row * na..row * na + k.div_ceil(2);
-            let plan = plan_row(
-                k,
-                hidden.protected,
-                merged[row],
-                &best[span.clone()],
-                &partner[span],
-            );
-            keep.extend(plan.keep.iter().map(|&p| base_in + p));
-            for (s, t) in plan.merges {
-                src.push(base_in + s);
-                dst.push(base_out + t);
+        match plan {
+            None => keep.extend((0..real[row] as u32).map(|p| base_in + p)),
+            Some(plan) => {
+                keep.extend(plan.keep.iter().map(|&p| base_in + p));
+                for &(s, t) in &plan.merges {
+                    src.push(base_in + s);
+                    dst.push(base_out + t);
+                }
             }
         }
         keep.extend(std::iter::repeat_n(pad_row, m - out_len[row]));
@@ -271,6 +287,10 @@ pub fn merge_tokens<B: Backend>(
     }
     let merge = |t: &B::Tensor, idx: &B::Index| -> Result<B::Tensor> {
         let kept = backend.index_select(t, 0, &keep)?;
+        if total == 0 {
+            // Only with NaN scores: nothing to move.
+            return Ok(kept);
+        }
         let moved = backend.index_select(t, 0, &src)?;
         backend.scatter_add(&kept, 0, idx, &moved)
     };
