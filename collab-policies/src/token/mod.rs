@@ -8,7 +8,7 @@
 //! - [`batching`]: adaptive batching (Alg. 1);
 //! - [`allocate`], [`load_rule`], [`fixed`]: gamma allocation per batch, by dynamic programming
 //!   (Alg. 2), by the load-based rule (Alg. 3) and fixed (the baselines);
-//! - [`live`], [`saved`]: per-pass merge plans for a live server ([`PassTokenPolicy`]s: fixed
+//! - [`live`], [`saved`]: per-pass merge plans for a live server (`collab_core::adaptive::PassTokenPolicy`s: fixed
 //!   and OTAS allocation from a saved profile) and the profile file they load;
 //! - [`serve`]: the serving loop that drives a former, an allocator and a `BatchExecutor`, and
 //!   ends every query in exactly one outcome.
