@@ -171,6 +171,39 @@ fn timm_and_hugging_face_vit_checkpoints_give_the_same_model() {
 }
 
 #[test]
+fn a_vits_parameters_export_under_their_checkpoint_names_and_load_back() {
+    let be = CandleBackend::cpu();
+    let rec = Recording::default();
+    let model = Transformer::new(be.clone(), tiny_vit(), &rec).expect("build");
+    let loaded: Tensors = rec.seen.lock().expect("lock").clone();
+    let exported: Tensors = model
+        .named_parameters()
+        .expect("export")
+        .into_iter()
+        .map(|t| (t.name, (t.shape, t.values)))
+        .collect();
+    assert_eq!(
+        exported, loaded,
+        "every parameter, by name, shape and value"
+    );
+    let path = tmp("export");
+    model.save_safetensors(&path).expect("save");
+    let back = Transformer::from_safetensors(be.clone(), tiny_vit(), &path).expect("load");
+    let x = be
+        .from_vec(
+            (0..3 * 32 * 32).map(|i| (i % 13) as f32 / 13.0).collect(),
+            &[1, 3, 32, 32],
+        )
+        .expect("x");
+    let input = Input::Images(x);
+    assert_eq!(
+        be.to_vec(&back.forward(&input).expect("fwd")).expect("v"),
+        be.to_vec(&model.forward(&input).expect("fwd")).expect("v")
+    );
+    std::fs::remove_file(path).ok();
+}
+
+#[test]
 fn wrong_or_missing_tensors_are_typed_errors_naming_them() {
     let be = CandleBackend::cpu();
     let rec = Recording::default();
