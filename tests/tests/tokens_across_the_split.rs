@@ -32,27 +32,6 @@ use serde::{Deserialize, Serialize};
 const SPLIT: usize = 6;
 const MERGE_PER_BLOCK: usize = 12;
 
-/// The logits of `img` with ToMe in blocks `0..SPLIT` and none after, in one process.
-fn local_logits(
-    model: &Transformer<CandleBackend>,
-    tome: &ToMe,
-    img: &image::RgbImage,
-) -> Vec<f32> {
-    let be = model.backend();
-    let pixels = ImagePreprocess::imagenet(224)
-        .apply(img)
-        .expect("preprocess");
-    let x = be.from_vec(pixels, &[1, 3, 224, 224]).expect("tensor");
-    let h = model.embed(&Input::Images(x)).expect("embed");
-    let h = model
-        .run_blocks_with(h, 0..SPLIT, tome)
-        .expect("device blocks");
-    let h = model
-        .run_blocks(h, SPLIT..model.num_blocks())
-        .expect("server blocks");
-    be.to_vec(&model.head(&h).expect("head")).expect("logits")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merged_tokens_and_their_sizes_cross_the_split() {
     let model = Arc::new(fixtures::deit_tiny(CandleBackend::cpu()).expect("DeiT-Tiny fixture"));
@@ -85,7 +64,9 @@ async fn merged_tokens_and_their_sizes_cross_the_split() {
         // 197 tokens, 12 merged away in each of the 6 device blocks: 125 cross, as f32.
         let tokens = 197 - SPLIT * MERGE_PER_BLOCK;
         assert_eq!(answer.bytes, 25 + 4 * tokens * 192, "{answer:?}");
-        let want = local_logits(&model, &tome, img);
+        // ToMe in blocks 0..SPLIT on the device, none after.
+        let none = ToMe::new(MergeSchedule::constant(0, layers));
+        let want = merged_logits(&model, &tome, &none, SPLIT, img);
         let best = want
             .iter()
             .enumerate()

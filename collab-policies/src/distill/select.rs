@@ -1,6 +1,7 @@
 //! The built-in distillers (SPEC §6): AllDistill and the three selections the paper compares.
 
 use collab_core::distill::{Distiller, Upload, UploadKind};
+use collab_core::stats::cosine;
 use collab_core::{Error, Result};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -44,22 +45,6 @@ fn expect_kind(upload: &Upload, want: &str, ok: bool, public: &[Vec<f32>]) -> Re
         )));
     }
     Ok(())
-}
-
-/// Cosine similarity in f64 (0 for a zero vector).
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let (mut dot, mut na, mut nb) = (0.0f64, 0.0f64, 0.0f64);
-    for (&x, &y) in a.iter().zip(b) {
-        let (x, y) = (f64::from(x), f64::from(y));
-        dot += x * y;
-        na += x * x;
-        nb += y * y;
-    }
-    if na == 0.0 || nb == 0.0 {
-        0.0
-    } else {
-        dot / (na.sqrt() * nb.sqrt())
-    }
 }
 
 /// For each `(vector, count)` in turn, the `count` public samples most cosine-similar to the
