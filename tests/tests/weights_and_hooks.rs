@@ -204,6 +204,55 @@ fn a_vits_parameters_export_under_their_checkpoint_names_and_load_back() {
 }
 
 #[test]
+fn parameters_are_replaced_in_place_by_name_and_models_build_from_memory() {
+    let be = CandleBackend::cpu();
+    let mut model =
+        Transformer::new(be.clone(), tiny_vit(), &SeededRandom::new(3)).expect("build");
+    let before = model.named_parameters().expect("export");
+    let mut visited = vec![];
+    model
+        .for_each_parameter_mut(|name, t| {
+            visited.push(name.to_string());
+            *t = be.affine(t, 2.0, 0.0)?;
+            Ok(())
+        })
+        .expect("visit");
+    let names: Vec<String> = before.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(visited, names, "every parameter once, in load order");
+    let after = model.named_parameters().expect("export");
+    for (a, b) in after.iter().zip(&before) {
+        let doubled: Vec<f32> = b.values.iter().map(|v| v * 2.0).collect();
+        assert_eq!(a.values, doubled, "{}", a.name);
+    }
+    let rebuilt = Transformer::new(
+        be.clone(),
+        tiny_vit(),
+        &collab_core::model::NamedTensors::new(after),
+    )
+    .expect("from memory");
+    let x = be
+        .from_vec(
+            (0..3 * 32 * 32).map(|i| (i % 11) as f32 / 11.0).collect(),
+            &[1, 3, 32, 32],
+        )
+        .expect("x");
+    let input = Input::Images(x);
+    assert_eq!(
+        be.to_vec(&rebuilt.forward(&input).expect("fwd")).expect("v"),
+        be.to_vec(&model.forward(&input).expect("fwd")).expect("v")
+    );
+    let e = model
+        .for_each_parameter_mut(|name, _| {
+            if name == "blocks.1.attn.proj.bias" {
+                return Err(Error::InvalidInput("stop here".into()));
+            }
+            Ok(())
+        })
+        .expect_err("the visitor's error comes back");
+    assert!(e.to_string().contains("stop here"), "{e}");
+}
+
+#[test]
 fn wrong_or_missing_tensors_are_typed_errors_naming_them() {
     let be = CandleBackend::cpu();
     let rec = Recording::default();

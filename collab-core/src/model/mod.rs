@@ -29,7 +29,7 @@ pub use block::{Attention, Block};
 pub use config::{BertConfig, EncoderConfig, ModelConfig, NormPlacement, PRESETS, VitConfig};
 pub use decoder::{Decoder, KvCache};
 pub use embed::{Input, PatchEmbed, TextEmbed};
-pub use export::NamedTensor;
+pub use export::{NamedTensor, NamedTensors};
 pub use head::{ClassifierHead, MeanPoolHead};
 pub use hidden::{Hidden, HostHidden};
 pub use params::{LayerNorm, Linear};
