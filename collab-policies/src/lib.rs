@@ -27,3 +27,4 @@ pub mod shard;
 pub mod split;
 pub mod svd;
 pub mod token;
+pub mod train;

@@ -206,8 +206,7 @@ fn a_vits_parameters_export_under_their_checkpoint_names_and_load_back() {
 #[test]
 fn parameters_are_replaced_in_place_by_name_and_models_build_from_memory() {
     let be = CandleBackend::cpu();
-    let mut model =
-        Transformer::new(be.clone(), tiny_vit(), &SeededRandom::new(3)).expect("build");
+    let mut model = Transformer::new(be.clone(), tiny_vit(), &SeededRandom::new(3)).expect("build");
     let before = model.named_parameters().expect("export");
     let mut visited = vec![];
     model
@@ -238,7 +237,8 @@ fn parameters_are_replaced_in_place_by_name_and_models_build_from_memory() {
         .expect("x");
     let input = Input::Images(x);
     assert_eq!(
-        be.to_vec(&rebuilt.forward(&input).expect("fwd")).expect("v"),
+        be.to_vec(&rebuilt.forward(&input).expect("fwd"))
+            .expect("v"),
         be.to_vec(&model.forward(&input).expect("fwd")).expect("v")
     );
     let e = model

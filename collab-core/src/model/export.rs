@@ -122,6 +122,17 @@ impl<B: Backend> Transformer<B> {
         Ok(())
     }
 
+    /// The same model on another backend (or a detached copy on the same one): its
+    /// parameters read to host memory and loaded again. How a trained model leaves the
+    /// differentiable training backend for a fast serving one.
+    ///
+    /// # Errors
+    /// As [`named_parameters`](Self::named_parameters) and [`Transformer::new`].
+    pub fn to_backend<B2: Backend>(&self, backend: B2) -> Result<Transformer<B2>> {
+        let params = NamedTensors::new(self.named_parameters()?);
+        Transformer::new(backend, self.config.clone(), &params)
+    }
+
     /// Writes [`named_parameters`](Self::named_parameters) as an `f32` safetensors file.
     ///
     /// # Errors

@@ -102,6 +102,53 @@ impl LabelledImages {
         Ok((t, idx.iter().map(|&i| self.labels[i]).collect()))
     }
 
+    /// The same examples at a `factor` times smaller side, each output pixel the mean of a
+    /// `factor x factor` block per channel (a small student's input, SPEC §6).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for `factor = 0`, or an image that is not `3 x s x s` values
+    /// with `s` a multiple of `factor`.
+    pub fn downsampled(&self, factor: usize) -> Result<Self> {
+        let images = self
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let side = ((img.len() / 3) as f64).sqrt().round() as usize;
+                if factor == 0
+                    || side == 0
+                    || 3 * side * side != img.len()
+                    || !side.is_multiple_of(factor)
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "image {i} of task `{}` ({} values) is not 3 x s x s with s a positive \
+                         multiple of {factor}",
+                        self.name,
+                        img.len()
+                    )));
+                }
+                let small = side / factor;
+                let norm = 1.0 / (factor * factor) as f32;
+                let mut out = vec![0.0f32; 3 * small * small];
+                for c in 0..3 {
+                    for y in 0..side {
+                        for x in 0..side {
+                            out[(c * small + y / factor) * small + x / factor] +=
+                                img[(c * side + y) * side + x] * norm;
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            name: self.name.clone(),
+            classes: self.classes,
+            images,
+            labels: self.labels.clone(),
+        })
+    }
+
     /// A seeded shuffle split: `train` examples for training, the rest for testing.
     ///
     /// # Errors
@@ -178,14 +225,21 @@ pub fn digit_image(pixels: &[u8; 64]) -> Vec<f32> {
 /// # Errors
 /// The fixture's errors; [`Error::InvalidInput`] unless `0 < train < 1797`.
 pub fn digits(train: usize, seed: u64) -> Result<TaskSplit> {
+    digits_all()?.split(train, seed)
+}
+
+/// All 1797 digits of the fixtures as 224 px images (see [`digit_image`]), in file order.
+///
+/// # Errors
+/// The fixture's errors.
+pub fn digits_all() -> Result<LabelledImages> {
     let digits = fixtures::digits()?;
-    let data = LabelledImages {
+    Ok(LabelledImages {
         name: "digits".into(),
         classes: 10,
         images: digits.iter().map(|d| digit_image(&d.pixels)).collect(),
         labels: digits.iter().map(|d| d.label).collect(),
-    };
-    data.split(train, seed)
+    })
 }
 
 /// Loads and preprocesses images on all cores (DeiT evaluation preprocessing at 224 px).

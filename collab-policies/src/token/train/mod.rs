@@ -25,7 +25,6 @@ use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use collab_core::model::{Head, Hidden, Input, Linear, ModelConfig, Transformer};
 use collab_core::{Backend, Error, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -33,40 +32,13 @@ use rand::{Rng, SeedableRng};
 use super::prompt::PromptSet;
 use super::repo::{EntryMeta, PromptEntry, task_head, validate_task};
 use super::tasks::LabelledImages;
+use crate::train::cerr;
 
 mod eval;
 mod init;
 pub use eval::{evaluate, evaluate_with, logits};
 
-/// Training hyper-parameters.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct TrainConfig {
-    /// Passes over the training examples.
-    pub epochs: usize,
-    /// Examples per optimisation step.
-    pub batch: usize,
-    /// AdamW learning rate.
-    pub lr: f64,
-    /// AdamW decoupled weight decay.
-    pub weight_decay: f64,
-    /// Seed of the initialisation and of the per-epoch shuffles.
-    pub seed: u64,
-    /// Show a progress bar per epoch.
-    pub progress: bool,
-}
-
-impl Default for TrainConfig {
-    fn default() -> Self {
-        Self {
-            epochs: 5,
-            batch: 16,
-            lr: 5e-3,
-            weight_decay: 1e-4,
-            seed: 0,
-            progress: false,
-        }
-    }
-}
+pub use crate::train::TrainConfig;
 
 /// What one training run did.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -79,14 +51,6 @@ pub struct TrainReport {
     pub train_accuracy: f64,
     /// Wall-clock time.
     pub seconds: f64,
-}
-
-fn cerr(op: &'static str) -> impl FnOnce(candle_core::Error) -> Error {
-    move |e| Error::Backend {
-        backend: "candle-autograd".into(),
-        op,
-        message: e.to_string(),
-    }
 }
 
 /// Uniform values in `[-bound, bound)`.
@@ -289,20 +253,6 @@ fn check_inputs<B: Backend>(
     Ok(())
 }
 
-fn progress_bar(cfg: &TrainConfig, len: usize, label: String) -> ProgressBar {
-    if !cfg.progress {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(len as u64);
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {elapsed} {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(label);
-    bar
-}
-
 /// Trains `count` prompts per layer and the head on `data` (see the module doc).
 ///
 /// `init`: the entry with fewer prompts (same classes) to start from; its prompts are copied
@@ -342,8 +292,7 @@ pub fn train_prompts<B: Backend<Tensor = Tensor>>(
     let (mut losses, mut accuracy) = (vec![], 0.0);
     for epoch in 0..cfg.epochs {
         order.shuffle(&mut rng);
-        let bar = progress_bar(
-            cfg,
+        let bar = cfg.progress_bar(
             data.len().div_ceil(cfg.batch),
             format!("{task} +{count} epoch {}/{}", epoch + 1, cfg.epochs),
         );
