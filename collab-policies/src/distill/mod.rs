@@ -9,6 +9,8 @@
 //!
 //! - [`train`]: feature distillation of a [`TrainableModel`](crate::train::TrainableModel)
 //!   student through candle autograd, and the cloud's [`FusionHead`](train::FusionHead);
+//! - [`compress`]: per-ratio compression modules of a student's features, chosen from the
+//!   measured bandwidth;
 //! - [`clients`]: a labelled data set shared out as public data and clients' private slices;
 //! - [`kmeans`]: the seeded k-means with a smallest group size that prototypes come from;
 //! - [`conformance`]: the `Distiller` suite every distiller runs (a user's too).
@@ -16,6 +18,7 @@
 //! [`Distiller`]: collab_core::distill::Distiller
 
 pub mod clients;
+pub mod compress;
 pub mod conformance;
 pub mod kmeans;
 mod select;

@@ -119,62 +119,108 @@ impl FusionHead {
         classes: usize,
         cfg: &TrainConfig,
     ) -> Result<Self> {
-        cfg.check()?;
-        let f = features.first().map_or(0, Vec::len);
-        if f == 0
-            || features.len() != labels.len()
-            || features.iter().any(|v| v.len() != f)
-            || labels.iter().any(|&l| l >= classes)
-        {
-            return Err(Error::InvalidInput(format!(
-                "fitting a head needs equal-sized feature vectors with one label below \
-                 {classes} each ({} vectors, {} labels)",
-                features.len(),
-                labels.len()
-            )));
-        }
-        let x = rows_tensor(features)?;
-        let mut rng = StdRng::seed_from_u64(cfg.seed);
-        let bound = 1.0 / (f as f32).sqrt();
-        let w: Vec<f32> = (0..classes * f)
-            .map(|_| rng.random_range(-bound..bound))
-            .collect();
-        let w = Var::from_vec(w, (classes, f), &Device::Cpu).map_err(cerr("var"))?;
-        let b = Var::zeros(classes, candle_core::DType::F32, &Device::Cpu).map_err(cerr("var"))?;
-        let mut opt = AdamW::new(vec![w.clone(), b.clone()], cfg.adamw()).map_err(cerr("adamw"))?;
-        let mut order: Vec<usize> = (0..labels.len()).collect();
-        for _ in 0..cfg.epochs {
-            order.shuffle(&mut rng);
-            for idx in order.chunks(cfg.batch) {
-                let xb = select_rows(&x, idx)?;
-                let yb = Tensor::new(
-                    idx.iter().map(|&i| labels[i] as u32).collect::<Vec<_>>(),
-                    &Device::Cpu,
-                )
-                .map_err(cerr("labels"))?;
-                let logits = xb
-                    .matmul(&w.as_tensor().t().map_err(cerr("t"))?)
-                    .and_then(|z| z.broadcast_add(b.as_tensor()))
-                    .map_err(cerr("logits"))?;
-                let loss = candle_nn::loss::cross_entropy(&logits, &yb).map_err(cerr("loss"))?;
-                opt.backward_step(&loss).map_err(cerr("backward"))?;
-            }
-        }
+        let f = check_labelled(features, labels, classes)?;
+        let mut layers = fit_linear_stack(features, labels, &[f, classes], cfg)?;
+        let (weight, bias) = layers.remove(0);
         Ok(Self {
             classes,
             features: f,
-            weight: w
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_vec1())
-                .map_err(cerr("weight"))?,
-            bias: b.as_tensor().to_vec1().map_err(cerr("bias"))?,
+            weight,
+            bias,
         })
     }
 }
 
+/// Checks labelled feature vectors and returns their size.
+pub(crate) fn check_labelled(
+    features: &[Vec<f32>],
+    labels: &[usize],
+    classes: usize,
+) -> Result<usize> {
+    let f = features.first().map_or(0, Vec::len);
+    if f == 0
+        || features.len() != labels.len()
+        || features
+            .iter()
+            .any(|v| v.len() != f || v.iter().any(|x| !x.is_finite()))
+        || labels.iter().any(|&l| l >= classes)
+    {
+        return Err(Error::InvalidInput(format!(
+            "fitting a head needs equal-sized finite feature vectors with one label below \
+             {classes} each ({} vectors, {} labels)",
+            features.len(),
+            labels.len()
+        )));
+    }
+    Ok(f)
+}
+
+/// Fits a stack of linear layers of widths `widths[0] -> widths[1] -> ...` (no activation in
+/// between: a bottleneck of width `k` is a rank-`k` classifier) to labelled features by
+/// AdamW on the cross-entropy of the last layer, in seeded order. Weights start uniform in
+/// `±1/sqrt(fan_in)`, biases at 0. Returns each layer's `([out, in] row-major, [out])`.
+pub(crate) fn fit_linear_stack(
+    features: &[Vec<f32>],
+    labels: &[usize],
+    widths: &[usize],
+    cfg: &TrainConfig,
+) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+    cfg.check()?;
+    let x = rows_tensor(features)?;
+    let mut rng = StdRng::seed_from_u64(cfg.seed);
+    let mut vars = Vec::new();
+    for w in widths.windows(2) {
+        let (inp, out) = (w[0], w[1]);
+        let bound = 1.0 / (inp as f32).sqrt();
+        let values: Vec<f32> = (0..out * inp)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        let weight = Var::from_vec(values, (out, inp), &Device::Cpu).map_err(cerr("var"))?;
+        let bias = Var::zeros(out, candle_core::DType::F32, &Device::Cpu).map_err(cerr("var"))?;
+        vars.push((weight, bias));
+    }
+    let all: Vec<Var> = vars
+        .iter()
+        .flat_map(|(w, b)| [w.clone(), b.clone()])
+        .collect();
+    let mut opt = AdamW::new(all, cfg.adamw()).map_err(cerr("adamw"))?;
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    for _ in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        for idx in order.chunks(cfg.batch) {
+            let mut z = select_rows(&x, idx)?;
+            for (w, b) in &vars {
+                z = w
+                    .as_tensor()
+                    .t()
+                    .and_then(|wt| z.matmul(&wt))
+                    .and_then(|y| y.broadcast_add(b.as_tensor()))
+                    .map_err(cerr("linear"))?;
+            }
+            let yb = Tensor::new(
+                idx.iter().map(|&i| labels[i] as u32).collect::<Vec<_>>(),
+                &Device::Cpu,
+            )
+            .map_err(cerr("labels"))?;
+            let loss = candle_nn::loss::cross_entropy(&z, &yb).map_err(cerr("loss"))?;
+            opt.backward_step(&loss).map_err(cerr("backward"))?;
+        }
+    }
+    vars.iter()
+        .map(|(w, b)| {
+            let w = w
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(cerr("weight"))?;
+            let b = b.as_tensor().to_vec1().map_err(cerr("bias"))?;
+            Ok((w, b))
+        })
+        .collect()
+}
+
 /// Rows as a `[n, f]` host tensor.
-fn rows_tensor(rows: &[Vec<f32>]) -> Result<Tensor> {
+pub(crate) fn rows_tensor(rows: &[Vec<f32>]) -> Result<Tensor> {
     let f = rows.first().map_or(0, Vec::len);
     let flat: Vec<f32> = rows.iter().flatten().copied().collect();
     Tensor::from_vec(flat, (rows.len(), f), &Device::Cpu).map_err(cerr("rows"))

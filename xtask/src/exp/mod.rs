@@ -5,6 +5,7 @@ mod accuracy;
 mod arm_quant;
 mod calibrate;
 mod collabtrans;
+mod distill;
 mod estimate;
 mod live_tokens;
 mod llm_placement;
@@ -26,6 +27,9 @@ use clap::Subcommand;
 pub(crate) enum Exp {
     /// Accuracy of a real checkpoint on its fixture data.
     Accuracy(accuracy::Args),
+    /// Selective feature distillation (SPEC §6): AllDistill against random, similarity and
+    /// prototype selection per client (Table 5.2).
+    Distill(distill::Args),
     /// Forward throughput against the machine's dense matmul peak.
     ForwardThroughput(throughput::Args),
     /// Per-block latency profile (the measured CostModel), saved as JSON.
@@ -62,6 +66,7 @@ pub(crate) enum Exp {
 pub(crate) fn run(exp: Exp) -> Result<()> {
     match exp {
         Exp::Accuracy(a) => accuracy::run(a),
+        Exp::Distill(a) => distill::run(a),
         Exp::ForwardThroughput(a) => throughput::run(a),
         Exp::BlockProfile(a) => profile::run(a),
         Exp::EstimateProfile(a) => estimate::run(a),
