@@ -199,3 +199,25 @@ pub trait Distiller: Debug + Send + Sync {
     /// vectors of other lengths than `public`'s.
     fn select(&self, upload: &Upload, public: &[Vec<f32>], seed: u64) -> Result<Vec<usize>>;
 }
+
+/// The cloud's side of personalisation over the network (SPEC §6): from a device's
+/// [`Upload`], a student distilled for it, as the bytes of a safetensors checkpoint that the
+/// device loads with `Transformer::from_safetensors_bytes` and serves locally.
+///
+/// # Contract
+/// - sees only the upload (already [`Upload::check`]ed by the server): no raw data, no labels;
+/// - answers an upload of a kind it does not take with [`Error::InvalidInput`];
+/// - may take long (it trains); the server runs it off its async threads, a bounded number at
+///   a time, and answers every request with its result or a typed error.
+///
+/// `collab_policies::distill::SelectiveDistillation` is the built-in one.
+pub trait Personaliser: Debug + Send + Sync {
+    /// A short name for logs (e.g. the distiller's).
+    fn name(&self) -> String;
+
+    /// The personalised student's checkpoint for the device that sent `upload`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an upload it cannot use; training errors.
+    fn personalise(&self, upload: &Upload) -> Result<Vec<u8>>;
+}

@@ -138,6 +138,16 @@ impl<B: Backend> Transformer<B> {
     /// # Errors
     /// As `named_parameters`; [`Error::Io`] when the file cannot be written.
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_safetensors_bytes()?;
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// [`named_parameters`](Self::named_parameters) as the bytes of an `f32` safetensors file
+    /// (what a personalised student crosses the network as).
+    ///
+    /// # Errors
+    /// As `named_parameters`.
+    pub fn to_safetensors_bytes(&self) -> Result<Vec<u8>> {
         let params = self.named_parameters()?;
         let bytes: Vec<Vec<u8>> = params
             .iter()
@@ -152,8 +162,19 @@ impl<B: Backend> Transformer<B> {
                     .map_err(|e| Error::Config(format!("{}: {e}", t.name)))
             })
             .collect::<Result<Vec<_>>>()?;
-        safetensors::serialize_to_file(views, None, path)
-            .map_err(|e| Error::io(path, std::io::Error::other(e.to_string())))
+        safetensors::serialize(views, None)
+            .map_err(|e| Error::Config(format!("serialising a checkpoint: {e}")))
+    }
+
+    /// A model from the bytes of a safetensors checkpoint with timm ViT names (what
+    /// [`to_safetensors_bytes`](Self::to_safetensors_bytes) writes).
+    ///
+    /// # Errors
+    /// [`Error::BadFile`] for bytes that are not safetensors; as [`Transformer::new`] (a
+    /// missing tensor or one of another shape than `config` needs).
+    pub fn from_safetensors_bytes(backend: B, config: ModelConfig, bytes: Vec<u8>) -> Result<Self> {
+        let file = super::weights::SafetensorsFile::from_bytes(bytes, "<checkpoint in memory>")?;
+        Transformer::new(backend, config, &file)
     }
 }
 

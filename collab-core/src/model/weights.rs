@@ -71,6 +71,17 @@ impl SafetensorsFile {
             });
         }
         let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        Self::from_bytes(bytes, path)
+    }
+
+    /// Indexes a checkpoint already in memory (one received over the network); `label`
+    /// stands for its path in errors.
+    ///
+    /// # Errors
+    /// [`Error::BadFile`] if the bytes are not safetensors (the header is checked against the
+    /// byte count before anything is indexed).
+    pub fn from_bytes(bytes: Vec<u8>, label: impl Into<PathBuf>) -> Result<Self> {
+        let path = label.into();
         let (header_len, metadata) =
             safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| Error::BadFile {
                 path: path.clone(),

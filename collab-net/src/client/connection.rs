@@ -41,7 +41,8 @@ use super::handshake::{Conn, connect_with_backoff, is_refusal};
 use super::pending::Book;
 use crate::transport::Transport;
 use crate::wire::{
-    FrameError, InferRequest, Message, Ping, Pong, Prediction, RemoteError, ServerLoad, Welcome,
+    FrameError, InferRequest, Message, PersonaliseRequest, Ping, Pong, Prediction, RemoteError,
+    ServerLoad, Welcome,
 };
 
 /// A write that takes longer than this means the server stopped reading: the connection is
@@ -52,6 +53,8 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 pub(super) type InferReply = oneshot::Sender<Result<Prediction, ClientError>>;
 /// The answer channel of one ping: the time from writing it to its pong.
 pub(super) type PingReply = oneshot::Sender<Result<Duration, ClientError>>;
+/// The answer channel of one personalisation: the student's checkpoint bytes.
+pub(super) type PersonaliseReply = oneshot::Sender<Result<Vec<u8>, ClientError>>;
 
 /// What a handle asks of the connection task.
 #[derive(Debug)]
@@ -65,6 +68,11 @@ pub(super) enum Command {
     Cancel(u64),
     /// Send a ping padded with `pad` bytes and answer with its round-trip time.
     Ping { pad: usize, reply: PingReply },
+    /// Send a personalisation request (its id already assigned) and answer on `reply`.
+    Personalise {
+        request: PersonaliseRequest,
+        reply: PersonaliseReply,
+    },
     /// Close the connection and end the task.
     Close,
 }
@@ -238,6 +246,9 @@ impl Connection {
                 Command::Ping { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
+                Command::Personalise { reply, .. } => {
+                    let _ = reply.send(Err(err.clone()));
+                }
                 Command::Cancel(_) => {}
             }
         }
@@ -256,6 +267,17 @@ impl Connection {
             .collect();
         for request in resend {
             if let Some(ended) = self.send_request(&mut conn, request).await {
+                return (ended, answered);
+            }
+        }
+        let personalise: Vec<PersonaliseRequest> = self
+            .book
+            .personalise
+            .values()
+            .map(|(r, _)| r.clone())
+            .collect();
+        for request in personalise {
+            if let Some(ended) = self.send_personalise(&mut conn, request).await {
                 return (ended, answered);
             }
         }
@@ -295,6 +317,26 @@ impl Connection {
         }
     }
 
+    async fn send_personalise(
+        &mut self,
+        conn: &mut Conn,
+        request: PersonaliseRequest,
+    ) -> Option<Ended> {
+        let id = request.request_id;
+        match write(conn, Message::PersonaliseRequest(request)).await {
+            Ok(()) => None,
+            Err(WriteError::Rejected(m)) => {
+                if let Some((_, reply)) = self.book.personalise.remove(&id) {
+                    let _ = reply.send(Err(ClientError::Local(format!(
+                        "personalisation {id} cannot be sent: {m}"
+                    ))));
+                }
+                None
+            }
+            Err(WriteError::Lost(m)) => Some(Ended::Lost(m)),
+        }
+    }
+
     async fn send_ping(&mut self, conn: &mut Conn, nonce: u64, pad: usize) -> Option<Ended> {
         if let Some(p) = self.book.pings.get_mut(&nonce) {
             p.sent = Some(Instant::now());
@@ -322,6 +364,7 @@ impl Connection {
             None | Some(Command::Close) => Some(Ended::Closed),
             Some(Command::Cancel(id)) => {
                 self.book.requests.remove(&id);
+                self.book.personalise.remove(&id);
                 None
             }
             Some(Command::Infer { request, reply }) => {
@@ -336,6 +379,15 @@ impl Connection {
             Some(Command::Ping { pad, reply }) => {
                 let nonce = self.book.add_ping(pad, reply);
                 self.send_ping(conn, nonce, pad).await
+            }
+            Some(Command::Personalise { request, reply }) => {
+                self.book
+                    .personalise
+                    .insert(request.request_id, (request.clone(), reply));
+                if self.draining {
+                    return None; // sent on the next connection
+                }
+                self.send_personalise(conn, request).await
             }
         }
     }
@@ -377,6 +429,16 @@ impl Connection {
                     tracing::debug!(id = r.request_id, "answer to no pending request");
                 }
             },
+            Message::PersonaliseResponse(r) => match self.book.personalise.remove(&r.request_id) {
+                Some((_, reply)) => {
+                    *answered = true;
+                    let _ = reply.send(r.outcome.map_err(ClientError::Remote));
+                }
+                None => {
+                    self.shared.unmatched.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = r.request_id, "personalisation answer to no request");
+                }
+            },
             Message::ServerLoad(load) => {
                 if let Ok(mut l) = self.shared.load.lock() {
                     *l = Some(load);
@@ -406,7 +468,10 @@ impl Connection {
                 self.book.fail_all(&ClientError::Remote(e.clone()));
                 return Some(Ended::Lost(format!("server said goodbye: {e}")));
             }
-            other @ (Message::Hello(_) | Message::Welcome(_) | Message::InferRequest(_)) => {
+            other @ (Message::Hello(_)
+            | Message::Welcome(_)
+            | Message::InferRequest(_)
+            | Message::PersonaliseRequest(_)) => {
                 let m = format!("unexpected {} from the server", other.kind());
                 let _ = write(conn, Message::Goodbye(RemoteError::Protocol(m.clone()))).await;
                 return Some(self.violation(m));

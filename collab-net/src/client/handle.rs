@@ -188,6 +188,50 @@ impl DeviceClient {
         }
     }
 
+    /// Asks the server for a student distilled for this device from `upload` (SPEC §6) and
+    /// waits for its safetensors checkpoint (load it with
+    /// `Transformer::from_safetensors_bytes`). Only the upload crosses the network: build it
+    /// with a `Distiller` on the device. Like a request, it is re-sent with the same id if the
+    /// connection drops first; dropping the future abandons it.
+    ///
+    /// # Errors
+    /// [`ClientError::Remote`] with the server's typed answer (`Invalid` for an upload it
+    /// does not take or a server that does not personalise, `Overloaded` while it trains for
+    /// other devices); [`ClientError::Timeout`] after `timeout` (training takes a while: give
+    /// it seconds to minutes); as [`DeviceClient::infer`].
+    pub async fn personalise(
+        &self,
+        upload: collab_core::distill::Upload,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, ClientError> {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = crate::wire::PersonaliseRequest {
+            request_id: id,
+            upload,
+        };
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Personalise { request, reply })
+            .map_err(|_| closed())?;
+        let mut guard = CancelGuard {
+            tx: &self.inner.tx,
+            id,
+            armed: true,
+        };
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(result)) => {
+                guard.armed = false;
+                result
+            }
+            Ok(Err(_)) => {
+                guard.armed = false;
+                Err(closed())
+            }
+            Err(_) => Err(ClientError::Timeout { after: timeout }),
+        }
+    }
+
     /// One ping padded with `pad` bytes: the time from writing it to its pong.
     async fn ping(&self, pad: usize) -> Result<Duration, ClientError> {
         let (reply, answer) = oneshot::channel();

@@ -1,12 +1,13 @@
-//! What a connection task has not answered yet: requests by id, probes by nonce.
+//! What a connection task has not answered yet: requests and personalisations by id, probes by
+//! nonce.
 
 use std::collections::{BTreeMap, HashMap};
 
 use tokio::time::Instant;
 
-use super::connection::{Command, InferReply, PingReply};
+use super::connection::{Command, InferReply, PersonaliseReply, PingReply};
 use super::error::ClientError;
-use crate::wire::InferRequest;
+use crate::wire::{InferRequest, PersonaliseRequest};
 
 /// A probe in flight: its padding, when it was written (`None` while disconnected) and the
 /// caller.
@@ -22,12 +23,13 @@ pub(super) struct PendingPing {
 pub(super) struct Book {
     pub(super) requests: BTreeMap<u64, (InferRequest, InferReply)>,
     pub(super) pings: HashMap<u64, PendingPing>,
+    pub(super) personalise: BTreeMap<u64, (PersonaliseRequest, PersonaliseReply)>,
     pub(super) next_nonce: u64,
 }
 
 impl Book {
     pub(super) fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.pings.is_empty()
+        self.requests.is_empty() && self.pings.is_empty() && self.personalise.is_empty()
     }
 
     pub(super) fn fail_all(&mut self, err: &ClientError) {
@@ -36,6 +38,9 @@ impl Book {
         }
         for (_, p) in std::mem::take(&mut self.pings) {
             let _ = p.reply.send(Err(err.clone()));
+        }
+        for (_, (_, reply)) in std::mem::take(&mut self.personalise) {
+            let _ = reply.send(Err(err.clone()));
         }
     }
 
@@ -48,9 +53,14 @@ impl Book {
             }
             Some(Command::Cancel(id)) => {
                 self.requests.remove(&id);
+                self.personalise.remove(&id);
             }
             Some(Command::Ping { pad, reply }) => {
                 self.add_ping(pad, reply);
+            }
+            Some(Command::Personalise { request, reply }) => {
+                self.personalise
+                    .insert(request.request_id, (request, reply));
             }
         }
         true

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use collab_core::adaptive::TokenPolicyConfig;
 use collab_core::batch::BatchPolicyConfig;
+use collab_core::distill::Personaliser;
 use collab_policies::batch::SharedModelConfig;
 use collab_policies::codec::CodecRegistry;
 use collab_policies::svd::SplitBases;
@@ -76,6 +77,13 @@ pub struct ServerConfig {
     /// a payload encoded with others is refused by its fingerprint. Load it with
     /// [`SplitBases::load`].
     pub bases: Option<Arc<SplitBases>>,
+    /// Distils a student for a device that sends a `PersonaliseRequest` (SPEC §6; for example
+    /// `collab_policies::distill::SelectiveDistillation`); `None` (the default) answers such a
+    /// request `Invalid`.
+    pub personaliser: Option<Arc<dyn Personaliser>>,
+    /// Personalisations that run at once, over all devices (default 1); one more is answered
+    /// `Overloaded`. Each runs on a blocking thread, off the async workers.
+    pub max_personalising: usize,
 }
 
 impl Default for ServerConfig {
@@ -100,6 +108,8 @@ impl Default for ServerConfig {
             tokens: None,
             codecs: Arc::new(CodecRegistry::builtin()),
             bases: None,
+            personaliser: None,
+            max_personalising: 1,
         }
     }
 }
@@ -115,6 +125,9 @@ impl ServerConfig {
         let bad = |m: String| Err(ServerError::Config(m));
         if self.capacity == 0 {
             return bad("capacity must be at least 1 request".into());
+        }
+        if self.personaliser.is_some() && self.max_personalising == 0 {
+            return bad("max_personalising must be at least 1 with a personaliser".into());
         }
         if let Err(e) = self.policy.build() {
             return bad(format!("policy {:?}: {e}", self.policy));

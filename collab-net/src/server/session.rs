@@ -27,8 +27,8 @@ use super::stats::bump;
 use crate::transport::BoxStream;
 use crate::wire::validate::check_request;
 use crate::wire::{
-    FrameCodec, FrameError, Hello, InferRequest, InferResponse, Message, PROTOCOL_VERSION, Pong,
-    RemoteError, Welcome,
+    FrameCodec, FrameError, Hello, InferRequest, InferResponse, Message, PROTOCOL_VERSION,
+    PersonaliseRequest, PersonaliseResponse, Pong, RemoteError, Welcome,
 };
 
 /// The framed read half of a connection.
@@ -294,6 +294,7 @@ impl Session<'_> {
         match message {
             Message::InferRequest(request) => self.request(request).await,
             Message::Ping(ping) => self.say(Message::Pong(Pong { nonce: ping.nonce })).await,
+            Message::PersonaliseRequest(request) => self.personalise(request).await,
             Message::Goodbye(reason) => {
                 info!(peer = self.peer, device = %self.device, %reason, "device said goodbye");
                 Err(Close::Quiet)
@@ -306,6 +307,72 @@ impl Session<'_> {
                 ))))
             }
         }
+    }
+
+    /// Checks one personalisation request and runs it on a blocking thread; its answer goes
+    /// out on this session when it ends (a session closed by then drops it, and the device
+    /// re-sends on its next connection). Refusals are answered at once.
+    async fn personalise(&mut self, request: PersonaliseRequest) -> Result<(), Close> {
+        let id = request.request_id;
+        let shared = self.shared;
+        let refuse = |e: RemoteError| {
+            Message::PersonaliseResponse(PersonaliseResponse {
+                request_id: id,
+                outcome: Err(e),
+            })
+        };
+        let Some(personaliser) = shared.config.personaliser.clone() else {
+            return self
+                .say(refuse(RemoteError::Invalid(
+                    "this server does not personalise students".into(),
+                )))
+                .await;
+        };
+        if let Err(e) = request.upload.check() {
+            return self.say(refuse(RemoteError::Invalid(e.to_string()))).await;
+        }
+        let Ok(slot) = shared.personalising.clone().try_acquire_owned() else {
+            let capacity = shared.config.max_personalising;
+            return self
+                .say(refuse(RemoteError::Overloaded {
+                    in_flight: u32::try_from(capacity).unwrap_or(u32::MAX),
+                    capacity: u32::try_from(capacity).unwrap_or(u32::MAX),
+                }))
+                .await;
+        };
+        info!(device = %self.device, request = id, personaliser = %personaliser.name(), "personalising");
+        let control = self.control.clone();
+        let max_frame = shared.config.max_frame;
+        let device = self.device.to_string();
+        tokio::spawn(async move {
+            let upload = request.upload;
+            let ran = tokio::task::spawn_blocking(move || {
+                catch_unwind(AssertUnwindSafe(|| personaliser.personalise(&upload)))
+            })
+            .await;
+            drop(slot);
+            let outcome = match ran {
+                Ok(Ok(Ok(bytes))) if bytes.len() + 64 > max_frame => {
+                    Err(RemoteError::Failed(format!(
+                        "the student's checkpoint of {} bytes exceeds the frame limit of \
+                         {max_frame} bytes",
+                        bytes.len()
+                    )))
+                }
+                Ok(Ok(Ok(bytes))) => Ok(bytes),
+                Ok(Ok(Err(collab_core::Error::InvalidInput(m)))) => Err(RemoteError::Invalid(m)),
+                Ok(Ok(Err(e))) => Err(RemoteError::Failed(e.to_string())),
+                Ok(Err(_)) | Err(_) => Err(RemoteError::Failed("the personaliser panicked".into())),
+            };
+            info!(%device, request = id, ok = outcome.is_ok(), "personalised");
+            let _ = control
+                .send(Message::PersonaliseResponse(PersonaliseResponse {
+                    request_id: id,
+                    outcome,
+                }))
+                .await;
+        });
+        Ok(())
     }
 
     /// Validates, admits and queues one request; refusals are answered at once.

@@ -141,6 +141,8 @@ pub(crate) struct Shared {
     pub(crate) log: LogLimit,
     /// Requests queued in the worker per position, as of its last step.
     pub(crate) queues: Vec<AtomicU32>,
+    /// Slots of personalisations running at once (`config.max_personalising`).
+    pub(crate) personalising: Arc<tokio::sync::Semaphore>,
     admission: Mutex<Admission>,
     in_flight: AtomicUsize,
     phase: watch::Sender<Phase>,
@@ -160,6 +162,7 @@ impl Shared {
         let log = LogLimit::new(metrics.warnings_suppressed.clone());
         Self {
             limits: Arc::new(Limits::new(&config)),
+            personalising: Arc::new(tokio::sync::Semaphore::new(config.max_personalising)),
             log,
             config,
             facts,

@@ -6,13 +6,15 @@
 //! [`InferResponse`] per request, in completion order (matched by `request_id`). The server
 //! pushes [`ServerLoad`] now and then, and answers every [`Ping`] with a [`Pong`].
 
+use collab_core::distill::Upload;
 use collab_core::split::CodecId;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks; every frame carries it. Version 2: a request's
 /// codec is a [`CodecId`] (family and rank), not a name. Version 3: a [`Hello`] carries the
-/// device's `instance`, which binds its held requests to it.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// device's `instance`, which binds its held requests to it. Version 4: [`PersonaliseRequest`]
+/// and [`PersonaliseResponse`] (a student distilled for the device, SPEC §6).
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// The codec family of a server-only request's payload: the resized, centre-cropped image as
 /// interleaved 8-bit RGB (`3 * side * side` bytes). Activations name a family of the codec
@@ -49,6 +51,10 @@ pub enum Message {
     ServerLoad(ServerLoad),
     /// Either way: asks for a [`Message::Pong`] (RTT and bandwidth probes).
     Ping(Ping),
+    /// Device -> server: distil a student for me from this upload.
+    PersonaliseRequest(PersonaliseRequest),
+    /// Server -> device: the one answer to a personalisation.
+    PersonaliseResponse(PersonaliseResponse),
     /// The answer to a ping.
     Pong(Pong),
     /// Either way: the sender closes the connection, and why.
@@ -65,6 +71,8 @@ impl Message {
             Message::InferResponse(_) => "InferResponse",
             Message::ServerLoad(_) => "ServerLoad",
             Message::Ping(_) => "Ping",
+            Message::PersonaliseRequest(_) => "PersonaliseRequest",
+            Message::PersonaliseResponse(_) => "PersonaliseResponse",
             Message::Pong(_) => "Pong",
             Message::Goodbye(_) => "Goodbye",
         }
@@ -160,6 +168,67 @@ pub struct Prediction {
     pub server_ms: f32,
     /// Size of the batch its head ran in.
     pub batch: u32,
+}
+
+/// A device asks for a student of its own (SPEC §6): what it uploads is a [`Upload`] (class
+/// probabilities of its private samples, per sample or as prototypes, or only a count),
+/// never raw data or labels. The server checks it ([`Upload::check`]) before its
+/// personaliser sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PersonaliseRequest {
+    /// Chosen by the device; echoed in the response.
+    pub request_id: u64,
+    /// What the device uploads.
+    pub upload: Upload,
+}
+
+/// The answer to a [`PersonaliseRequest`]: the student's safetensors checkpoint, or why not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PersonaliseResponse {
+    /// The request's id.
+    pub request_id: u64,
+    /// The checkpoint's bytes, or the typed reason there is none.
+    #[serde(with = "checkpoint_bytes")]
+    pub outcome: Result<Vec<u8>, RemoteError>,
+}
+
+/// A checkpoint's bytes as one byte string on the wire (not a sequence of numbers).
+mod checkpoint_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::RemoteError;
+
+    #[derive(Serialize)]
+    enum Out<'a> {
+        Ok(#[serde(with = "serde_bytes")] &'a [u8]),
+        Err(&'a RemoteError),
+    }
+
+    #[derive(Deserialize)]
+    enum In {
+        Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+        Err(RemoteError),
+    }
+
+    pub(super) fn serialize<S: Serializer>(
+        v: &Result<Vec<u8>, RemoteError>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Ok(b) => Out::Ok(b),
+            Err(e) => Out::Err(e),
+        }
+        .serialize(s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Result<Vec<u8>, RemoteError>, D::Error> {
+        Ok(match In::deserialize(d)? {
+            In::Ok(b) => Ok(b),
+            In::Err(e) => Err(e),
+        })
+    }
 }
 
 /// The server's state, pushed to devices for split selection.

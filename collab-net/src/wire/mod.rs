@@ -11,8 +11,9 @@ pub mod validate;
 
 pub use frame::{DEFAULT_MAX_FRAME, FrameCodec, FrameError, decode_frame, encode_frame};
 pub use message::{
-    Hello, InferRequest, InferResponse, Message, PROTOCOL_VERSION, Ping, Pong, Prediction,
-    RAW_RGB8, RAW_TOKENS, RemoteError, ServerLoad, TokenMeta, Welcome, raw_rgb8, raw_tokens,
+    Hello, InferRequest, InferResponse, Message, PROTOCOL_VERSION, PersonaliseRequest,
+    PersonaliseResponse, Ping, Pong, Prediction, RAW_RGB8, RAW_TOKENS, RemoteError, ServerLoad,
+    TokenMeta, Welcome, raw_rgb8, raw_tokens,
 };
 
 #[cfg(test)]

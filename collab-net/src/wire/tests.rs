@@ -23,6 +23,27 @@ fn any_message() -> impl Strategy<Value = Message> {
         (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
             .prop_map(|(n, pad)| { Message::Ping(Ping { nonce: n, pad }) }),
         any::<u64>().prop_map(|nonce| Message::Pong(Pong { nonce })),
+        (any::<u64>(), 1usize..5, 1usize..6).prop_map(|(id, n, g)| {
+            Message::PersonaliseRequest(PersonaliseRequest {
+                request_id: id,
+                upload: collab_core::distill::Upload {
+                    kind: collab_core::distill::UploadKind::Prototypes { group_size: g },
+                    classes: 3,
+                    vectors: vec![vec![0.2, 0.3, 0.5]; n],
+                    members: vec![g; n],
+                },
+            })
+        }),
+        (any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(id, b)| {
+            Message::PersonaliseResponse(PersonaliseResponse {
+                request_id: id,
+                outcome: if id % 3 == 0 {
+                    Err(RemoteError::Invalid("no".into()))
+                } else {
+                    Ok(b)
+                },
+            })
+        }),
         proptest::collection::vec(any::<u8>(), 0..300).prop_map(request),
         (1u32..20, any::<bool>()).prop_map(|(n, masked)| {
             let Message::InferRequest(r) = request(vec![1; n as usize]) else {

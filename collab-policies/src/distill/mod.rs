@@ -22,9 +22,11 @@ pub mod compress;
 pub mod conformance;
 pub mod kmeans;
 mod select;
+mod service;
 pub mod train;
 
 pub use select::{AllDistill, PrototypeSelection, RandomSelection, SimilaritySelection};
+pub use service::SelectiveDistillation;
 
 #[cfg(test)]
 mod tests;
