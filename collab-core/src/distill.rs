@@ -210,7 +210,49 @@ pub trait Distiller: Debug + Send + Sync {
 /// - may take long (it trains); the server runs it off its async threads, a bounded number at
 ///   a time, and answers every request with its result or a typed error.
 ///
-/// `collab_policies::distill::SelectiveDistillation` is the built-in one.
+/// `collab_policies::distill::SelectiveDistillation` is the built-in one. A user's own, here
+/// one that answers every prototype upload with the same student (no training):
+///
+/// ```
+/// use collab_backends::candle::CandleBackend;
+/// use collab_core::distill::{Personaliser, Upload, UploadKind};
+/// use collab_core::model::weights::SeededRandom;
+/// use collab_core::model::{EncoderConfig, ModelConfig, NormPlacement, Transformer, VitConfig};
+/// use collab_core::{Error, Result};
+///
+/// #[derive(Debug)]
+/// struct Fixed(Vec<u8>);
+///
+/// impl Personaliser for Fixed {
+///     fn name(&self) -> String { "fixed".into() }
+///     fn personalise(&self, upload: &Upload) -> Result<Vec<u8>> {
+///         match upload.kind {
+///             UploadKind::Prototypes { .. } => Ok(self.0.clone()),
+///             _ => Err(Error::InvalidInput("this service takes prototypes".into())),
+///         }
+///     }
+/// }
+///
+/// let config = ModelConfig::Vit(VitConfig {
+///     encoder: EncoderConfig { hidden: 8, layers: 1, heads: 2, intermediate: 16,
+///                              layer_norm_eps: 1e-6, norm: NormPlacement::Pre },
+///     image_size: 16, patch_size: 8, channels: 3, num_classes: 4,
+/// });
+/// let student = Transformer::new(CandleBackend::cpu(), config.clone(), &SeededRandom::new(1))?;
+/// let service = Fixed(student.to_safetensors_bytes()?);
+/// let upload = Upload {
+///     kind: UploadKind::Prototypes { group_size: 3 },
+///     classes: 2,
+///     vectors: vec![vec![0.9, 0.1]],
+///     members: vec![3],
+/// };
+/// upload.check()?;
+/// let bytes = service.personalise(&upload)?;
+/// let on_device = Transformer::from_safetensors_bytes(CandleBackend::cpu(), config, bytes)?;
+/// assert_eq!(on_device.num_blocks(), 1);
+/// assert!(service.personalise(&Upload::nothing(2)).is_err());
+/// # Ok::<(), collab_core::Error>(())
+/// ```
 pub trait Personaliser: Debug + Send + Sync {
     /// A short name for logs (e.g. the distiller's).
     fn name(&self) -> String;
