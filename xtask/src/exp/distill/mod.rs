@@ -41,7 +41,7 @@ use crate::exp::results_dir;
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
     /// Test images per class, held out from everything.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 50)]
     test_per_class: usize,
     /// Private images per client.
     #[arg(long, default_value_t = 60)]
@@ -49,11 +49,11 @@ pub(crate) struct Args {
     /// Each client's classes as a range `a-b`, comma-separated clients.
     #[arg(long, value_delimiter = ',', default_values_t = ["0-4".to_string(), "5-9".to_string()])]
     clients: Vec<String>,
-    /// Scenarios to run (`insensitive`, `sensitive`).
-    #[arg(long, value_delimiter = ',', default_values_t = ["insensitive".to_string(), "sensitive".to_string()])]
+    /// Scenarios to run (`insensitive`, `sensitive`, `tiny`).
+    #[arg(long, value_delimiter = ',', default_values_t = ["insensitive".to_string(), "sensitive".to_string(), "tiny".to_string()])]
     scenarios: Vec<String>,
     /// Epochs of AllDistill over the public images.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 100)]
     all_epochs: usize,
     /// Epochs of the personalising distillation over the selected images.
     #[arg(long, default_value_t = 10)]
@@ -83,6 +83,14 @@ pub(crate) struct Args {
     /// Epochs of each compression module's training.
     #[arg(long, default_value_t = 60)]
     compress_epochs: usize,
+    /// Personalisations per scheme and client, each with its own seed (uploads, selection,
+    /// data order); the rows show their mean accuracy.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Load each scenario's AllDistill student saved by an earlier run with the same
+    /// settings instead of training it again.
+    #[arg(long)]
+    reuse_base: bool,
     /// Seed of the split, the student's initialisation and the training order.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -99,7 +107,7 @@ struct Scenario {
     heads: usize,
 }
 
-const SCENARIOS: [Scenario; 2] = [
+const SCENARIOS: [Scenario; 3] = [
     Scenario {
         name: "insensitive",
         hidden: 96,
@@ -110,6 +118,12 @@ const SCENARIOS: [Scenario; 2] = [
         name: "sensitive",
         hidden: 64,
         layers: 2,
+        heads: 2,
+    },
+    Scenario {
+        name: "tiny",
+        hidden: 32,
+        layers: 1,
         heads: 2,
     },
 ];
@@ -196,16 +210,15 @@ fn latency_ms(model: &Transformer<CandleBackend>, data: &LabelledImages) -> Resu
 
 pub(crate) fn run(args: Args) -> Result<()> {
     let clients = parse_clients(&args.clients)?;
-    let scenarios: Vec<&Scenario> = args
-        .scenarios
-        .iter()
-        .map(|n| {
-            SCENARIOS
-                .iter()
-                .find(|s| s.name == n)
-                .with_context(|| format!("unknown scenario `{n}` (insensitive, sensitive)"))
-        })
-        .collect::<Result<_>>()?;
+    let scenarios: Vec<&Scenario> =
+        args.scenarios
+            .iter()
+            .map(|n| {
+                SCENARIOS.iter().find(|s| s.name == n).with_context(|| {
+                    format!("unknown scenario `{n}` (insensitive, sensitive, tiny)")
+                })
+            })
+            .collect::<Result<_>>()?;
     let data = tasks::digits_all()?;
     let split = ClientSplit::by_class(
         &data.labels,
@@ -260,33 +273,54 @@ pub(crate) fn run(args: Args) -> Result<()> {
             seed: args.seed,
             progress: true,
         };
-        let student = Transformer::new(
-            CandleBackend::differentiable(),
-            scenario.config(features),
-            &SeededRandom::new(args.seed),
-        )?;
-        let trainable = TrainableModel::new(student)?;
-        let report = distil(
-            &trainable,
-            &small,
-            &teacher,
-            &split.public,
-            &all_cfg,
-            &format!("{} all-distill", scenario.name),
-        )?;
-        let base = trainable.snapshot(CandleBackend::cpu())?;
-        base.save_safetensors(
-            &ckpt.join(format!("student-{}-alldistill.safetensors", scenario.name)),
-        )?;
+        let saved = ckpt.join(format!(
+            "student-{}-alldistill-e{}-t{}-p{}-s{}.safetensors",
+            scenario.name, args.all_epochs, args.test_per_class, args.private, args.seed
+        ));
+        let (base, report) = if args.reuse_base && saved.exists() {
+            println!(
+                "{}: AllDistill student from {}",
+                scenario.name,
+                saved.display()
+            );
+            let base = Transformer::from_safetensors(
+                CandleBackend::cpu(),
+                scenario.config(features),
+                &saved,
+            )?;
+            (base, None)
+        } else {
+            let student = Transformer::new(
+                CandleBackend::differentiable(),
+                scenario.config(features),
+                &SeededRandom::new(args.seed),
+            )?;
+            let trainable = TrainableModel::new(student)?;
+            let report = distil(
+                &trainable,
+                &small,
+                &teacher,
+                &split.public,
+                &all_cfg,
+                &format!("{} all-distill", scenario.name),
+            )?;
+            let base = trainable.snapshot(CandleBackend::cpu())?;
+            base.save_safetensors(&saved)?;
+            (base, Some(report))
+        };
         let ms = latency_ms(&base, &small)?;
-        latencies.push((scenario.name, ms, report.seconds));
-        println!(
-            "{}: AllDistill mse {:.4} -> {:.4} in {:.0} s; student batch-1 latency {ms:.2} ms",
-            scenario.name,
-            report.losses.first().copied().unwrap_or(f64::NAN),
-            report.losses.last().copied().unwrap_or(f64::NAN),
-            report.seconds
-        );
+        let seconds = report.as_ref().map_or(f64::NAN, |r| r.seconds);
+        latencies.push((scenario.name, ms, seconds));
+        if let Some(r) = &report {
+            println!(
+                "{}: AllDistill mse {:.4} -> {:.4} in {:.0} s",
+                scenario.name,
+                r.losses.first().copied().unwrap_or(f64::NAN),
+                r.losses.last().copied().unwrap_or(f64::NAN),
+                r.seconds
+            );
+        }
+        println!("{}: student batch-1 latency {ms:.2} ms", scenario.name);
         let cloud = Cloud {
             head: &head,
             small: &small,
@@ -337,42 +371,57 @@ fn run_scheme(
     distiller: &dyn Distiller,
     group: Option<usize>,
 ) -> Result<(Row, Transformer<CandleBackend>, Vec<usize>)> {
-    let seed = args.seed ^ (client.index as u64 + 1);
-    let upload = distiller.upload(&client.private, seed)?;
-    upload.check()?;
-    let chosen: Vec<usize> = distiller
-        .select(&upload, cloud.public_probs, seed)?
-        .into_iter()
-        .map(|j| cloud.public[j])
-        .collect();
-    let cfg = TrainConfig {
-        epochs: args.personal_epochs,
-        batch: args.batch,
-        lr: args.personal_lr,
-        weight_decay: 1e-4,
-        seed,
-        progress: false,
-    };
-    let personal = TrainableModel::new(base.to_backend(CandleBackend::differentiable())?)?;
     let name = distiller.name();
-    distil(&personal, cloud.small, cloud.teacher, &chosen, &cfg, &name)?;
-    let model = personal.snapshot(CandleBackend::cpu())?;
     let scheme = name.split('(').next().unwrap_or(&name).to_string();
+    let mut accs = Vec::with_capacity(args.repeats);
+    let mut first: Option<(Transformer<CandleBackend>, Vec<usize>, usize)> = None;
+    for r in 0..args.repeats.max(1) {
+        // Each repeat draws its own uploads (k-means), selection (random) and data order.
+        let seed = args.seed ^ (client.index as u64 + 1) ^ ((r as u64) << 16);
+        let upload = distiller.upload(&client.private, seed)?;
+        upload.check()?;
+        let chosen: Vec<usize> = distiller
+            .select(&upload, cloud.public_probs, seed)?
+            .into_iter()
+            .map(|j| cloud.public[j])
+            .collect();
+        let cfg = TrainConfig {
+            epochs: args.personal_epochs,
+            batch: args.batch,
+            lr: args.personal_lr,
+            weight_decay: 1e-4,
+            seed,
+            progress: false,
+        };
+        let personal = TrainableModel::new(base.to_backend(CandleBackend::differentiable())?)?;
+        distil(&personal, cloud.small, cloud.teacher, &chosen, &cfg, &name)?;
+        let model = personal.snapshot(CandleBackend::cpu())?;
+        accs.push(accuracy(
+            &model,
+            cloud.head,
+            cloud.small,
+            &client.share.test,
+        )?);
+        if first.is_none() {
+            first = Some((model, chosen, upload.bytes()));
+        }
+    }
+    let (model, chosen, upload_bytes) = first.context("no repeat ran")?;
     let tag = group.map_or(String::new(), |g| format!("-g{g}"));
     model.save_safetensors(&cloud.ckpt.join(format!(
         "student-{}-client{}-{scheme}{tag}.safetensors",
         client.scenario, client.index
     )))?;
-    let acc = accuracy(&model, cloud.head, cloud.small, &client.share.test)?;
+    let acc = accs.iter().sum::<f64>() / accs.len() as f64;
     let in_classes = share_in(&chosen, client.share, cloud.small);
     println!(
         "{} client {} {name:<16} {} selected ({:.0}% of its classes), upload {} B, \
-         accuracy {acc:.3} ({:+.3})",
+         accuracy {acc:.3} ({:+.3}; repeats {accs:.3?})",
         client.scenario,
         client.index,
         chosen.len(),
         100.0 * in_classes,
-        upload.bytes(),
+        upload_bytes,
         acc - client.base_acc
     );
     let row = Row {
@@ -382,7 +431,7 @@ fn run_scheme(
         group,
         selected: chosen.len(),
         in_classes,
-        upload_bytes: upload.bytes(),
+        upload_bytes,
         accuracy: acc,
         gain: acc - client.base_acc,
     };
