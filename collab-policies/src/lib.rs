@@ -23,6 +23,7 @@ pub mod batch;
 pub mod codec;
 pub mod distill;
 pub mod operator;
+pub mod prodigy;
 pub mod shard;
 pub mod split;
 pub mod svd;

@@ -1,0 +1,12 @@
+//! PRODIGY (SPEC §5): models fine-tuned with token merging in the loop ("warmed") so that they
+//! stay accurate when served at large merging numbers, chosen under time and storage budgets,
+//! and averaged in weight space for the numbers in between.
+//!
+//! - [`planner`]: Alg. 4, which merging numbers to fine-tune under a time budget alpha and a
+//!   storage budget beta, from measured per-number fine-tuning times, sizes and profiled
+//!   accuracies;
+//! - [`ensemble`]: Alg. 5, the accuracy-weighted parameter average of warmed models for a
+//!   serving number, and the knapsack that keeps the ensembles worth their storage.
+
+pub mod ensemble;
+pub mod planner;
