@@ -9,9 +9,15 @@
 //!   the autograd graph (the composed `exp(x - max) / sum`, kept as the tests' reference, costs
 //!   several passes more over the attention scores, forward and backward);
 //! - [`frozen_linear`]: a linear layer whose weights need no gradient (a frozen backbone),
-//!   with a backward pass for the input only.
+//!   with a backward pass for the input only;
+//! - [`scatter_add_tracked`]: `scatter_add` with a correct backward pass. candle 0.11.1's own
+//!   backward for `scatter_add` builds a mask with `scatter` from the *initial* tensor's shape,
+//!   which fails whenever the indices are smaller than it ("shape mismatch in scatter"), and
+//!   would zero the gradient of the initial values at the scattered positions if it ran
+//!   (right for `scatter`, wrong for `scatter_add`, which only adds). ToMe merges tokens with
+//!   it, so warm-up fine-tuning through merging (PRODIGY, SPEC §5) needs this one.
 
-use candle_core::{CpuStorage, CustomOp1, D, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, Device, Layout, Result, Shape, Tensor};
 
 /// Softmax over the last dimension: `exp(x - max) / sum exp(x - max)` (the reference for
 /// [`softmax_last_tracked`]).
@@ -141,6 +147,65 @@ pub(super) fn softmax_last_tracked(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Softmax)
 }
 
+/// `t` with `src` added at `idx` along `dim` (candle's `scatter_add`), whose backward is
+/// `dL/dt = g` and `dL/dsrc = gather(g, idx, dim)`.
+struct ScatterAdd {
+    idx: Tensor,
+    dim: usize,
+}
+
+impl CustomOp2 for ScatterAdd {
+    fn name(&self) -> &'static str {
+        "scatter-add-with-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let t = host_tensor(s1, l1)?;
+        let src = host_tensor(s2, l2)?;
+        into_storage(&t.scatter_add(&self.idx, &src, self.dim)?)
+    }
+
+    fn bwd(
+        &self,
+        _t: &Tensor,
+        _src: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        // candle's CPU gather misreads when the indices are smaller than the tensor outside
+        // `dim` (see `gather_impl`): narrow the gradient to their extent first.
+        let mut g = grad.clone();
+        for (d, &n) in self.idx.dims().iter().enumerate() {
+            if d != self.dim && n < g.dims()[d] {
+                g = g.narrow(d, 0, n)?;
+            }
+        }
+        let src_grad = g.contiguous()?.gather(&self.idx, self.dim)?;
+        Ok((Some(grad.clone()), Some(src_grad)))
+    }
+}
+
+/// `scatter_add` for inputs in the graph (see [`ScatterAdd`]); shapes are validated by the
+/// caller.
+pub(super) fn scatter_add_tracked(
+    t: &Tensor,
+    dim: usize,
+    idx: &Tensor,
+    src: &Tensor,
+) -> Result<Tensor> {
+    let op = ScatterAdd {
+        idx: idx.contiguous()?,
+        dim,
+    };
+    t.contiguous()?.apply_op2(&src.contiguous()?, op)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -167,6 +232,23 @@ mod tests {
         for (x, y) in a.iter().zip(&b) {
             assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs()), "{x} vs {y}");
         }
+    }
+
+    /// `scatter_add`'s values equal candle's, and its gradients are the incoming gradient for
+    /// the initial values and its gather at the indices for the source.
+    #[test]
+    fn scatter_add_backpropagates_to_both_inputs() {
+        let t = var(&[5, 3], 1);
+        let src = var(&[2, 3], 2);
+        let idx = Tensor::from_vec(vec![4u32, 4, 4, 1, 1, 1], (2, 3), &Device::Cpu).unwrap();
+        let out = super::scatter_add_tracked(t.as_tensor(), 0, &idx, src.as_tensor()).unwrap();
+        let plain = t.as_tensor().scatter_add(&idx, src.as_tensor(), 0).unwrap();
+        close(&out, &plain);
+        let r = Tensor::from_vec(seeded(15, 7), (5, 3), &Device::Cpu).unwrap();
+        let g = (out * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        close(g.get(t.as_tensor()).unwrap(), &r);
+        let want = r.gather(&idx, 0).unwrap();
+        close(g.get(src.as_tensor()).unwrap(), &want);
     }
 
     /// The custom ops' values and input gradients equal those of the composed operations.

@@ -44,8 +44,10 @@ impl CandleBackend {
     /// layer norm and RMS norm are composed of differentiable candle operations, softmax has an
     /// explicit backward pass, attention always takes the composed path (never the fused host
     /// kernel, which would cut the graph), and a linear layer whose weights are plain tensors
-    /// (not `Var`s, nor computed from them) skips their gradient. Same values as
-    /// [`CandleBackend::cpu`] up to f32 rounding; slower. Used to train prompts (SPEC §4).
+    /// (not `Var`s, nor computed from them) skips their gradient, and `scatter_add` (ToMe's
+    /// merge) has a backward pass of its own (candle 0.11.1's fails; see `autograd.rs`). Same
+    /// values as [`CandleBackend::cpu`] up to f32 rounding; slower. Used to train prompts
+    /// (SPEC §4), students (SPEC §6) and warmed models (SPEC §5).
     pub fn differentiable() -> Self {
         Self {
             device: Device::Cpu,
@@ -412,6 +414,9 @@ impl Backend for CandleBackend {
                     t.dims()
                 ),
             ));
+        }
+        if self.differentiable && (t.track_op() || src.track_op()) {
+            return autograd::scatter_add_tracked(t, dim, idx, src).map_err(err("scatter_add"));
         }
         t.contiguous()
             .and_then(|t| t.scatter_add(&idx.contiguous()?, &src.contiguous()?, dim))
