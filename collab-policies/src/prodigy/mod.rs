@@ -5,8 +5,14 @@
 //! - [`planner`]: Alg. 4, which merging numbers to fine-tune under a time budget alpha and a
 //!   storage budget beta, from measured per-number fine-tuning times, sizes and profiled
 //!   accuracies;
+//! - [`warmup`]: fine-tuning every parameter with ToMe at `r` in every forward pass, task
+//!   heads, and accuracy at a serving merging number;
 //! - [`ensemble`]: Alg. 5, the accuracy-weighted parameter average of warmed models for a
 //!   serving number, and the knapsack that keeps the ensembles worth their storage.
 
 pub mod ensemble;
 pub mod planner;
+pub mod warmup;
+
+#[cfg(test)]
+mod tests;
