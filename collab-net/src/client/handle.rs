@@ -164,18 +164,26 @@ impl DeviceClient {
             max_loss: request.max_loss,
             meta: request.meta,
         };
+        self.call(id, timeout, |reply| Command::Infer { request, reply })
+            .await
+    }
+
+    /// Sends the command `make` builds around a reply channel and waits up to `timeout` for
+    /// the answer; on timeout (or when the future is dropped) the call `id` is cancelled.
+    async fn call<T>(
+        &self,
+        id: u64,
+        timeout: Duration,
+        make: impl FnOnce(oneshot::Sender<Result<T, ClientError>>) -> Command,
+    ) -> Result<T, ClientError> {
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Command::Infer { request, reply })
-            .map_err(|_| closed())?;
+        self.inner.tx.send(make(reply)).map_err(|_| closed())?;
         let mut guard = CancelGuard {
             tx: &self.inner.tx,
             id,
             armed: true,
         };
-        let outcome = tokio::time::timeout(timeout, answer).await;
-        match outcome {
+        match tokio::time::timeout(timeout, answer).await {
             Ok(Ok(result)) => {
                 guard.armed = false;
                 result
@@ -209,27 +217,8 @@ impl DeviceClient {
             request_id: id,
             upload,
         };
-        let (reply, answer) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Command::Personalise { request, reply })
-            .map_err(|_| closed())?;
-        let mut guard = CancelGuard {
-            tx: &self.inner.tx,
-            id,
-            armed: true,
-        };
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(result)) => {
-                guard.armed = false;
-                result
-            }
-            Ok(Err(_)) => {
-                guard.armed = false;
-                Err(closed())
-            }
-            Err(_) => Err(ClientError::Timeout { after: timeout }),
-        }
+        self.call(id, timeout, |reply| Command::Personalise { request, reply })
+            .await
     }
 
     /// One ping padded with `pad` bytes: the time from writing it to its pong.

@@ -7,7 +7,7 @@
 use collab_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::train::{FusionHead, check_labelled, fit_linear_stack};
+use super::train::{FusionHead, affine, check_labelled, fit_linear_stack};
 use crate::train::TrainConfig;
 
 /// One compression ratio: the device's projection `[k, f]` and the cloud's head over `k`.
@@ -48,12 +48,7 @@ impl CompressionModule {
                 f.len()
             )));
         }
-        Ok(self
-            .weight
-            .chunks_exact(self.features)
-            .zip(&self.bias)
-            .map(|(row, b)| row.iter().zip(f).map(|(w, x)| w * x).sum::<f32>() + b)
-            .collect())
+        Ok(affine(&self.weight, &self.bias, f))
     }
 
     /// Device and cloud together: the class of one feature vector after compression.

@@ -54,12 +54,7 @@ impl FusionHead {
                 f.len()
             )));
         }
-        Ok(self
-            .weight
-            .chunks_exact(self.features)
-            .zip(&self.bias)
-            .map(|(row, b)| row.iter().zip(f).map(|(w, x)| w * x).sum::<f32>() + b)
-            .collect())
+        Ok(affine(&self.weight, &self.bias, f))
     }
 
     /// Class probabilities (softmax of the logits) of one feature vector.
@@ -129,6 +124,16 @@ impl FusionHead {
             bias,
         })
     }
+}
+
+/// `weight x + bias` for a row-major `weight [bias.len(), x.len()]` (sizes checked by the
+/// caller).
+pub(crate) fn affine(weight: &[f32], bias: &[f32], x: &[f32]) -> Vec<f32> {
+    weight
+        .chunks_exact(x.len().max(1))
+        .zip(bias)
+        .map(|(row, b)| row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b)
+        .collect()
 }
 
 /// Checks labelled feature vectors and returns their size.

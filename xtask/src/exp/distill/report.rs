@@ -30,6 +30,17 @@ fn mean_upload(rows: &[Row], scheme: &str) -> f64 {
     )
 }
 
+/// Adds `point` to the series named `label`, starting it if there is none.
+fn add_point(series: &mut Vec<Series>, label: String, point: (f64, f64)) {
+    match series.iter_mut().find(|s| s.label == label) {
+        Some(s) => s.points.push(point),
+        None => series.push(Series {
+            label,
+            points: vec![point],
+        }),
+    }
+}
+
 /// Figure 5.12: accuracy and upload per prototype group size.
 pub(super) fn figure_5_12(dir: &Path, rows: &[Row]) -> Result<()> {
     let mut csv = std::fs::File::create(dir.join("figure-5-12.csv"))?;
@@ -42,14 +53,11 @@ pub(super) fn figure_5_12(dir: &Path, rows: &[Row]) -> Result<()> {
             "{},{},{g},{},{:.4},{:.4}",
             r.scenario, r.client, r.upload_bytes, r.accuracy, r.gain
         )?;
-        let label = format!("{} client {}", r.scenario, r.client);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push((g as f64, r.accuracy)),
-            None => series.push(Series {
-                label,
-                points: vec![(g as f64, r.accuracy)],
-            }),
-        }
+        add_point(
+            &mut series,
+            format!("{} client {}", r.scenario, r.client),
+            (g as f64, r.accuracy),
+        );
     }
     line_chart(
         &dir.join("figure-5-12.png"),
@@ -79,14 +87,11 @@ pub(super) fn table_5_3(dir: &Path, rows: &[CompressRow]) -> Result<()> {
             "| {} | {} | {} | {} | {:.3} |",
             r.scenario, r.client, r.ratio, r.bytes, r.accuracy
         )?;
-        let label = format!("{} client {}", r.scenario, r.client);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push((r.ratio, r.accuracy)),
-            None => series.push(Series {
-                label,
-                points: vec![(r.ratio, r.accuracy)],
-            }),
-        }
+        add_point(
+            &mut series,
+            format!("{} client {}", r.scenario, r.client),
+            (r.ratio, r.accuracy),
+        );
     }
     md.push_str("\nRatio 1: the fusion head on the uncompressed features.\n");
     std::fs::write(dir.join("table-5-3.md"), &md)?;
