@@ -7,7 +7,8 @@
 //! held and their peak since a mark (one test function, so nothing else runs beside it). The payloads are a valid payload of each
 //! codec with its header's sizes overwritten by arbitrary values (tokens, features, rank: the
 //! decompression bomb of issue 31 was 25 bytes declaring 197 x 192 at rank 0, or a huge
-//! shape), bit flips, cuts, and random bytes.
+//! shape), bit flips, cuts, and random bytes. A personalisation upload (protocol 4) whose length
+//! prefixes claim huge sizes is decoded within the same kind of bound.
 
 use collab_core::split::{Activation, CodecId};
 use collab_net::wire::validate::{
@@ -140,6 +141,54 @@ fn hostile_payloads_cost_bounded_memory() {
     bomb_and_huge_shapes_are_refused_before_decoding();
     every_codec_decodes_its_valid_payload_within_the_bound();
     damaged_payloads_cost_bounded_memory();
+    personalise_uploads_claiming_huge_sizes_cost_bounded_memory();
+}
+
+/// A `PersonaliseRequest` (protocol 4) whose length prefixes claim huge sizes: every 5-byte
+/// window after the frame header overwritten with the largest 32-bit varint. Each decode ends
+/// in a request (then checked as the server checks it) or an error, holding at most 4 MiB
+/// above twice the frame: a claimed length never sizes an allocation (serde caps a
+/// preallocation at 1 MiB, and postcard's hint is bounded by the bytes left; measured peak
+/// over all windows: about 3 KB).
+fn personalise_uploads_claiming_huge_sizes_cost_bounded_memory() {
+    use collab_core::distill::{Upload, UploadKind};
+    use collab_net::wire::{Message, PersonaliseRequest, decode_frame, encode_frame};
+
+    let upload = Upload {
+        kind: UploadKind::Prototypes { group_size: 3 },
+        classes: 10,
+        vectors: vec![vec![0.1; 10]; 20],
+        members: vec![3; 20],
+    };
+    let frame = encode_frame(&Message::PersonaliseRequest(PersonaliseRequest {
+        request_id: 7,
+        upload,
+    }))
+    .expect("encode");
+    let len = frame.len();
+    let (mut decoded, mut refused) = (0, 0);
+    for at in 6..len.saturating_sub(5) {
+        let mut hostile = frame.clone();
+        hostile[at..at + 5].copy_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        let base = mark();
+        match decode_frame(&hostile) {
+            Ok(Message::PersonaliseRequest(r)) => {
+                let _ = r.upload.check();
+                decoded += 1;
+            }
+            Ok(_) => decoded += 1,
+            Err(_) => refused += 1,
+        }
+        let peak = peak_since(base);
+        assert!(
+            peak <= (4 << 20) + 2 * len as u64,
+            "{peak} bytes for a {len}-byte frame (window at {at})"
+        );
+    }
+    assert!(
+        refused > 0 && decoded + refused > 800,
+        "{decoded} decoded, {refused} refused"
+    );
 }
 
 fn bomb_and_huge_shapes_are_refused_before_decoding() {
