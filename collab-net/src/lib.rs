@@ -11,6 +11,8 @@
 //!   driving the shared-model batch worker, metrics, health, graceful shutdown);
 //! - [`client`]: the device client (runs the head part, measures the link, picks the split,
 //!   sends, reconnects);
+//! - [`dashboard`]: the live web page of a server (charts by server-sent events, an
+//!   operator's controls that reach the devices);
 //! - [`pipeline`]: one TOML file naming everything a deployment needs: model, backend per side,
 //!   batch policy, codecs, split strategy, limits, addresses.
 //!
@@ -19,6 +21,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod dashboard;
 pub mod pipeline;
 pub mod server;
 pub mod testing;

@@ -132,6 +132,11 @@ pub struct ServerSection {
     pub listen: Option<SocketAddr>,
     /// Address of `/healthz` and `/metrics` (default `127.0.0.1:9898`).
     pub metrics: Option<SocketAddr>,
+    /// Address of the live dashboard (default none; see [`crate::dashboard`]).
+    pub dashboard: Option<SocketAddr>,
+    /// The environment variable holding the dashboard's operator token (default
+    /// `COLLAB_OPERATOR_TOKEN`; unset: the dashboard is read-only).
+    pub operator_token_env: Option<String>,
     /// The backend the server computes on (default `candle-cpu`).
     pub backend: Option<BackendName>,
     /// The batch policy (default `{ kind = "shared", budget = 8 }`).

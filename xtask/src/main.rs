@@ -19,6 +19,7 @@
 //! Experiments write their tables under `results/` and print one summary line last.
 
 mod check_arm;
+mod check_dashboard;
 mod cuda;
 mod exp;
 mod fetch;
@@ -27,6 +28,7 @@ mod libtorch;
 mod new;
 mod shard;
 mod test;
+mod webdriver;
 mod wheel_cache;
 
 use anyhow::Result;
@@ -77,6 +79,10 @@ enum Cmd {
     /// Run the cargo-fuzz targets (the frame decoder and request validation, every built-in
     /// codec's decoder) for a set time each; record executions and findings.
     Fuzz(fuzz::Args),
+    /// Check the live demo's web dashboard in headless Chromium: charts receive data, a
+    /// device's bandwidth changed through the page moves its split point (installs Chromium
+    /// with apt when missing).
+    CheckDashboard(check_dashboard::Args),
     /// Cross-build the quantised device backend for aarch64 and run its tests and a
     /// split-classify run under qemu (installs the toolchain with apt when missing).
     CheckArm(check_arm::Args),
@@ -109,6 +115,7 @@ fn main() -> Result<()> {
         Cmd::SetupLibtorch => libtorch::setup(),
         Cmd::SetupCuda => cuda::setup(),
         Cmd::CheckArm(args) => check_arm::run(args),
+        Cmd::CheckDashboard(args) => check_dashboard::run(args),
         Cmd::New(args) => new::run(args),
         Cmd::Fuzz(args) => fuzz::run(args),
     }

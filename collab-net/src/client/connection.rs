@@ -41,8 +41,8 @@ use super::handshake::{Conn, connect_with_backoff, is_refusal};
 use super::pending::Book;
 use crate::transport::Transport;
 use crate::wire::{
-    FrameError, InferRequest, Message, PersonaliseRequest, Ping, Pong, Prediction, RemoteError,
-    ServerLoad, Welcome,
+    DeviceSettings, FrameError, InferRequest, Message, PersonaliseRequest, Ping, Pong, Prediction,
+    RemoteError, RequestReport, ServerLoad, Welcome,
 };
 
 /// A write that takes longer than this means the server stopped reading: the connection is
@@ -73,6 +73,8 @@ pub(super) enum Command {
         request: PersonaliseRequest,
         reply: PersonaliseReply,
     },
+    /// Send a report of a finished request if connected (dropped otherwise: telemetry).
+    Report(RequestReport),
     /// Close the connection and end the task.
     Close,
 }
@@ -82,6 +84,8 @@ pub(super) enum Command {
 pub(super) struct Shared {
     pub(super) welcome: Mutex<Welcome>,
     pub(super) load: Mutex<Option<ServerLoad>>,
+    /// The operator's settings received so far, merged (see [`crate::wire::operator`]).
+    pub(super) settings: tokio::sync::watch::Sender<DeviceSettings>,
     pub(super) reconnects: AtomicU64,
     /// Answers that arrived for no pending request (a cancelled call, or a duplicate).
     pub(super) unmatched: AtomicU64,
@@ -249,7 +253,7 @@ impl Connection {
                 Command::Personalise { reply, .. } => {
                     let _ = reply.send(Err(err.clone()));
                 }
-                Command::Cancel(_) => {}
+                Command::Cancel(_) | Command::Report(_) => {}
             }
         }
     }
@@ -380,6 +384,10 @@ impl Connection {
                 let nonce = self.book.add_ping(pad, reply);
                 self.send_ping(conn, nonce, pad).await
             }
+            Some(Command::Report(report)) => match write(conn, Message::Report(report)).await {
+                Err(WriteError::Lost(m)) => Some(Ended::Lost(m)),
+                Ok(()) | Err(WriteError::Rejected(_)) => None,
+            },
             Some(Command::Personalise { request, reply }) => {
                 self.book
                     .personalise
@@ -444,6 +452,16 @@ impl Connection {
                     *l = Some(load);
                 }
             }
+            Message::Settings(settings) => match settings.check() {
+                Ok(()) => {
+                    tracing::info!(device = %self.config.device_id, ?settings, "operator settings");
+                    self.shared
+                        .settings
+                        .send_modify(|s| *s = s.merged(settings));
+                }
+                // An operator's mistake is not the session's: dropped, the session goes on.
+                Err(e) => tracing::warn!(device = %self.config.device_id, "settings refused: {e}"),
+            },
             Message::Pong(p) => {
                 if let Some(ping) = self.book.pings.remove(&p.nonce) {
                     *answered = true;
@@ -471,6 +489,7 @@ impl Connection {
             other @ (Message::Hello(_)
             | Message::Welcome(_)
             | Message::InferRequest(_)
+            | Message::Report(_)
             | Message::PersonaliseRequest(_)) => {
                 let m = format!("unexpected {} from the server", other.kind());
                 let _ = write(conn, Message::Goodbye(RemoteError::Protocol(m.clone()))).await;

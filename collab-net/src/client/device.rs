@@ -7,6 +7,13 @@
 //! runtime), and send with the budget the deadline leaves
 //! ([`server_budget`]`(deadline, elapsed, rtt)`). The batch sizes the server reports are fed
 //! back into the next queue estimate.
+//!
+//! An operator's settings ([`DeviceClient::settings`], sent from the server's dashboard)
+//! replace the configured deadline and loss limit from the next request on; a new link
+//! setting is applied to the device's link emulator ([`DeviceConfig::emulated_link`]) and
+//! the link is probed again before the next choice, so the split moves at once. Each finished
+//! request is reported to the server ([`DeviceClient::report`], unless
+//! [`DeviceConfig::report`] is off): its split, codec, latency and outcome, never its data.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,13 +25,16 @@ use collab_core::split::{CodecId, Conditions, SplitStrategy};
 use collab_core::token::TokenAdapter;
 use collab_policies::codec::CodecRegistry;
 use collab_policies::svd::SplitBases;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use super::error::ClientError;
 use super::handle::{DeviceClient, LinkEstimate, Outgoing};
 use super::head::{DeviceInput, run_head};
 use super::plan::{Plan, plan_for, queue_estimate, server_budget};
-use crate::wire::{RemoteError, raw_tokens};
+use crate::transport::{Link, LinkControl};
+use crate::wire::{
+    DeviceSettings, LinkSetting, RemoteError, ReportOutcome, RequestReport, raw_tokens,
+};
 
 /// How long past the deadline a call still waits for its answer (a late answer is reported,
 /// as late, rather than lost).
@@ -54,6 +64,13 @@ pub struct DeviceConfig {
     /// The codecs the device encodes with (default [`CodecRegistry::builtin`]); the server
     /// must decode the same families.
     pub codecs: Arc<CodecRegistry>,
+    /// The link emulator the device's transport runs through, if any (a demo or test
+    /// device): an operator's link settings change it (default none: they only trigger a new
+    /// probe).
+    pub emulated_link: Option<LinkControl>,
+    /// Whether each finished request is reported to the server for its dashboard (default
+    /// true; only the split, codec, latency, outcome and link estimate are sent).
+    pub report: bool,
 }
 
 impl Default for DeviceConfig {
@@ -66,6 +83,8 @@ impl Default for DeviceConfig {
             probe_bytes: 32 * 1024,
             bases: None,
             codecs: Arc::new(CodecRegistry::builtin()),
+            emulated_link: None,
+            report: true,
         }
     }
 }
@@ -98,6 +117,17 @@ pub struct Classified {
 struct LinkState {
     estimate: Option<(Instant, LinkEstimate)>,
     refreshing: bool,
+    /// The operator's link setting the estimate was taken under.
+    setting: Option<LinkSetting>,
+}
+
+/// What a request got to before it ended, for its report.
+#[derive(Debug, Default)]
+struct Attempt {
+    split: usize,
+    codec: Option<CodecId>,
+    device_ms: f64,
+    deadline: Duration,
 }
 
 /// A device: the model's head part on any backend, a split strategy and a client.
@@ -112,6 +142,8 @@ pub struct Device<B: Backend> {
     link: Arc<Mutex<LinkState>>,
     /// The latest server batch size seen in an answer (for the queue estimate).
     batch: AtomicU32,
+    /// The operator's settings, as the client received them.
+    settings: watch::Receiver<DeviceSettings>,
 }
 
 impl<B: Backend> Device<B> {
@@ -129,6 +161,7 @@ impl<B: Backend> Device<B> {
             model,
             strategy: Box::new(strategy),
             adapter: None,
+            settings: client.settings(),
             client,
             config,
             link: Arc::new(Mutex::new(LinkState::default())),
@@ -154,6 +187,19 @@ impl<B: Backend> Device<B> {
     /// refresh started when it is older than `probe_every`.
     async fn link(&self) -> Result<LinkEstimate, ClientError> {
         let mut state = self.link.lock().await;
+        let setting = self.settings.borrow().link;
+        if setting != state.setting {
+            // A new link from the operator: emulate it, and measure it before choosing.
+            if let (Some(l), Some(control)) = (setting, &self.config.emulated_link) {
+                control.set(Link {
+                    bandwidth: f64::from(l.mbit) * 1e6 / 8.0,
+                    rtt: f64::from(l.rtt_ms) / 1e3,
+                    ..control.get()
+                });
+            }
+            state.setting = setting;
+            state.estimate = None;
+        }
         let Some((at, estimate)) = state.estimate else {
             let estimate = self.client.probe(self.config.probe_bytes).await?;
             state.estimate = Some((Instant::now(), estimate));
@@ -185,8 +231,18 @@ impl<B: Backend> Device<B> {
         Ok(estimate)
     }
 
+    /// The deadline and loss limit of the next request: the operator's, else the config's.
+    fn limits(&self) -> (Duration, f64) {
+        let s = self.settings.borrow();
+        let deadline = s.deadline_ms.map_or(self.config.deadline, |ms| {
+            Duration::from_secs_f64(f64::from(ms) / 1e3)
+        });
+        let max_loss = s.max_loss.map_or(self.config.max_loss, f64::from);
+        (deadline, max_loss)
+    }
+
     /// The conditions of the next choice.
-    fn conditions(&self, link: &LinkEstimate) -> Conditions {
+    fn conditions(&self, link: &LinkEstimate, deadline: Duration, max_loss: f64) -> Conditions {
         let server_queue = self.client.server_load().map_or(0.0, |l| {
             queue_estimate(&l, self.batch.load(Ordering::Relaxed))
         });
@@ -194,8 +250,8 @@ impl<B: Backend> Device<B> {
             bandwidth: link.bandwidth.min(MAX_BANDWIDTH),
             rtt: link.rtt.as_secs_f64(),
             server_queue,
-            deadline: self.config.deadline.as_secs_f64(),
-            max_loss: self.config.max_loss,
+            deadline: deadline.as_secs_f64(),
+            max_loss,
         }
     }
 
@@ -218,8 +274,61 @@ impl<B: Backend> Device<B> {
     /// device's part left no time for the server.
     pub async fn infer(&self, input: DeviceInput) -> Result<Classified, ClientError> {
         let start = Instant::now();
+        let mut attempt = Attempt::default();
+        let result = self.run(input, start, &mut attempt).await;
+        if self.config.report {
+            self.report(&result, &attempt, start).await;
+        }
+        result
+    }
+
+    /// Tells the server how the request ended.
+    async fn report(
+        &self,
+        result: &Result<Classified, ClientError>,
+        attempt: &Attempt,
+        start: Instant,
+    ) {
+        let (link_mbit, rtt_ms) = match self.link.lock().await.estimate {
+            Some((_, e)) => (
+                (e.bandwidth.min(MAX_BANDWIDTH) * 8.0 / 1e6) as f32,
+                ms(e.rtt) as f32,
+            ),
+            None => (0.0, 0.0),
+        };
+        let deadline_ms = ms(attempt.deadline);
+        let (total_ms, outcome) = match result {
+            Ok(c) if c.total_ms > deadline_ms => (c.total_ms, ReportOutcome::Late),
+            Ok(c) => (c.total_ms, ReportOutcome::Ok),
+            Err(e) => (ms(start.elapsed()), ReportOutcome::Error(e.kind().into())),
+        };
+        self.client.report(RequestReport {
+            split: u32::try_from(attempt.split).unwrap_or(u32::MAX),
+            codec: attempt.codec.clone().unwrap_or_else(CodecId::none),
+            total_ms: total_ms as f32,
+            device_ms: attempt.device_ms as f32,
+            outcome,
+            deadline_ms: deadline_ms as f32,
+            link_mbit,
+            rtt_ms,
+        });
+    }
+
+    /// [`Device::infer`] without the report; `attempt` records how far it got.
+    async fn run(
+        &self,
+        input: DeviceInput,
+        start: Instant,
+        attempt: &mut Attempt,
+    ) -> Result<Classified, ClientError> {
+        let (deadline, max_loss) = self.limits();
+        attempt.deadline = deadline;
         let link = self.link().await?;
-        let choice = self.strategy.choose(&self.conditions(&link))?;
+        let choice = self
+            .strategy
+            .choose(&self.conditions(&link, deadline, max_loss))?;
+        attempt.split = choice.split;
+        attempt.codec = Some(choice.codec.clone());
         let layers = self.model.num_blocks();
         let bases = self.config.bases.clone();
         let codecs = self.config.codecs.clone();
@@ -249,6 +358,7 @@ impl<B: Backend> Device<B> {
             tokio::time::sleep(head.compute.mul_f64(slowdown - 1.0)).await;
         }
         let device_ms = ms(head_start.elapsed());
+        attempt.device_ms = device_ms;
         let mut done = Classified {
             top: head.top,
             embedding: head.embedding,
@@ -261,7 +371,7 @@ impl<B: Backend> Device<B> {
             batch: 0,
         };
         if plan != Plan::DeviceOnly {
-            let budget = server_budget(self.config.deadline, start.elapsed(), link.rtt).ok_or(
+            let budget = server_budget(deadline, start.elapsed(), link.rtt).ok_or(
                 ClientError::Remote(RemoteError::DeadlineMissed { budget_ms: 0 }),
             )?;
             let request = Outgoing {
@@ -269,7 +379,7 @@ impl<B: Backend> Device<B> {
                 codec: wire_codec,
                 payload: head.payload,
                 budget,
-                max_loss: self.config.max_loss as f32,
+                max_loss: max_loss as f32,
                 meta: head.meta,
             };
             let prediction = self

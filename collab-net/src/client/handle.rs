@@ -15,7 +15,7 @@ use super::connection::{Command, Connection, Shared};
 use super::error::ClientError;
 use super::handshake::connect_with_backoff;
 use crate::transport::Transport;
-use crate::wire::{InferRequest, Prediction, ServerLoad, Welcome};
+use crate::wire::{DeviceSettings, InferRequest, Prediction, RequestReport, ServerLoad, Welcome};
 
 /// One request as the caller gives it; the client assigns its id.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,6 +110,7 @@ impl DeviceClient {
         let shared = Arc::new(Shared {
             welcome: Mutex::new(welcome),
             load: Mutex::new(None),
+            settings: tokio::sync::watch::Sender::new(DeviceSettings::default()),
             reconnects: AtomicU64::new(0),
             unmatched: AtomicU64::new(0),
         });
@@ -270,6 +271,20 @@ impl DeviceClient {
             Ok(l) => l.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// The operator's settings the server sent so far, merged (each field the latest given;
+    /// all `None` until the first). [`super::Device`] reads the deadline and loss limit from
+    /// it before each request; the link and rate are for whoever owns the link emulator and
+    /// the request loop ([`tokio::sync::watch::Receiver::changed`] wakes them).
+    pub fn settings(&self) -> tokio::sync::watch::Receiver<DeviceSettings> {
+        self.inner.shared.settings.subscribe()
+    }
+
+    /// Tells the server how a request ended (for its dashboard), if connected; never waits
+    /// and never fails (a report without a connection is dropped).
+    pub fn report(&self, report: RequestReport) {
+        let _ = self.inner.tx.send(Command::Report(report));
     }
 
     /// How many times the client reconnected after the first handshake.

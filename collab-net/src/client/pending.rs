@@ -62,6 +62,8 @@ impl Book {
                 self.personalise
                     .insert(request.request_id, (request, reply));
             }
+            // Telemetry is not worth keeping across a reconnect.
+            Some(Command::Report(_)) => {}
         }
         true
     }

@@ -42,6 +42,14 @@ pub struct ServerArgs {
     /// Address of the HTTP health (`/healthz`) and Prometheus (`/metrics`) endpoints.
     #[arg(long, default_value = "127.0.0.1:9898")]
     pub metrics: SocketAddr,
+    /// Address of the live dashboard (a web page: charts, devices, controls; see
+    /// [`crate::dashboard`]); none by default.
+    #[arg(long)]
+    pub dashboard: Option<SocketAddr>,
+    /// The environment variable holding the operator token that opens the dashboard's
+    /// controls (unset or empty: the dashboard is read-only).
+    #[arg(long, default_value = "COLLAB_OPERATOR_TOKEN")]
+    pub operator_token_env: String,
     /// Safetensors checkpoint (default: the DeiT-Tiny fixture).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -231,6 +239,12 @@ pub fn from_pipeline(
         if let Some(metrics) = server.metrics {
             args.metrics = metrics;
         }
+        if let Some(dashboard) = server.dashboard {
+            args.dashboard = Some(dashboard);
+        }
+        if let Some(var) = &server.operator_token_env {
+            args.operator_token_env.clone_from(var);
+        }
         if let Some(backend) = &server.backend {
             args.backend = backend.clone();
         }
@@ -295,9 +309,36 @@ async fn serve<B: Backend>(
         .await
         .with_context(|| format!("binding --metrics {}", args.metrics))?;
     let metrics_addr = http.local_addr()?;
+    let dashboard = match args.dashboard {
+        Some(at) => Some(
+            tokio::net::TcpListener::bind(at)
+                .await
+                .with_context(|| format!("binding --dashboard {at}"))?,
+        ),
+        None => None,
+    };
     let handle = Server::start(model, config, acceptor)?;
     let http_task = tokio::spawn(serve_http(http, handle.monitor()));
     info!(%addr, metrics = %metrics_addr, "listening");
+    if let Some(listener) = dashboard {
+        let at = listener.local_addr()?;
+        let operator = std::env::var(&args.operator_token_env)
+            .ok()
+            .filter(|t| !t.is_empty())
+            .map(crate::auth::Secret::new);
+        if operator.is_none() {
+            tracing::warn!(var = %args.operator_token_env, "no operator token: the dashboard is read-only");
+        }
+        if !at.ip().is_loopback() {
+            tracing::warn!(dashboard = %at, "the dashboard's page and board are open beyond loopback (its controls need the operator token)");
+        }
+        info!(dashboard = %format!("http://{at}/"), "dashboard");
+        tokio::spawn(crate::dashboard::serve_dashboard(
+            listener,
+            handle.monitor(),
+            operator,
+        ));
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "listening on {addr}")?;
     out.flush()?;

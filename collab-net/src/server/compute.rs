@@ -366,6 +366,7 @@ impl<B: Backend> Compute<B> {
                 if position == self.worker.layers() {
                     self.replan = true;
                     self.shared.metrics.batch_size.observe(batch as f64);
+                    self.shared.board.record_batch(batch);
                     let gamma = i64::from(self.worker.executor().token_plan().gamma);
                     self.shared
                         .metrics

@@ -272,6 +272,16 @@ impl ServerMonitor {
         self.shared.stats()
     }
 
+    /// What the dashboard shows now (see [`super::board`]).
+    pub fn board_snapshot(&self) -> super::board::BoardSnapshot {
+        self.shared.board_snapshot()
+    }
+
+    /// The board, to send operator settings ([`super::board::Board::apply`]) or start a phase.
+    pub fn board(&self) -> &super::board::Board {
+        &self.shared.board
+    }
+
     /// Waits until the server has stopped (shut down or killed).
     pub async fn stopped(&self) {
         let mut phase = self.shared.subscribe();

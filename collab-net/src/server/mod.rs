@@ -26,6 +26,7 @@
 //! The binary `collab-server` is [`cli::main`].
 
 mod accept;
+pub mod board;
 pub mod cli;
 mod compute;
 mod config;

@@ -71,7 +71,13 @@ pub(crate) async fn read_side(
         Ok(()) => {
             handshake.release();
             info!(peer, device = %session.device, "session opened");
+            // On the board while it serves: the dashboard lists it, and an operator's
+            // settings reach it (queued after the Welcome).
+            let on_board = shared
+                .board
+                .register(&session.device.device, session.control.clone());
             let close = session.serve(&mut reader).await;
+            drop(on_board);
             info!(peer, device = %session.device, "session closed");
             close
         }
@@ -295,6 +301,14 @@ impl Session<'_> {
             Message::InferRequest(request) => self.request(request).await,
             Message::Ping(ping) => self.say(Message::Pong(Pong { nonce: ping.nonce })).await,
             Message::PersonaliseRequest(request) => self.personalise(request).await,
+            Message::Report(report) => {
+                // Telemetry, answered with nothing: a bad one is counted and dropped.
+                match report.check(self.shared.facts.layers) {
+                    Ok(()) => self.shared.board.record(&self.device.device, &report),
+                    Err(e) => self.violation(&format!("bad report: {e}")),
+                }
+                Ok(())
+            }
             Message::Goodbye(reason) => {
                 info!(peer = self.peer, device = %self.device, %reason, "device said goodbye");
                 Err(Close::Quiet)

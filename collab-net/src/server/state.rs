@@ -143,6 +143,8 @@ pub(crate) struct Shared {
     pub(crate) queues: Vec<AtomicU32>,
     /// Slots of personalisations running at once (`config.max_personalising`).
     pub(crate) personalising: Arc<tokio::sync::Semaphore>,
+    /// What the dashboard shows, and the operator's settings.
+    pub(crate) board: super::board::Board,
     admission: Mutex<Admission>,
     in_flight: AtomicUsize,
     phase: watch::Sender<Phase>,
@@ -163,6 +165,7 @@ impl Shared {
         Self {
             limits: Arc::new(Limits::new(&config)),
             personalising: Arc::new(tokio::sync::Semaphore::new(config.max_personalising)),
+            board: super::board::Board::default(),
             log,
             config,
             facts,
@@ -391,6 +394,13 @@ impl Shared {
             in_flight: n(self.in_flight()),
             capacity: n(self.config.capacity),
         }
+    }
+
+    /// The board with the server's queues and admission now.
+    pub(crate) fn board_snapshot(&self) -> super::board::BoardSnapshot {
+        let load = self.load();
+        self.board
+            .snapshot(load.queues, load.in_flight, load.capacity)
     }
 
     /// The metrics in the OpenMetrics text format, with the gauges read at render time.

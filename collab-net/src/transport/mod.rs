@@ -27,7 +27,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub use failover::Failover;
 pub use faulty::{Faults, Faulty};
 pub use in_process::{InProcess, InProcessAcceptor, in_process};
-pub use shaped::{Link, SEGMENT, Shaped, shape};
+pub use shaped::{Link, LinkControl, SEGMENT, Shaped, shape, shape_with};
 pub use tcp::{Tcp, TcpAcceptor};
 
 /// A duplex byte stream: what a connection reads and writes.

@@ -12,6 +12,7 @@
 //!   every segment behind it (delivery stays in order, as TCP's does).
 
 use std::io;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -83,11 +84,35 @@ impl Link {
     }
 }
 
+/// The link an emulator runs at, changeable while it runs: every clone sees the same link,
+/// and each direction reads it again for every segment (what is already on the way keeps
+/// the timing it was sent with).
+#[derive(Clone, Debug)]
+pub struct LinkControl(Arc<RwLock<Link>>);
+
+impl LinkControl {
+    /// A control starting at `link`.
+    pub fn new(link: Link) -> Self {
+        Self(Arc::new(RwLock::new(link.sane())))
+    }
+
+    /// The link now.
+    pub fn get(&self) -> Link {
+        *self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Changes the link (made sane: a non-positive bandwidth is unlimited, negative delays
+    /// are 0, loss is at most 1).
+    pub fn set(&self, link: Link) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = link.sane();
+    }
+}
+
 /// A transport whose connections cross an emulated [`Link`].
 #[derive(Debug)]
 pub struct Shaped<T> {
     inner: T,
-    link: Link,
+    link: LinkControl,
     seed: u64,
 }
 
@@ -96,14 +121,19 @@ impl<T: Transport> Shaped<T> {
     pub fn new(inner: T, link: Link, seed: u64) -> Self {
         Self {
             inner,
-            link: link.sane(),
+            link: LinkControl::new(link),
             seed,
         }
     }
 
-    /// The link.
+    /// The link now.
     pub fn link(&self) -> Link {
-        self.link
+        self.link.get()
+    }
+
+    /// The control of its link: a change applies to its open connections and later ones.
+    pub fn control(&self) -> LinkControl {
+        self.link.clone()
     }
 }
 
@@ -111,13 +141,13 @@ impl<T: Transport> Transport for Shaped<T> {
     fn connect(&self) -> BoxFuture<'_, io::Result<BoxStream>> {
         async move {
             let stream = self.inner.connect().await?;
-            Ok(shape(stream, self.link, self.seed))
+            Ok(shape_with(stream, self.link.clone(), self.seed))
         }
         .boxed()
     }
 
     fn describe(&self) -> String {
-        let l = self.link;
+        let l = self.link.get();
         format!(
             "{} shaped to {:.1} Mbit/s, rtt {:.1} ms, jitter {:.1} ms, loss {:.3}",
             self.inner.describe(),
@@ -132,11 +162,16 @@ impl<T: Transport> Transport for Shaped<T> {
 /// Puts `stream` behind `link` (both directions); the returned stream is the caller's end.
 /// Must be called inside a tokio runtime (it spawns the two pumps).
 pub fn shape(stream: BoxStream, link: Link, seed: u64) -> BoxStream {
-    let link = link.sane();
+    shape_with(stream, LinkControl::new(link), seed)
+}
+
+/// [`shape`] with a link that `control` can change while the stream is open.
+pub fn shape_with(stream: BoxStream, control: LinkControl, seed: u64) -> BoxStream {
+    let link = control;
     let (user, mid) = tokio::io::duplex(PIPE_BUFFER);
     let (mid_read, mid_write) = tokio::io::split(mid);
     let (real_read, real_write) = tokio::io::split(stream);
-    tokio::spawn(pump(mid_read, real_write, link, seed));
+    tokio::spawn(pump(mid_read, real_write, link.clone(), seed));
     tokio::spawn(pump(
         real_read,
         mid_write,
@@ -147,7 +182,7 @@ pub fn shape(stream: BoxStream, link: Link, seed: u64) -> BoxStream {
 }
 
 /// Moves bytes from `from` to `to` through one direction of `link` (see the module docs).
-async fn pump<R, W>(mut from: R, mut to: W, link: Link, seed: u64)
+async fn pump<R, W>(mut from: R, mut to: W, control: LinkControl, seed: u64)
 where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -171,6 +206,7 @@ where
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        let link = control.get();
         let depart = link_free.max(Instant::now()) + secs(n as f64 / link.bandwidth);
         link_free = depart;
         let mut delay = link.rtt / 2.0 + link.jitter * rng.random::<f64>();
@@ -235,6 +271,36 @@ mod tests {
         // An ideal link adds nothing measurable to an in-process pipe.
         let t = echo_time(Link::IDEAL, 1000).await;
         assert!(t < 0.1, "{t}");
+    }
+
+    #[tokio::test]
+    async fn a_link_changed_while_open_shapes_what_follows() {
+        let (client, mut acceptor) = in_process();
+        let shaped = Shaped::new(client, Link::mbit(1000.0, 2.0), 1);
+        let control = shaped.control();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = acceptor.accept().await.expect("accept");
+            let mut buf = [0u8; 1];
+            while s.read_exact(&mut buf).await.is_ok() {
+                s.write_all(&buf).await.expect("write");
+            }
+        });
+        let mut c = shaped.connect().await.expect("connect");
+        let mut round_trip = async || {
+            let t = StdInstant::now();
+            c.write_all(&[1]).await.expect("write");
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).await.expect("read");
+            t.elapsed().as_secs_f64()
+        };
+        let fast = round_trip().await;
+        control.set(Link::mbit(1000.0, 80.0));
+        let slow = round_trip().await;
+        assert!(fast < 0.05, "{fast}");
+        assert!(slow >= 0.079, "{slow}");
+        assert_eq!(shaped.link().rtt, 0.08);
+        drop(c);
+        server.abort();
     }
 
     #[tokio::test]

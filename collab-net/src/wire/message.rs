@@ -10,11 +10,15 @@ use collab_core::distill::Upload;
 use collab_core::split::CodecId;
 use serde::{Deserialize, Serialize};
 
+use super::operator::{DeviceSettings, RequestReport};
+
 /// The protocol version this build speaks; every frame carries it. Version 2: a request's
 /// codec is a [`CodecId`] (family and rank), not a name. Version 3: a [`Hello`] carries the
 /// device's `instance`, which binds its held requests to it. Version 4: [`PersonaliseRequest`]
-/// and [`PersonaliseResponse`] (a student distilled for the device, SPEC §6).
-pub const PROTOCOL_VERSION: u16 = 4;
+/// and [`PersonaliseResponse`] (a student distilled for the device, SPEC §6). Version 5:
+/// [`Message::Settings`] (an operator's new limits for a device) and [`Message::Report`] (a
+/// device's finished request, for the dashboard).
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// The codec family of a server-only request's payload: the resized, centre-cropped image as
 /// interleaved 8-bit RGB (`3 * side * side` bytes). Activations name a family of the codec
@@ -57,6 +61,10 @@ pub enum Message {
     PersonaliseResponse(PersonaliseResponse),
     /// The answer to a ping.
     Pong(Pong),
+    /// Server -> device: an operator's new settings (see [`super::operator`]).
+    Settings(DeviceSettings),
+    /// Device -> server: one finished request, as the device saw it.
+    Report(RequestReport),
     /// Either way: the sender closes the connection, and why.
     Goodbye(RemoteError),
 }
@@ -74,6 +82,8 @@ impl Message {
             Message::PersonaliseRequest(_) => "PersonaliseRequest",
             Message::PersonaliseResponse(_) => "PersonaliseResponse",
             Message::Pong(_) => "Pong",
+            Message::Settings(_) => "Settings",
+            Message::Report(_) => "Report",
             Message::Goodbye(_) => "Goodbye",
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod frame;
 pub mod message;
+pub mod operator;
 pub mod validate;
 
 pub use frame::{DEFAULT_MAX_FRAME, FrameCodec, FrameError, decode_frame, encode_frame};
@@ -15,6 +16,7 @@ pub use message::{
     PersonaliseResponse, Ping, Pong, Prediction, RAW_RGB8, RAW_TOKENS, RemoteError, ServerLoad,
     TokenMeta, Welcome, raw_rgb8, raw_tokens,
 };
+pub use operator::{DeviceSettings, LinkSetting, ReportOutcome, RequestReport};
 
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
+/// The load generator's device id (the dashboard's background-load control targets it).
+pub(crate) const LOAD_ID: &str = "load-generator";
+
 /// Options of the load generator.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct LoadArgs {
@@ -65,7 +68,7 @@ async fn run(args: LoadArgs) -> Result<()> {
     });
     let transport: Arc<dyn Transport> = Arc::new(Tcp::new(args.server));
     let config = ClientConfig {
-        device_id: "load-generator".into(),
+        device_id: LOAD_ID.into(),
         auth_token: args.token.secret().map_err(anyhow::Error::msg)?,
         ..ClientConfig::default()
     };
@@ -78,8 +81,17 @@ async fn run(args: LoadArgs) -> Result<()> {
     };
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = Instant::now();
+    // An operator's `rate` (the dashboard's background-load control) replaces `--rate`.
+    let settings = client.settings();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let gap = -(1.0 - rng.random::<f64>()).ln() / args.rate.max(1e-3);
+        let rate = settings.borrow().rate.map_or(args.rate, f64::from);
+        if rate <= 0.0 {
+            // Paused.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            next = Instant::now();
+            continue;
+        }
+        let gap = -(1.0 - rng.random::<f64>()).ln() / rate;
         next += Duration::from_secs_f64(gap);
         tokio::time::sleep_until(next.into()).await;
         let values = (0..args.tokens * args.features)

@@ -74,6 +74,20 @@ pub(crate) struct DemoArgs {
     /// Give up and stop everything after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_s: u64,
+    /// Keep the devices classifying (cycling through their images) for this many seconds
+    /// instead of stopping after `--images`: time to use the dashboard's controls.
+    #[arg(long, default_value_t = 0.0)]
+    duration_s: f64,
+    /// No web dashboard: only the terminal view (a headless run).
+    #[arg(long)]
+    no_dashboard: bool,
+    /// Address of the web dashboard (default: a free port on loopback).
+    #[arg(long)]
+    dashboard: Option<SocketAddr>,
+    /// Images per device of the server-only run that goes first, with the dashboard, as the
+    /// comparison trace (the same devices and load, every request at split 0); 0: none.
+    #[arg(long, default_value_t = 8)]
+    compare_images: usize,
     /// Accuracy table the devices' split selection reads (default: the embedded one, f16,
     /// int8 and svd-int8 cells). Pass a `table.json` of `cargo xtask exp svd-accuracy`.
     #[arg(long)]
@@ -84,6 +98,9 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     bases: Option<PathBuf>,
 }
+
+/// The variable the server reads its operator token from (`collab-server`'s default).
+const OPERATOR_TOKEN_ENV: &str = "COLLAB_OPERATOR_TOKEN";
 
 /// A child process and its label.
 struct Proc {
@@ -139,6 +156,31 @@ impl Proc {
             }
             let _ = tx.send((source, None));
         });
+    }
+
+    /// A process without stdin or thread cap, with extra environment variables.
+    fn spawn_with_env(
+        label: &str,
+        args: &[String],
+        log: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding the demo binary")?;
+        let child = Command::new(exe)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::File::create(log)
+                    .with_context(|| format!("creating {}", log.display()))?,
+            )
+            .spawn()
+            .with_context(|| format!("starting the {label} process"))?;
+        Ok(Self {
+            label: label.into(),
+            child,
+        })
     }
 
     fn stop(&mut self, signal: &str, wait: Duration) {
@@ -208,6 +250,7 @@ fn device_args(
     a: &DemoArgs,
     config: &Path,
     assets: &(PathBuf, PathBuf),
+    phase: &Phase,
 ) -> Vec<String> {
     let s = |v: &dyn ToString| v.to_string();
     [
@@ -229,15 +272,114 @@ fn device_args(
         "--loss",
         &s(&p.loss),
         "--images",
-        &s(&a.images),
+        &s(&phase.images),
         "--offset",
         &s(&(i * a.images)),
         "--rate",
         &s(&a.rate),
+        "--duration-s",
+        &s(&phase.duration_s),
     ]
     .iter()
     .map(|x| x.to_string())
     .collect()
+}
+
+/// One run of the devices: the server-only comparison or the collaborative run.
+#[derive(Debug)]
+struct Phase {
+    /// Its label on the dashboard.
+    label: &'static str,
+    /// Images per device.
+    images: usize,
+    /// Seconds the devices keep cycling through them (0: once).
+    duration_s: f64,
+    /// Every request at split 0.
+    server_only: bool,
+}
+
+/// What every phase shares.
+struct Fleet<'a> {
+    a: &'a DemoArgs,
+    dir: PathBuf,
+    template: Template,
+    assets: (PathBuf, PathBuf),
+    profiles: Vec<Profile>,
+    server: SocketAddr,
+    deadline_ms: f64,
+}
+
+impl Fleet<'_> {
+    /// Starts the phase's device processes, reporting on `tx` under their index.
+    fn start(&self, phase: &Phase, tx: &mpsc::Sender<(usize, Option<Value>)>) -> Result<Vec<Proc>> {
+        let mut devices = Vec::new();
+        for (i, p) in self.profiles.iter().enumerate() {
+            let config = self.dir.join(format!("device-{i}-{}.toml", phase.label));
+            self.template.write_device(
+                &config,
+                &DeviceFile {
+                    server: self.server,
+                    id: format!("device-{i}"),
+                    profile: p,
+                    deadline_ms: self.deadline_ms,
+                    max_loss: self.a.max_loss,
+                    accuracy_table: self.assets.0.clone(),
+                    bases: self.a.bases.as_deref(),
+                    server_only: phase.server_only,
+                },
+            )?;
+            let mut d = Proc::spawn(
+                &format!("device-{i}"),
+                &device_args(i, p, self.a, &config, &self.assets, phase),
+                &self.dir.join(format!("device-{i}-{}.log", phase.label)),
+                false,
+                Some(1),
+            )?;
+            d.follow(i, tx.clone());
+            devices.push(d);
+        }
+        Ok(devices)
+    }
+
+    /// Follows the devices' and the load's lines until every device is done (or the
+    /// timeout); returns the devices' tallies, the load's, and the wall time.
+    fn follow(
+        &self,
+        rx: &mpsc::Receiver<(usize, Option<Value>)>,
+        started: Instant,
+    ) -> (Vec<Tally>, Tally, Duration) {
+        let a = self.a;
+        let mut tallies = vec![Tally::default(); a.devices];
+        let mut load_tally = Tally::default();
+        let mut open = vec![true; a.devices];
+        let mut view = View::new(&self.profiles, a.images);
+        let start = Instant::now();
+        while open.iter().any(|&o| o) {
+            if started.elapsed() > Duration::from_secs(a.timeout_s) {
+                eprintln!("collab demo: timed out after {} s; stopping", a.timeout_s);
+                break;
+            }
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok((i, Some(v))) if i < a.devices => tallies[i].record(&v, self.deadline_ms),
+                Ok((_, Some(v))) => load_tally.record(&v, f64::INFINITY),
+                Ok((i, None)) if i < a.devices => open[i] = false,
+                Ok((_, None)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+            view.update(&tallies, &load_tally, start.elapsed(), self.deadline_ms);
+        }
+        view.finish();
+        (tallies, load_tally, start.elapsed())
+    }
+}
+
+/// A random operator token for this run (hex).
+fn operator_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..16)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// Runs the demo.
@@ -265,10 +407,19 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
     let deadline_ms = template.deadline_ms(a.deadline_ms);
     let ready = dir.join("server.addr");
     let metrics_addr = free_port()?;
+    let dashboard = if a.no_dashboard {
+        None
+    } else {
+        Some(match a.dashboard {
+            Some(d) => d,
+            None => free_port()?,
+        })
+    };
     let server_file = dir.join("server.toml");
     template.write_server(
         &server_file,
         metrics_addr,
+        dashboard,
         a.capacity,
         a.batch,
         a.bases.as_deref(),
@@ -280,7 +431,14 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         "--ready-file".into(),
         ready.display().to_string(),
     ];
-    let mut server = Proc::spawn("server", &server_args, &dir.join("server.log"), false, None)?;
+    let token = operator_token();
+    // Only the server process gets the token (it opens the dashboard's controls).
+    let mut server = Proc::spawn_with_env(
+        "server",
+        &server_args,
+        &dir.join("server.log"),
+        &[(OPERATOR_TOKEN_ENV, &token)],
+    )?;
     eprintln!(
         "collab demo: starting the server from {} (logs and pipeline copies in {})",
         template.origin(),
@@ -294,32 +452,22 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         "collab demo: server on {addr}, metrics on http://{metrics_addr}/metrics; {} devices, {} images each, deadline {} ms",
         a.devices, a.images, deadline_ms
     );
-    let (tx, rx) = mpsc::channel();
-    let mut devices = Vec::new();
-    for (i, p) in profiles.iter().enumerate() {
-        let config = dir.join(format!("device-{i}.toml"));
-        template.write_device(
-            &config,
-            &DeviceFile {
-                server: addr,
-                id: format!("device-{i}"),
-                profile: p,
-                deadline_ms,
-                max_loss: a.max_loss,
-                accuracy_table: assets.0.clone(),
-                bases: a.bases.as_deref(),
-            },
-        )?;
-        let mut d = Proc::spawn(
-            &format!("device-{i}"),
-            &device_args(i, p, &a, &config, &assets),
-            &dir.join(format!("device-{i}.log")),
-            false,
-            Some(1),
-        )?;
-        d.follow(i, tx.clone());
-        devices.push(d);
+    if let Some(d) = dashboard {
+        let url = format!("http://{d}/#token={token}");
+        eprintln!("collab demo: dashboard on {url}");
+        // For the browser check (`cargo xtask check-dashboard`): one JSON line.
+        println!("{}", serde_json::json!({ "dashboard": url }));
     }
+    let fleet = Fleet {
+        a: &a,
+        dir: dir.clone(),
+        template,
+        assets,
+        profiles,
+        server: addr,
+        deadline_ms,
+    };
+    let (tx, rx) = mpsc::channel();
     let mut load = if a.load_rate > 0.0 {
         let mut l = Proc::spawn(
             "load",
@@ -339,29 +487,41 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
     } else {
         None
     };
-    drop(tx);
-
-    let mut tallies = vec![Tally::default(); a.devices];
-    let mut load_tally = Tally::default();
-    let mut open = vec![true; a.devices];
-    let mut view = View::new(&profiles, a.images);
-    let start = Instant::now();
-    while open.iter().any(|&o| o) {
-        if start.elapsed() > Duration::from_secs(a.timeout_s) {
-            eprintln!("collab demo: timed out after {} s; stopping", a.timeout_s);
-            break;
+    let started = Instant::now();
+    let mut comparison = None;
+    if let Some(d) = dashboard.filter(|_| a.compare_images > 0) {
+        let phase = Phase {
+            label: "server-only",
+            images: a.compare_images,
+            duration_s: 0.0,
+            server_only: true,
+        };
+        eprintln!(
+            "collab demo: the server-only run first ({} images per device, every request at split 0), the dashboard's comparison trace",
+            phase.images
+        );
+        let mut devices = fleet.start(&phase, &tx)?;
+        let (tallies, _, wall) = fleet.follow(&rx, started);
+        for d in &mut devices {
+            d.stop("-TERM", Duration::from_secs(5));
         }
-        match rx.recv_timeout(Duration::from_millis(100)) {
-            Ok((i, Some(v))) if i < a.devices => tallies[i].record(&v, deadline_ms),
-            Ok((_, Some(v))) => load_tally.record(&v, f64::INFINITY),
-            Ok((i, None)) if i < a.devices => open[i] = false,
-            Ok((_, None)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        }
-        view.update(&tallies, &load_tally, start.elapsed(), deadline_ms);
+        comparison = Some((tallies, wall));
+        super::summary::http_post(
+            d,
+            "/api/phase",
+            &token,
+            &serde_json::json!({ "label": "collaborative", "previous": "server-only" }),
+        )?;
     }
-    let wall = start.elapsed();
-    view.finish();
+    let phase = Phase {
+        label: "collaborative",
+        images: a.images,
+        duration_s: a.duration_s,
+        server_only: false,
+    };
+    let mut devices = fleet.start(&phase, &tx)?;
+    let (tallies, mut load_tally, wall) = fleet.follow(&rx, started);
+    drop(tx);
     let metrics = super::summary::http_get(metrics_addr, "/metrics");
     let health = super::summary::http_get(metrics_addr, "/healthz");
     for d in &mut devices {
@@ -378,9 +538,12 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         l.stop("-TERM", Duration::from_secs(2));
     }
     server.stop("-TERM", Duration::from_secs(30));
+    if let Some((tallies, wall)) = &comparison {
+        super::summary::print_comparison(tallies, *wall, deadline_ms);
+    }
     super::summary::print(
         &a,
-        &profiles,
+        &fleet.profiles,
         &tallies,
         &load_tally,
         wall,

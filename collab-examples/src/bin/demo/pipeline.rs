@@ -82,6 +82,7 @@ impl Template {
         &self,
         path: &Path,
         metrics: SocketAddr,
+        dashboard: Option<SocketAddr>,
         capacity: Option<usize>,
         budget: Option<usize>,
         bases: Option<&Path>,
@@ -90,6 +91,9 @@ impl Template {
         let server = t.section("server");
         server.insert("listen".into(), Value::String("127.0.0.1:0".into()));
         server.insert("metrics".into(), Value::String(metrics.to_string()));
+        if let Some(d) = dashboard {
+            server.insert("dashboard".into(), Value::String(d.to_string()));
+        }
         if let Some(c) = capacity {
             server.insert("capacity".into(), int(c)?);
         }
@@ -128,6 +132,12 @@ impl Template {
         if let Some(bases) = device.bases {
             d.insert("bases".into(), Value::String(bases.display().to_string()));
         }
+        if device.server_only {
+            let mut split = Table::new();
+            split.insert("kind".into(), Value::String("fixed".into()));
+            split.insert("split".into(), Value::Integer(0));
+            d.insert("split".into(), Value::Table(split));
+        }
         t.write(path)
     }
 
@@ -149,6 +159,9 @@ pub(crate) struct DeviceFile<'a> {
     pub(crate) max_loss: Option<f64>,
     pub(crate) accuracy_table: PathBuf,
     pub(crate) bases: Option<&'a Path>,
+    /// Every request at split 0 (the comparison run): the file's split strategy is replaced
+    /// by `{ kind = "fixed", split = 0 }`.
+    pub(crate) server_only: bool,
 }
 
 fn int(v: usize) -> Result<Value> {

@@ -23,6 +23,53 @@ pub(crate) fn http_get(addr: SocketAddr, path: &str) -> String {
     body
 }
 
+/// `POST path` with a JSON body and the operator's bearer token on the dashboard port.
+///
+/// # Errors
+/// A connection that fails, or an answer other than `200`.
+pub(crate) fn http_post(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    anyhow::ensure!(
+        answer.starts_with("HTTP/1.1 200"),
+        "POST {path}: {}",
+        answer.lines().next().unwrap_or("no answer")
+    );
+    Ok(answer)
+}
+
+/// The server-only run's line: what the dashboard shows as the comparison trace.
+pub(crate) fn print_comparison(tallies: &[Tally], wall: Duration, deadline_ms: f64) {
+    let mut total = Tally::default();
+    tallies.iter().for_each(|t| total.merge(t));
+    let secs = wall.as_secs_f64().max(1e-3);
+    println!(
+        "server-only devices={} requests={} ok={} throughput={:.2}/s p50={:.1}ms p95={:.1}ms deadline_miss_rate={:.3} (deadline {deadline_ms:.0} ms)",
+        tallies.len(),
+        total.answered,
+        total.ok,
+        total.ok as f64 / secs,
+        total.latency_quantile(0.5),
+        total.latency_quantile(0.95),
+        total.misses() as f64 / total.answered.max(1) as f64,
+    );
+}
+
 /// The value of an unlabelled sample `name` in Prometheus text.
 fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines()

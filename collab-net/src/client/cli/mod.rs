@@ -111,9 +111,14 @@ pub struct DeviceArgs {
     /// First sample image (devices take different ranges; wraps around the sample).
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
-    /// Requests per second, Poisson arrivals (0: back to back).
+    /// Requests per second, Poisson arrivals (0: back to back). An operator's `rate` setting
+    /// changes it while the device runs (with Poisson arrivals only).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
+    /// Keep classifying, cycling through the `--images` images, until this many seconds
+    /// have passed (0: classify each image once and stop).
+    #[arg(long, default_value_t = 0.0)]
+    pub duration_s: f64,
     /// Requests in flight at most (an arrival waits for a free slot).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,

@@ -60,6 +60,27 @@ fn report(
     }
 }
 
+/// Which images a device classifies: `count` from `offset` on, or, until `until`, those
+/// images over and over.
+#[derive(Clone, Copy, Debug)]
+struct Work {
+    images: usize,
+    offset: usize,
+    count: usize,
+    until: Option<Instant>,
+}
+
+impl Work {
+    /// The sample index of the `i`-th request, or `None` when there is no `i`-th.
+    fn image(&self, i: usize) -> Option<usize> {
+        match self.until {
+            Some(t) if Instant::now() < t => Some(self.offset + i % self.images),
+            Some(_) => None,
+            None => (i < self.count).then_some(self.offset + i),
+        }
+    }
+}
+
 /// Prints one line, whole (a closed stdout is ignored: the reader is gone).
 fn emit(line: &Value) {
     let mut out = std::io::stdout().lock();
@@ -119,6 +140,8 @@ pub(super) async fn run<B: Backend>(
         probe_bytes: args.probe_bytes,
         bases: setup.bases.clone(),
         codecs: setup.codecs.clone(),
+        emulated_link: setup.link.clone(),
+        report: true,
     };
     let setup = Arc::new(setup);
     let device = Arc::new(Device::new(
@@ -129,25 +152,17 @@ pub(super) async fn run<B: Backend>(
     ));
     let summary = Arc::new(Mutex::new(Summary::default()));
     let slots = Arc::new(Semaphore::new(args.concurrency.max(1)));
-    let arrivals = Exp::new(args.rate).ok().filter(|_| args.rate > 0.0);
     let mut rng = StdRng::seed_from_u64(seed(&args));
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
-    let mut due = tokio::time::Instant::now();
-    let mut tasks = JoinSet::new();
-    // Back to back: `concurrency` workers each take the next image; Poisson: one task per
-    // arrival, waiting for a free slot.
-    let spawns = if arrivals.is_some() {
-        args.images
-    } else {
-        args.concurrency.max(1)
+    let work = Work {
+        images: args.images.max(1),
+        offset: args.offset,
+        count: args.images,
+        until: (args.duration_s > 0.0).then(|| start + Duration::from_secs_f64(args.duration_s)),
     };
-    for _ in 0..spawns {
-        if let Some(exp) = &arrivals {
-            due += Duration::from_secs_f64(exp.sample(&mut rng));
-            tokio::time::sleep_until(due).await;
-        }
-        let permit = slots.clone().acquire_owned().await?;
+    let mut tasks = JoinSet::new();
+    let spawn = |tasks: &mut JoinSet<()>, permit, once: bool| {
         let (device, setup, summary, next, id) = (
             device.clone(),
             setup.clone(),
@@ -155,14 +170,12 @@ pub(super) async fn run<B: Backend>(
             next.clone(),
             id.clone(),
         );
-        let (images, offset, once) = (args.images, args.offset, arrivals.is_some());
         tasks.spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= images {
+                let Some(image) = work.image(i) else {
                     break;
-                }
-                let image = offset + i;
+                };
                 let (label, outcome) = classify_one(&device, &setup, image).await;
                 emit(&report(&id, image, label, &outcome, &summary));
                 if once {
@@ -171,6 +184,39 @@ pub(super) async fn run<B: Backend>(
             }
             drop(permit);
         });
+    };
+    if args.rate > 0.0 {
+        // Poisson arrivals, one task each, at the latest rate an operator set (0 pauses).
+        let settings = client.settings();
+        let mut due = tokio::time::Instant::now();
+        let mut i = 0;
+        loop {
+            let rate = settings.borrow().rate.map_or(args.rate, f64::from);
+            if !(rate.is_finite() && rate > 0.0) {
+                // Paused; a run of a fixed number of images has nothing to wait for.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                due = tokio::time::Instant::now();
+                if work.until.is_none_or(|t| Instant::now() >= t) {
+                    break;
+                }
+                continue;
+            }
+            let exp = Exp::new(rate).map_err(|e| anyhow::anyhow!("rate {rate}: {e}"))?;
+            due += Duration::from_secs_f64(exp.sample(&mut rng));
+            tokio::time::sleep_until(due).await;
+            if work.image(i).is_none() {
+                break;
+            }
+            i += 1;
+            let permit = slots.clone().acquire_owned().await?;
+            spawn(&mut tasks, permit, true);
+        }
+    } else {
+        // Back to back: `concurrency` workers each take the next image.
+        for _ in 0..args.concurrency.max(1) {
+            let permit = slots.clone().acquire_owned().await?;
+            spawn(&mut tasks, permit, false);
+        }
     }
     while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed().as_secs_f64();
@@ -181,7 +227,7 @@ pub(super) async fn run<B: Backend>(
             v.is_finite().then_some(v)
         };
         json!({
-            "device": id, "done": true, "requests": args.images, "ok": s.ok,
+            "device": id, "done": true, "requests": s.ok + s.errors.values().sum::<usize>(), "ok": s.ok,
             "correct": s.correct, "errors": s.errors, "elapsed_s": elapsed,
             "throughput": if elapsed > 0.0 { s.ok as f64 / elapsed } else { 0.0 },
             "p50_ms": quantile(0.5), "p95_ms": quantile(0.95),

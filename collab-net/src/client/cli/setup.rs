@@ -16,7 +16,7 @@ use collab_policies::split::{AccuracyTable, SelectorConfig, SplitStrategyConfig,
 use collab_policies::svd::SplitBases;
 
 use super::DeviceArgs;
-use crate::transport::{Link, Shaped, Tcp, Transport};
+use crate::transport::{Link, LinkControl, Shaped, Tcp, Transport};
 
 /// Bytes of a response (top-5 classes with logits, framing) for the selector.
 const RESPONSE_BYTES: usize = 64;
@@ -28,6 +28,9 @@ pub(super) struct Setup<B: Backend> {
     pub(super) codecs: Arc<CodecRegistry>,
     pub(super) samples: Vec<LabelledImage>,
     pub(super) transport: Arc<dyn Transport>,
+    /// The link emulator's control (with `--mbit`, `--rtt-ms`, ...): operator settings
+    /// change it.
+    pub(super) link: Option<LinkControl>,
     pub(super) bases: Option<Arc<SplitBases>>,
 }
 
@@ -66,11 +69,13 @@ impl<B: Backend> Setup<B> {
         if samples.is_empty() {
             bail!("the ImageNet sample folder holds no images");
         }
+        let (transport, link) = transport(args)?;
         let setup = Self {
             model,
             codecs,
             samples,
-            transport: transport(args)?,
+            transport,
+            link,
             bases,
         };
         Ok((setup, strategy))
@@ -162,7 +167,8 @@ fn measure<B: Backend>(model: &Transformer<B>, model_id: &str) -> Result<Measure
 
 /// TCP to the server, behind the emulated link when one is asked for, with TLS on top when
 /// `--tls-ca` is given.
-fn transport(args: &DeviceArgs) -> Result<Arc<dyn Transport>> {
+/// The link emulator's control comes back with it (none for an unshaped link).
+fn transport(args: &DeviceArgs) -> Result<(Arc<dyn Transport>, Option<LinkControl>)> {
     let server = args
         .server
         .context("no server address: give --server or a --config with [device].server")?;
@@ -173,19 +179,22 @@ fn transport(args: &DeviceArgs) -> Result<Arc<dyn Transport>> {
         jitter: args.jitter_ms / 1e3,
         loss: args.loss,
     };
-    let plain: Arc<dyn Transport> = if link == Link::IDEAL {
-        Arc::new(tcp)
+    let (plain, control): (Arc<dyn Transport>, _) = if link == Link::IDEAL {
+        (Arc::new(tcp), None)
     } else {
-        Arc::new(Shaped::new(tcp, link, seed(args)))
+        let shaped = Shaped::new(tcp, link, seed(args));
+        let control = shaped.control();
+        (Arc::new(shaped), Some(control))
     };
-    Ok(match &args.tls_ca {
+    let transport: Arc<dyn Transport> = match &args.tls_ca {
         None => plain,
         Some(ca) => Arc::new(crate::tls::TlsTransport::new(
             plain,
             crate::tls::client_config(ca)?,
             &args.tls_name,
         )?),
-    })
+    };
+    Ok((transport, control))
 }
 
 /// The process's seed: `--seed` mixed with the device id (FNV-1a), so devices differ.
