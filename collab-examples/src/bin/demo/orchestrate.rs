@@ -86,7 +86,7 @@ pub(crate) struct DemoArgs {
     dashboard: Option<SocketAddr>,
     /// Images per device of the server-only run that goes first, with the dashboard, as the
     /// comparison trace (the same devices and load, every request at split 0); 0: none.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 16)]
     compare_images: usize,
     /// Accuracy table the devices' split selection reads (default: the embedded one, f16,
     /// int8 and svd-int8 cells). Pass a `table.json` of `cargo xtask exp svd-accuracy`.
