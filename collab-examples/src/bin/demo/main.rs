@@ -9,6 +9,12 @@
 //! one shared model. A live view shows throughput, p50/p95/p99 latency, the deadline-miss rate
 //! and the splits each device chose; a summary with accuracy against the labels ends the run.
 //!
+//! By default the server also serves the web dashboard (`collab_net::dashboard`), whose address
+//! the demo prints with this run's operator token: live charts beside the trace of a short
+//! server-only run made first (`--compare-images`), and controls that change a running
+//! device's link, deadline and loss limit or the background load's rate. `--duration-s N`
+//! keeps the devices running for `N` seconds to use them; `--no-dashboard` runs without it.
+//!
 //! ```text
 //! cargo run --release -p collab-examples --bin demo -- --devices 4 --deadline-ms 400
 //! ```

@@ -160,6 +160,13 @@ $("apply-all").addEventListener("click", () => {
   if (deadline !== undefined) body.deadline_ms = deadline;
   const loss = num($("all-loss"));
   if (loss !== undefined) body.max_loss = loss;
+  const mbit = num($("all-mbit"));
+  const rtt = num($("all-rtt"));
+  if (mbit !== undefined || rtt !== undefined) {
+    // The server names what is missing if only one of the pair is given.
+    if (mbit !== undefined) body.mbit = mbit;
+    if (rtt !== undefined) body.rtt_ms = rtt;
+  }
   post("/api/settings", body);
 });
 $("apply-load").addEventListener("click", () => {
