@@ -223,17 +223,27 @@ fn authorise(app: &App, headers: &HeaderMap) -> Option<Response> {
     None
 }
 
+/// An operator's request body: the token checked first, then the JSON.
+fn operator_body<T>(
+    app: &App,
+    headers: &HeaderMap,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, Response> {
+    if let Some(refusal) = authorise(app, headers) {
+        return Err(refusal);
+    }
+    body.map(|Json(b)| b)
+        .map_err(|e| refuse(e.status(), e.body_text()))
+}
+
 async fn settings(
     State(app): State<App>,
     headers: HeaderMap,
     body: Result<Json<SettingsBody>, JsonRejection>,
 ) -> Response {
-    if let Some(refusal) = authorise(&app, &headers) {
-        return refusal;
-    }
-    let body = match body {
-        Ok(Json(b)) => b,
-        Err(e) => return refuse(e.status(), e.body_text()),
+    let body = match operator_body(&app, &headers, body) {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
     };
     let settings = match body.settings() {
         Ok(s) => s,
@@ -259,12 +269,9 @@ async fn phase(
     headers: HeaderMap,
     body: Result<Json<PhaseBody>, JsonRejection>,
 ) -> Response {
-    if let Some(refusal) = authorise(&app, &headers) {
-        return refusal;
-    }
-    let body = match body {
-        Ok(Json(b)) => b,
-        Err(e) => return refuse(e.status(), e.body_text()),
+    let body = match operator_body(&app, &headers, body) {
+        Ok(b) => b,
+        Err(refusal) => return refusal,
     };
     let bad = |l: &str| l.is_empty() || l.len() > MAX_LABEL;
     if bad(&body.label) || body.previous.as_deref().is_some_and(bad) {

@@ -119,8 +119,21 @@ impl Proc {
         stdin: bool,
         threads: Option<usize>,
     ) -> Result<Self> {
+        Self::spawn_with_env(label, args, log, stdin, threads, &[])
+    }
+
+    /// [`Proc::spawn`] with extra environment variables.
+    fn spawn_with_env(
+        label: &str,
+        args: &[String],
+        log: &Path,
+        stdin: bool,
+        threads: Option<usize>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("finding the demo binary")?;
         let mut command = Command::new(exe);
+        command.envs(env.iter().copied());
         if let Some(n) = threads {
             command.env("RAYON_NUM_THREADS", n.to_string());
         }
@@ -156,31 +169,6 @@ impl Proc {
             }
             let _ = tx.send((source, None));
         });
-    }
-
-    /// A process without stdin or thread cap, with extra environment variables.
-    fn spawn_with_env(
-        label: &str,
-        args: &[String],
-        log: &Path,
-        env: &[(&str, &str)],
-    ) -> Result<Self> {
-        let exe = std::env::current_exe().context("finding the demo binary")?;
-        let child = Command::new(exe)
-            .args(args)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(
-                std::fs::File::create(log)
-                    .with_context(|| format!("creating {}", log.display()))?,
-            )
-            .spawn()
-            .with_context(|| format!("starting the {label} process"))?;
-        Ok(Self {
-            label: label.into(),
-            child,
-        })
     }
 
     fn stop(&mut self, signal: &str, wait: Duration) {
@@ -437,6 +425,8 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         "server",
         &server_args,
         &dir.join("server.log"),
+        false,
+        None,
         &[(OPERATOR_TOKEN_ENV, &token)],
     )?;
     eprintln!(
