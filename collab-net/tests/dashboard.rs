@@ -131,10 +131,19 @@ async fn operator_settings_reach_the_device_and_move_its_split() {
         let c = device.classify(&image(seed)).await.expect("classified");
         assert_eq!(c.split, 0, "a fast link: server-only");
     }
-    // The reports are on the board (they travel on the session, after the answers).
+    // The reports are on the board (they travel on the session, after the answers), and
+    // a point is made once its second has passed.
+    let served = |b: &Value| {
+        b["live"]["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .map(|p| p["throughput"].as_f64().unwrap_or(0.0))
+            .fold(0.0, f64::max)
+    };
     let mut b = board(web).await;
     for _ in 0..50 {
-        if b["devices"][0]["finished"] == 3 {
+        if b["devices"][0]["finished"] == 3 && served(&b) > 0.0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -147,13 +156,7 @@ async fn operator_settings_reach_the_device_and_move_its_split() {
         (Some(3), Some(0))
     );
     assert!(row["link_mbit"].as_f64().expect("link") > 8.0, "{row}");
-    let served: f64 = b["live"]["points"]
-        .as_array()
-        .expect("points")
-        .iter()
-        .map(|p| p["throughput"].as_f64().unwrap_or(0.0))
-        .fold(0.0, f64::max);
-    assert!(served > 0.0, "the series counts the results: {b}");
+    assert!(served(&b) > 0.0, "the series counts the results: {b}");
 
     // Refusals, each typed.
     let slow = json!({"device": "phone", "mbit": 1.0, "rtt_ms": 20.0}).to_string();
@@ -291,5 +294,43 @@ async fn without_an_operator_token_the_controls_are_off() {
     assert!(answer.contains("no operator token"), "{answer}");
     let (status, _) = http(web, "GET", "/api/snapshot", None, "").await;
     assert_eq!(status, 200, "the board stays readable");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let model = tiny_model();
+    let (server, _addr) = start(&model, config(), None).await;
+    let web = dashboard(server.monitor(), None).await;
+    let mut held = Vec::new();
+    for _ in 0..collab_net::dashboard::MAX_PER_PEER {
+        held.push(TcpStream::connect(web).await.expect("connect"));
+    }
+    // One more from the same address is closed unanswered...
+    let mut extra = TcpStream::connect(web).await.expect("connect");
+    let _ = extra
+        .write_all(b"GET /api/snapshot HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed: {:?}", String::from_utf8_lossy(&buf[..n]));
+    // ...while another address is served.
+    let mut other = common::connect_from([127, 0, 0, 2], web)
+        .await
+        .expect("connect");
+    other
+        .write_all(b"GET /api/snapshot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), other.read_to_string(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(held);
     server.shutdown().await;
 }

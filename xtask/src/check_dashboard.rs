@@ -251,7 +251,8 @@ fn drive(s: &Session, args: &Args, url: &str) -> Result<usize> {
     let split_of = format!(
         "const d = window.collabBoard.devices.find(x => x.id === {device}); \
          const cell = document.querySelector('{row} .split'); \
-         return d ? {{ split: d.split, finished: d.finished, link: d.link_mbit, cell: cell && cell.textContent }} : null;"
+         return d ? {{ split: d.split, finished: d.finished, link: d.link_mbit, cell: cell && cell.textContent, \
+                  set: d.settings.link && d.settings.link.mbit }} : null;"
     );
     let before = wait_for(
         s,
@@ -298,7 +299,19 @@ fn drive(s: &Session, args: &Args, url: &str) -> Result<usize> {
         "the device's split point to change",
         Duration::from_secs(60),
         &split_of,
-        |v| v.get("split") != Some(&split_before) && v.get("cell") != before.get("cell"),
+        |v| {
+            // The operator's link is the device's, the device measured it, and its split
+            // moved: not a split that wandered on its own.
+            let set = v.get("set").and_then(Value::as_f64);
+            let measured = v
+                .get("link")
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::INFINITY);
+            set == Some(args.mbit)
+                && measured < 2.0 * args.mbit
+                && v.get("split") != Some(&split_before)
+                && v.get("cell") != before.get("cell")
+        },
     )?;
     println!(
         "== check-dashboard: {} after setting {} Mbit/s: {after}",

@@ -119,15 +119,18 @@ struct LinkState {
     refreshing: bool,
     /// The operator's link setting the estimate was taken under.
     setting: Option<LinkSetting>,
+    /// Bumped at each new setting: a background refresh started before it is dropped.
+    generation: u64,
 }
 
 /// What a request got to before it ended, for its report.
 #[derive(Debug, Default)]
 struct Attempt {
-    split: usize,
+    split: Option<usize>,
     codec: Option<CodecId>,
     device_ms: f64,
     deadline: Duration,
+    link: Option<LinkEstimate>,
 }
 
 /// A device: the model's head part on any backend, a split strategy and a client.
@@ -199,6 +202,7 @@ impl<B: Backend> Device<B> {
             }
             state.setting = setting;
             state.estimate = None;
+            state.generation += 1;
         }
         let Some((at, estimate)) = state.estimate else {
             let estimate = self.client.probe(self.config.probe_bytes).await?;
@@ -207,15 +211,19 @@ impl<B: Backend> Device<B> {
         };
         if at.elapsed() >= self.config.probe_every && !state.refreshing {
             state.refreshing = true;
-            let (client, link, bytes) = (
+            let (client, link, bytes, generation) = (
                 self.client.clone(),
                 self.link.clone(),
                 self.config.probe_bytes,
+                state.generation,
             );
             tokio::spawn(async move {
                 let probed = client.probe(bytes).await;
                 let mut state = link.lock().await;
                 state.refreshing = false;
+                if state.generation != generation {
+                    return; // measured on a link the operator has changed since
+                }
                 match probed {
                     Ok(e) => state.estimate = Some((Instant::now(), e)),
                     Err(err) => {
@@ -277,20 +285,15 @@ impl<B: Backend> Device<B> {
         let mut attempt = Attempt::default();
         let result = self.run(input, start, &mut attempt).await;
         if self.config.report {
-            self.report(&result, &attempt, start).await;
+            self.report(&result, &attempt, start);
         }
         result
     }
 
     /// Tells the server how the request ended.
-    async fn report(
-        &self,
-        result: &Result<Classified, ClientError>,
-        attempt: &Attempt,
-        start: Instant,
-    ) {
-        let (link_mbit, rtt_ms) = match self.link.lock().await.estimate {
-            Some((_, e)) => (
+    fn report(&self, result: &Result<Classified, ClientError>, attempt: &Attempt, start: Instant) {
+        let (link_mbit, rtt_ms) = match attempt.link {
+            Some(e) => (
                 (e.bandwidth.min(MAX_BANDWIDTH) * 8.0 / 1e6) as f32,
                 ms(e.rtt) as f32,
             ),
@@ -303,7 +306,7 @@ impl<B: Backend> Device<B> {
             Err(e) => (ms(start.elapsed()), ReportOutcome::Error(e.kind().into())),
         };
         self.client.report(RequestReport {
-            split: u32::try_from(attempt.split).unwrap_or(u32::MAX),
+            split: attempt.split.map(|k| u32::try_from(k).unwrap_or(u32::MAX)),
             codec: attempt.codec.clone().unwrap_or_else(CodecId::none),
             total_ms: total_ms as f32,
             device_ms: attempt.device_ms as f32,
@@ -324,10 +327,11 @@ impl<B: Backend> Device<B> {
         let (deadline, max_loss) = self.limits();
         attempt.deadline = deadline;
         let link = self.link().await?;
+        attempt.link = Some(link);
         let choice = self
             .strategy
             .choose(&self.conditions(&link, deadline, max_loss))?;
-        attempt.split = choice.split;
+        attempt.split = Some(choice.split);
         attempt.codec = Some(choice.codec.clone());
         let layers = self.model.num_blocks();
         let bases = self.config.bases.clone();

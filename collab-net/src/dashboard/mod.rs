@@ -15,8 +15,9 @@
 //! naming the field and its range, an unknown device `404`, a body over [`MAX_BODY`] bytes
 //! `413`. Settings reach the devices as [`crate::wire::Message::Settings`] on their sessions.
 //!
-//! Bounded: [`MAX_CONNECTIONS`] open connections (the next waits), [`MAX_STREAMS`] event
-//! streams (one more is `503`), request bodies of [`MAX_BODY`] bytes.
+//! Bounded: [`MAX_CONNECTIONS`] open connections (the next waits), [`MAX_PER_PEER`] from one
+//! address (one more is closed), a connection silent both ways for [`IDLE`] is closed,
+//! [`MAX_STREAMS`] event streams (one more is `503`), request bodies of [`MAX_BODY`] bytes.
 
 mod listener;
 
@@ -45,6 +46,9 @@ use crate::wire::{DeviceSettings, LinkSetting};
 pub const PUSH_EVERY: Duration = Duration::from_millis(1000);
 /// Open connections at most.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Open connections at most from one address.
+pub const MAX_PER_PEER: usize = 32;
+pub use listener::IDLE;
 /// Event streams at most.
 pub const MAX_STREAMS: usize = 16;
 /// The largest request body read, bytes.
@@ -70,7 +74,7 @@ struct App {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SettingsBody {
-    /// A device id, or `"*"` for every device.
+    /// A device id, or `"*"` (or empty) for every device.
     pub device: String,
     /// End-to-end deadline, ms.
     pub deadline_ms: Option<f32>,
@@ -154,7 +158,7 @@ pub async fn serve_dashboard(
 ) {
     let stopped = monitor.clone();
     let app = router(monitor, operator);
-    let bounded = listener::BoundedListener::new(listener, MAX_CONNECTIONS);
+    let bounded = listener::BoundedListener::new(listener, MAX_CONNECTIONS, MAX_PER_PEER);
     tokio::select! {
         r = axum::serve(bounded, app) => {
             if let Err(e) = r {

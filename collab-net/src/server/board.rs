@@ -1,8 +1,8 @@
 //! The server's live board: what the dashboard shows and the settings an operator sends.
 //!
-//! - a time series, one point per second, of the requests devices reported finished in that
-//!   second ([`crate::wire::RequestReport`]): throughput, p50/p95/p99 end-to-end latency over
-//!   the last [`WINDOW_S`] seconds, and the deadline-miss rate;
+//! - a time series, one point per finished second since the first report, of the requests
+//!   devices reported ([`crate::wire::RequestReport`]): throughput, p50/p95/p99 end-to-end
+//!   latency and the deadline-miss rate over the last [`WINDOW_S`] seconds;
 //! - per device, the split point and codec of its latest request, its link estimate, deadline
 //!   and recent latency;
 //! - the server's queue per entry position and its recent batch sizes;
@@ -11,7 +11,7 @@
 //! - [`Board::apply`]: an operator's [`DeviceSettings`], checked, remembered (a device that
 //!   reconnects gets them again) and sent to the matching live sessions.
 //!
-//! Everything is bounded: [`MAX_POINTS`] points, [`MAX_LATENCIES`] latencies per point,
+//! Everything is bounded: [`MAX_POINTS`] points, [`MAX_LATENCIES`] latencies per second,
 //! [`MAX_DEVICES`] devices shown (reports of more devices still count in the series), the
 //! last [`MAX_BATCHES`] batch sizes.
 
@@ -26,7 +26,7 @@ use crate::wire::{DeviceSettings, Message, ReportOutcome, RequestReport};
 
 /// Points kept per series (one per second: ten minutes).
 pub const MAX_POINTS: usize = 600;
-/// Latencies kept per point.
+/// Latencies kept per second (a point's window holds up to [`WINDOW_S`] times as many).
 pub const MAX_LATENCIES: usize = 1024;
 /// Devices shown; reports of others count in the series only.
 pub const MAX_DEVICES: usize = 256;
@@ -50,31 +50,49 @@ struct Bucket {
     latencies: Vec<f32>,
 }
 
-/// One series: seconds since its start, with the requests of each.
+/// One series: a point per finished second since its first report.
+///
+/// Only the last [`WINDOW_S`] seconds of requests are kept; a point is computed once, when
+/// its second has passed, so a snapshot costs a copy of at most [`MAX_POINTS`] points.
 #[derive(Debug)]
 struct Series {
     label: String,
-    start: Instant,
+    /// When its first report came (its second 0).
+    start: Option<Instant>,
+    /// The requests of the last seconds, oldest first.
     buckets: VecDeque<Bucket>,
+    /// The points of finished seconds, oldest first.
+    done: VecDeque<Point>,
+    /// The first second without a point yet.
+    next: u64,
 }
 
 impl Series {
     fn new(label: &str) -> Self {
         Self {
             label: label.to_owned(),
-            start: Instant::now(),
+            start: None,
             buckets: VecDeque::new(),
+            done: VecDeque::new(),
+            next: 0,
         }
     }
 
+    /// The bucket of the second `now` falls in (the series starts at its first report).
     fn bucket(&mut self, now: Instant) -> &mut Bucket {
-        let second = now.saturating_duration_since(self.start).as_secs();
+        self.finish(now);
+        let start = *self.start.get_or_insert(now);
+        let second = now.saturating_duration_since(start).as_secs();
         if self.buckets.back().is_none_or(|b| b.second != second) {
             self.buckets.push_back(Bucket {
                 second,
                 ..Bucket::default()
             });
-            while self.buckets.len() > MAX_POINTS {
+            while self
+                .buckets
+                .front()
+                .is_some_and(|b| b.second + WINDOW_S <= second)
+            {
                 self.buckets.pop_front();
             }
         }
@@ -82,14 +100,16 @@ impl Series {
         &mut self.buckets[last]
     }
 
-    /// One point per second from the first bucket to now, each over the last [`WINDOW_S`] s.
-    fn points(&self, now: Instant) -> Vec<Point> {
-        let end = now.saturating_duration_since(self.start).as_secs();
-        let first = self.buckets.front().map_or(end, |b| b.second);
-        let first = first.max(end.saturating_sub(MAX_POINTS as u64 - 1));
-        let mut points = Vec::new();
+    /// Computes the points of the seconds that have passed by `now`.
+    fn finish(&mut self, now: Instant) {
+        let Some(start) = self.start else {
+            return;
+        };
+        let current = now.saturating_duration_since(start).as_secs();
+        // After a long silence only the last MAX_POINTS seconds are worth a point.
+        let first = self.next.max(current.saturating_sub(MAX_POINTS as u64));
         let mut lat = Vec::new();
-        for second in first..=end {
+        for second in first..current {
             let low = second.saturating_sub(WINDOW_S - 1);
             let (mut ok, mut answered, mut missed) = (0u32, 0u32, 0u32);
             lat.clear();
@@ -103,18 +123,29 @@ impl Series {
                 missed += b.missed;
                 lat.extend_from_slice(&b.latencies);
             }
-            let span = (second - low + 1).min(second + 1) as f32;
             lat.sort_by(f32::total_cmp);
-            points.push(Point {
+            self.done.push_back(Point {
                 t: second as f32,
-                throughput: ok as f32 / span,
+                throughput: ok as f32 / (second - low + 1) as f32,
                 p50: quantile(&lat, 0.50),
                 p95: quantile(&lat, 0.95),
                 p99: quantile(&lat, 0.99),
                 miss_rate: (answered > 0).then(|| missed as f32 / answered as f32),
             });
+            while self.done.len() > MAX_POINTS {
+                self.done.pop_front();
+            }
         }
-        points
+        self.next = self.next.max(current);
+    }
+
+    /// Its points, oldest first.
+    fn view(&mut self, now: Instant) -> SeriesView {
+        self.finish(now);
+        SeriesView {
+            label: self.label.clone(),
+            points: self.done.iter().cloned().collect(),
+        }
     }
 }
 
@@ -130,7 +161,7 @@ fn quantile(sorted: &[f32], q: f32) -> Option<f32> {
 /// One point of a series.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Point {
-    /// Seconds since the series started.
+    /// Seconds since the series' first report (the point covers the second from `t`).
     pub t: f32,
     /// Results per second over the window.
     pub throughput: f32,
@@ -176,8 +207,13 @@ pub struct DeviceView {
     pub finished: u64,
     /// Of them, deadline misses.
     pub missed: u64,
-    /// The settings an operator gave it (its own over those for all devices).
+    /// The settings it runs with from the operator: those given for all devices, with what
+    /// was given to it alone since then over them.
     pub settings: DeviceSettings,
+    /// What was given to it alone (the fields a later setting for all devices replaced are
+    /// removed).
+    #[serde(skip)]
+    own: DeviceSettings,
     #[serde(skip)]
     recent: VecDeque<f32>,
 }
@@ -302,7 +338,7 @@ impl Board {
         let own = match s.devices.get_mut(device) {
             Some(d) => {
                 d.connected = true;
-                d.settings
+                d.own
             }
             None if room => {
                 s.devices.insert(
@@ -334,7 +370,10 @@ impl Board {
 
     /// Counts a device's checked report.
     pub(crate) fn record(&self, device: &str, report: &RequestReport) {
-        let now = Instant::now();
+        self.record_at(device, report, Instant::now());
+    }
+
+    fn record_at(&self, device: &str, report: &RequestReport, now: Instant) {
         let mut s = self.lock();
         let b = s.series.bucket(now);
         match report.outcome {
@@ -354,8 +393,11 @@ impl Board {
         };
         d.finished += 1;
         d.missed += u64::from(report.missed());
-        d.split = Some(report.split);
-        d.codec = Some(report.codec.to_string());
+        // A request that failed before its split was chosen says nothing about the split.
+        if let Some(split) = report.split {
+            d.split = Some(split);
+            d.codec = Some(report.codec.to_string());
+        }
         d.deadline_ms = Some(report.deadline_ms);
         if report.link_mbit > 0.0 {
             d.link_mbit = Some(report.link_mbit);
@@ -383,7 +425,8 @@ impl Board {
 
     /// Sends `settings` to device `target` ([`ALL_DEVICES`]: every device, now and later);
     /// returns how many live sessions it reached. The settings are remembered: a device that
-    /// connects later gets them (its own over those for all).
+    /// connects later gets them. The latest setting of a field wins: one for all devices
+    /// replaces what single devices were given for that field.
     ///
     /// # Errors
     /// [`SettingsError::Invalid`] for a value out of range or no value at all;
@@ -393,12 +436,15 @@ impl Board {
         let mut s = self.lock();
         if target == ALL_DEVICES {
             s.all = s.all.merged(settings);
+            for d in s.devices.values_mut() {
+                d.own = d.own.without(settings);
+            }
         } else {
             let device = s
                 .devices
                 .get_mut(target)
                 .ok_or_else(|| SettingsError::UnknownDevice(target.to_owned()))?;
-            device.settings = device.settings.merged(settings);
+            device.own = device.own.merged(settings);
         }
         let mut reached = 0;
         for (device, lives) in &s.sessions {
@@ -419,13 +465,17 @@ impl Board {
     /// Keeps the series so far as the comparison (renamed `previous` when given) and starts
     /// a new one called `label`.
     pub fn start_phase(&self, label: &str, previous: Option<&str>) {
-        let now = Instant::now();
+        self.start_phase_at(label, previous, Instant::now());
+    }
+
+    fn start_phase_at(&self, label: &str, previous: Option<&str>, now: Instant) {
         let mut s = self.lock();
-        let old = std::mem::replace(&mut s.series, Series::new(label));
-        s.comparison = Some(SeriesView {
-            points: old.points(now),
-            label: previous.map_or(old.label, str::to_owned),
-        });
+        let mut old = std::mem::replace(&mut s.series, Series::new(label));
+        let mut kept = old.view(now);
+        if let Some(p) = previous {
+            kept.label = p.to_owned();
+        }
+        s.comparison = Some(kept);
         for d in s.devices.values_mut() {
             d.finished = 0;
             d.missed = 0;
@@ -442,15 +492,29 @@ impl Board {
         in_flight: u32,
         capacity: u32,
     ) -> BoardSnapshot {
-        let now = Instant::now();
-        let s = self.lock();
+        self.snapshot_at(queues, in_flight, capacity, Instant::now())
+    }
+
+    fn snapshot_at(
+        &self,
+        queues: Vec<u32>,
+        in_flight: u32,
+        capacity: u32,
+        now: Instant,
+    ) -> BoardSnapshot {
+        let mut s = self.lock();
+        let all = s.all;
         BoardSnapshot {
-            live: SeriesView {
-                label: s.series.label.clone(),
-                points: s.series.points(now),
-            },
+            live: s.series.view(now),
             comparison: s.comparison.clone(),
-            devices: s.devices.values().cloned().collect(),
+            devices: s
+                .devices
+                .values()
+                .map(|d| DeviceView {
+                    settings: all.merged(d.own),
+                    ..d.clone()
+                })
+                .collect(),
             queues,
             batches: s.batches.iter().copied().collect(),
             in_flight,
@@ -462,6 +526,8 @@ impl Board {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use collab_core::split::CodecId;
 
     use super::*;
@@ -469,7 +535,7 @@ mod tests {
 
     fn report(split: u32, total_ms: f32, outcome: ReportOutcome) -> RequestReport {
         RequestReport {
-            split,
+            split: Some(split),
             codec: CodecId::plain("int8").expect("codec"),
             total_ms,
             device_ms: 10.0,
@@ -480,31 +546,60 @@ mod tests {
         }
     }
 
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
     #[test]
     fn reports_make_points_and_device_rows() {
         let board = Board::new("live");
         let (tx, _rx) = mpsc::channel(4);
         let _reg = board.register("d0", tx);
-        board.record("d0", &report(3, 50.0, ReportOutcome::Ok));
-        board.record("d0", &report(4, 150.0, ReportOutcome::Late));
-        board.record(
-            "d0",
-            &report(4, 0.0, ReportOutcome::Error("deadline_missed".into())),
+        let t0 = Instant::now();
+        board.record_at("d0", &report(3, 50.0, ReportOutcome::Ok), t0);
+        board.record_at("d0", &report(4, 150.0, ReportOutcome::Late), t0 + secs(0.2));
+        let refused = report(4, 0.0, ReportOutcome::Error("deadline_missed".into()));
+        board.record_at("d0", &refused, t0 + secs(0.4));
+        board.record_at(
+            "stranger",
+            &report(1, 70.0, ReportOutcome::Ok),
+            t0 + secs(0.6),
         );
-        board.record("stranger", &report(1, 70.0, ReportOutcome::Ok));
+        let failed_early = RequestReport {
+            split: None,
+            ..report(0, 5.0, ReportOutcome::Error("timeout".into()))
+        };
+        let snap = board.snapshot_at(vec![0, 1], 1, 64, t0 + secs(0.9));
+        assert!(snap.live.points.is_empty(), "no second has passed yet");
+        board.record_at("d0", &failed_early, t0 + secs(1.5));
         board.record_batch(3);
-        let snap = board.snapshot(vec![0, 1], 1, 64);
-        let last = snap.live.points.last().expect("a point");
-        assert_eq!(last.throughput, 3.0, "three results in the first second");
-        assert_eq!(last.miss_rate, Some(0.5));
-        assert_eq!(last.p50, Some(70.0));
-        assert_eq!(last.p99, Some(150.0));
+        let snap = board.snapshot_at(vec![0, 1], 1, 64, t0 + secs(2.1));
+        assert_eq!(snap.live.points.len(), 2, "seconds 0 and 1 have passed");
+        let first = &snap.live.points[0];
+        assert_eq!(first.t, 0.0);
+        assert_eq!(first.throughput, 3.0, "three results in the first second");
+        assert_eq!(first.miss_rate, Some(0.5));
+        assert_eq!(first.p50, Some(70.0));
+        assert_eq!(first.p99, Some(150.0));
+        let second = &snap.live.points[1];
+        assert_eq!(
+            second.throughput, 1.5,
+            "the window of two seconds holds three results"
+        );
+        assert_eq!(second.miss_rate, Some(0.6), "a timeout is a miss");
         assert_eq!(snap.devices.len(), 1, "only registered devices get a row");
         let d = &snap.devices[0];
-        assert_eq!((d.split, d.finished, d.missed), (Some(4), 3, 2));
+        assert_eq!((d.split, d.finished, d.missed), (Some(4), 4, 3));
         assert_eq!(d.codec.as_deref(), Some("int8"));
         assert_eq!(d.latency_ms, Some(50.0));
         assert_eq!(snap.batches, vec![3]);
+        let later = board.snapshot_at(vec![], 0, 1, t0 + secs(10_000.0));
+        assert_eq!(
+            later.live.points.len(),
+            MAX_POINTS,
+            "bounded after a long silence"
+        );
+        assert_eq!(later.live.points.last().map(|p| p.throughput), Some(0.0));
     }
 
     #[test]
@@ -517,6 +612,7 @@ mod tests {
                 mbit: 2.0,
                 rtt_ms: 50.0,
             }),
+            deadline_ms: Some(900.0),
             ..DeviceSettings::default()
         };
         assert_eq!(board.apply("d0", new), Ok(1));
@@ -535,14 +631,23 @@ mod tests {
         };
         assert_eq!(board.apply(ALL_DEVICES, all), Ok(1));
         let _ = rx.try_recv();
+        let effective = DeviceSettings {
+            deadline_ms: Some(250.0),
+            ..new
+        };
+        assert_eq!(
+            board.snapshot(vec![], 0, 1).devices[0].settings,
+            effective,
+            "the later setting for all replaced the device's own deadline"
+        );
         drop(reg);
         assert!(!board.snapshot(vec![], 0, 1).devices[0].connected);
         let (tx, mut rx) = mpsc::channel(4);
         let _reg = board.register("d0", tx);
         assert_eq!(
             rx.try_recv().ok(),
-            Some(Message::Settings(all.merged(new))),
-            "a reconnecting device gets its settings again"
+            Some(Message::Settings(effective)),
+            "a reconnecting device gets what it ran with"
         );
     }
 
@@ -551,14 +656,19 @@ mod tests {
         let board = Board::new("live");
         let (tx, _rx) = mpsc::channel(4);
         let _reg = board.register("d0", tx);
-        board.record("d0", &report(0, 90.0, ReportOutcome::Ok));
-        board.start_phase("collaborative", Some("server-only"));
-        let snap = board.snapshot(vec![], 0, 1);
+        let t0 = Instant::now();
+        board.record_at("d0", &report(0, 90.0, ReportOutcome::Ok), t0);
+        board.start_phase_at("collaborative", Some("server-only"), t0 + secs(1.2));
+        let snap = board.snapshot_at(vec![], 0, 1, t0 + secs(5.0));
         let cmp = snap.comparison.expect("comparison");
         assert_eq!(cmp.label, "server-only");
+        assert_eq!(cmp.points.len(), 1);
         assert_eq!(cmp.points[0].p50, Some(90.0));
         assert_eq!(snap.live.label, "collaborative");
-        assert!(snap.live.points.iter().all(|p| p.p50.is_none()));
+        assert!(
+            snap.live.points.is_empty(),
+            "the new series starts at its first report"
+        );
         assert_eq!(snap.devices[0].finished, 0);
     }
 }

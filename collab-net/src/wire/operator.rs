@@ -86,6 +86,16 @@ impl DeviceSettings {
         Ok(())
     }
 
+    /// `self` without the fields `other` sets.
+    pub fn without(self, other: DeviceSettings) -> DeviceSettings {
+        DeviceSettings {
+            deadline_ms: self.deadline_ms.filter(|_| other.deadline_ms.is_none()),
+            max_loss: self.max_loss.filter(|_| other.max_loss.is_none()),
+            link: self.link.filter(|_| other.link.is_none()),
+            rate: self.rate.filter(|_| other.rate.is_none()),
+        }
+    }
+
     /// `self` with the fields `newer` sets replaced.
     pub fn merged(self, newer: DeviceSettings) -> DeviceSettings {
         DeviceSettings {
@@ -112,8 +122,9 @@ pub enum ReportOutcome {
 /// One finished request, as its device saw it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RequestReport {
-    /// The split point used (`0..=L`; `L` is device-only and never reached the server).
-    pub split: u32,
+    /// The split point used (`0..=L`; `L` is device-only and never reached the server);
+    /// `None` when the request failed before one was chosen (a link probe that timed out).
+    pub split: Option<u32>,
     /// The codec used ([`CodecId::none`] for device-only, `rgb8` for server-only).
     pub codec: CodecId,
     /// End-to-end milliseconds (for an error, until it came).
@@ -137,11 +148,10 @@ impl RequestReport {
     /// What is wrong: a split past `layers`, a negative or non-finite number, an error kind
     /// longer than [`MAX_KIND_LEN`] bytes.
     pub fn check(&self, layers: usize) -> Result<(), String> {
-        if self.split as usize > layers {
-            return Err(format!(
-                "split {} is past the model's {layers} blocks",
-                self.split
-            ));
+        if let Some(split) = self.split
+            && split as usize > layers
+        {
+            return Err(format!("split {split} is past the model's {layers} blocks"));
         }
         for (name, v) in [
             ("total_ms", self.total_ms),
@@ -165,12 +175,13 @@ impl RequestReport {
         Ok(())
     }
 
-    /// Whether the request missed its deadline (late, or refused for it).
+    /// Whether the request missed its deadline: late, refused for it (`deadline_missed`), or
+    /// given up on after it (`timeout`).
     pub fn missed(&self) -> bool {
         match &self.outcome {
             ReportOutcome::Ok => false,
             ReportOutcome::Late => true,
-            ReportOutcome::Error(kind) => kind == "deadline_missed",
+            ReportOutcome::Error(kind) => kind == "deadline_missed" || kind == "timeout",
         }
     }
 }
@@ -236,12 +247,17 @@ mod tests {
         assert_eq!(m.max_loss, Some(0.05));
         assert_eq!(m.rate, Some(2.0));
         assert_eq!(m.link, None);
+        let w = m.without(DeviceSettings {
+            deadline_ms: Some(1.0),
+            ..DeviceSettings::default()
+        });
+        assert_eq!((w.deadline_ms, w.max_loss), (None, Some(0.05)));
     }
 
     #[test]
     fn reports_are_checked_against_the_model() {
         let mut r = RequestReport {
-            split: 4,
+            split: Some(4),
             codec: CodecId::plain("int8").expect("codec"),
             total_ms: 80.0,
             device_ms: 30.0,
@@ -252,9 +268,11 @@ mod tests {
         };
         assert!(r.check(12).is_ok());
         assert!(!r.missed());
-        r.split = 13;
+        r.split = Some(13);
         assert!(r.check(12).expect_err("refused").contains("split 13"));
-        r.split = 12;
+        r.split = None;
+        assert!(r.check(12).is_ok());
+        r.split = Some(12);
         r.total_ms = f32::NAN;
         assert!(r.check(12).expect_err("refused").contains("total_ms"));
         r.total_ms = 1.0;

@@ -82,18 +82,29 @@ async fn run(args: LoadArgs) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     let mut next = Instant::now();
     // An operator's `rate` (the dashboard's background-load control) replaces `--rate`.
-    let settings = client.settings();
+    let mut settings = client.settings();
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let rate = settings.borrow().rate.map_or(args.rate, f64::from);
-        if rate <= 0.0 {
-            // Paused.
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let rate = settings
+            .borrow_and_update()
+            .rate
+            .map_or(args.rate, f64::from);
+        if !(rate.is_finite() && rate > 0.0) {
+            // Paused until another rate comes.
+            let _ = tokio::time::timeout(Duration::from_millis(500), settings.changed()).await;
             next = Instant::now();
             continue;
         }
         let gap = -(1.0 - rng.random::<f64>()).ln() / rate;
         next += Duration::from_secs_f64(gap);
-        tokio::time::sleep_until(next.into()).await;
+        // A new rate draws a new gap at once rather than after this one.
+        let changed = tokio::select! {
+            () = tokio::time::sleep_until(next.into()) => false,
+            r = settings.changed() => r.is_ok(),
+        };
+        if changed {
+            next = Instant::now();
+            continue;
+        }
         let values = (0..args.tokens * args.features)
             .map(|_| rng.random_range(-2.0f32..2.0))
             .collect();

@@ -191,6 +191,17 @@ impl Proc {
     }
 }
 
+/// A process still running when its handle goes (the demo failed half-way) is killed, so no
+/// server or device outlives the demo.
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn free_port() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
@@ -335,12 +346,13 @@ impl Fleet<'_> {
         &self,
         rx: &mpsc::Receiver<(usize, Option<Value>)>,
         started: Instant,
+        phase: &Phase,
     ) -> (Vec<Tally>, Tally, Duration) {
         let a = self.a;
         let mut tallies = vec![Tally::default(); a.devices];
         let mut load_tally = Tally::default();
         let mut open = vec![true; a.devices];
-        let mut view = View::new(&self.profiles, a.images);
+        let mut view = View::new(&self.profiles, phase.images);
         let start = Instant::now();
         while open.iter().any(|&o| o) {
             if started.elapsed() > Duration::from_secs(a.timeout_s) {
@@ -491,7 +503,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
             phase.images
         );
         let mut devices = fleet.start(&phase, &tx)?;
-        let (tallies, _, wall) = fleet.follow(&rx, started);
+        let (tallies, _, wall) = fleet.follow(&rx, started, &phase);
         for d in &mut devices {
             d.stop("-TERM", Duration::from_secs(5));
         }
@@ -510,7 +522,7 @@ pub(crate) fn run(a: DemoArgs) -> Result<()> {
         server_only: false,
     };
     let mut devices = fleet.start(&phase, &tx)?;
-    let (tallies, mut load_tally, wall) = fleet.follow(&rx, started);
+    let (tallies, mut load_tally, wall) = fleet.follow(&rx, started, &phase);
     drop(tx);
     let metrics = super::summary::http_get(metrics_addr, "/metrics");
     let health = super::summary::http_get(metrics_addr, "/healthz");

@@ -112,7 +112,8 @@ pub struct DeviceArgs {
     #[arg(long, default_value_t = 0)]
     pub offset: usize,
     /// Requests per second, Poisson arrivals (0: back to back). An operator's `rate` setting
-    /// changes it while the device runs (with Poisson arrivals only).
+    /// changes it while the device runs (with Poisson arrivals only; a rate of 0 pauses the
+    /// device until another rate comes or `--duration-s` is over).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
     /// Keep classifying, cycling through the `--images` images, until this many seconds

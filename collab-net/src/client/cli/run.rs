@@ -186,24 +186,35 @@ pub(super) async fn run<B: Backend>(
         });
     };
     if args.rate > 0.0 {
-        // Poisson arrivals, one task each, at the latest rate an operator set (0 pauses).
-        let settings = client.settings();
+        // Poisson arrivals, one task each, at the latest rate an operator set (0 pauses
+        // until a rate is set again or the run's time is up); a new setting draws a new gap.
+        let mut settings = client.settings();
         let mut due = tokio::time::Instant::now();
         let mut i = 0;
         loop {
-            let rate = settings.borrow().rate.map_or(args.rate, f64::from);
+            while tasks.try_join_next().is_some() {}
+            if work.until.is_some_and(|t| Instant::now() >= t) {
+                break;
+            }
+            let rate = settings
+                .borrow_and_update()
+                .rate
+                .map_or(args.rate, f64::from);
             if !(rate.is_finite() && rate > 0.0) {
-                // Paused; a run of a fixed number of images has nothing to wait for.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = tokio::time::timeout(Duration::from_millis(500), settings.changed()).await;
                 due = tokio::time::Instant::now();
-                if work.until.is_none_or(|t| Instant::now() >= t) {
-                    break;
-                }
                 continue;
             }
             let exp = Exp::new(rate).map_err(|e| anyhow::anyhow!("rate {rate}: {e}"))?;
             due += Duration::from_secs_f64(exp.sample(&mut rng));
-            tokio::time::sleep_until(due).await;
+            let changed = tokio::select! {
+                () = tokio::time::sleep_until(due) => false,
+                r = settings.changed() => r.is_ok(),
+            };
+            if changed {
+                due = tokio::time::Instant::now();
+                continue;
+            }
             if work.image(i).is_none() {
                 break;
             }

@@ -10,7 +10,9 @@ window.collabBoard = null;
 const token = (() => {
   const m = /token=([^&]+)/.exec(location.hash);
   if (m) {
-    sessionStorage.setItem("collab-operator-token", decodeURIComponent(m[1]));
+    let t = m[1];
+    try { t = decodeURIComponent(t); } catch (_) { /* keep it as it is */ }
+    sessionStorage.setItem("collab-operator-token", t);
     history.replaceState(null, "", location.pathname);
   }
   return sessionStorage.getItem("collab-operator-token") || "";
@@ -46,14 +48,18 @@ const charts = {
   ], "share"),
 };
 
-// Live and comparison points on one x axis (seconds since each run started).
+// Live and comparison points on one x axis: seconds since each run's first result. The
+// server keeps the last 600 live points; the comparison shows where it overlaps them.
 function aligned(live, cmp, pick) {
-  const n = Math.max(live.length ? live[live.length - 1].t + 1 : 0,
-                     cmp.length ? cmp[cmp.length - 1].t + 1 : 0);
-  const x = Array.from({ length: n }, (_, i) => i);
+  const first = (pts) => (pts.length ? pts[0].t : 0);
+  const last = (pts) => (pts.length ? pts[pts.length - 1].t : -1);
+  const lo = live.length ? first(live) : first(cmp);
+  const hi = Math.max(last(live), last(cmp));
+  const n = Math.max(0, hi - lo + 1);
+  const x = Array.from({ length: n }, (_, i) => lo + i);
   const at = (pts, f) => {
     const out = new Array(n).fill(null);
-    for (const p of pts) out[p.t] = f(p) ?? null;
+    for (const p of pts) if (p.t >= lo && p.t <= hi) out[p.t - lo] = f(p) ?? null;
     return out;
   };
   return [x, ...pick.map(([which, f]) => at(which === "cmp" ? cmp : live, f))];
@@ -142,10 +148,15 @@ function applyRow(tr) {
   const mbit = num(tr.querySelector(".mbit"));
   const rtt = num(tr.querySelector(".rtt-in"));
   if (mbit !== undefined || rtt !== undefined) {
+    // The other half of the link: the one the operator set last, else the measured RTT;
+    // a bandwidth must be typed (a measured one is not a setting).
     const board = window.collabBoard;
     const d = board && board.devices.find((x) => x.id === tr.dataset.device);
-    body.mbit = mbit ?? (d && d.link_mbit) ?? 10;
-    body.rtt_ms = rtt ?? (d && d.rtt_ms) ?? 20;
+    const set = d && d.settings && d.settings.link;
+    const m = mbit ?? (set ? set.mbit : undefined);
+    const r = rtt ?? (set ? set.rtt_ms : (d && d.rtt_ms != null ? Math.round(d.rtt_ms) : undefined));
+    if (m !== undefined) body.mbit = m;
+    if (r !== undefined) body.rtt_ms = r;
   }
   const deadline = num(tr.querySelector(".deadline-in"));
   if (deadline !== undefined) body.deadline_ms = deadline;
@@ -179,6 +190,10 @@ function connect() {
     $("status").textContent = "live";
     draw(JSON.parse(e.data));
   });
-  events.onerror = () => { $("status").textContent = "reconnecting..."; };
+  events.onerror = () => {
+    $("status").textContent = "reconnecting...";
+    // A refused stream (503: too many open) is not retried by the browser itself.
+    if (events.readyState === EventSource.CLOSED) setTimeout(connect, 5000);
+  };
 }
 connect();
