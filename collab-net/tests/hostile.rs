@@ -398,3 +398,72 @@ async fn a_graceful_restart_under_load_answers_every_request_once() {
     assert_eq!(first.done + second.done, 30, "{first:?} {second:?}");
     assert!(first.shutting_down > 0 || second.done == 30 - first.done);
 }
+
+/// Reports (protocol 5) are telemetry a device sends unasked: one that no model can have
+/// produced (a split past the model, a NaN latency, an error kind of 10,000 bytes) is counted
+/// as a protocol error and kept off the board, and the session goes on.
+#[tokio::test]
+async fn bad_reports_are_counted_and_kept_off_the_board() {
+    use collab_core::split::CodecId;
+    use collab_net::wire::{Ping, ReportOutcome, RequestReport};
+
+    let model = tiny_model();
+    let (server, addr) = start(&model, config(), None).await;
+    let mut raw = raw(addr).await;
+    let good = RequestReport {
+        split: Some(1),
+        codec: CodecId::plain("int8").expect("codec"),
+        total_ms: 40.0,
+        device_ms: 10.0,
+        outcome: ReportOutcome::Ok,
+        deadline_ms: 300.0,
+        link_mbit: 20.0,
+        rtt_ms: 30.0,
+    };
+    let bad = [
+        RequestReport {
+            split: Some(999),
+            ..good.clone()
+        },
+        RequestReport {
+            total_ms: f32::NAN,
+            ..good.clone()
+        },
+        RequestReport {
+            outcome: ReportOutcome::Error("x".repeat(10_000)),
+            ..good.clone()
+        },
+    ];
+    for report in bad {
+        raw.send(Message::Report(report)).await.expect("send");
+    }
+    raw.send(Message::Ping(Ping {
+        nonce: 5,
+        pad: vec![],
+    }))
+    .await
+    .expect("ping");
+    assert!(
+        matches!(next(&mut raw).await, Some(Message::Pong(p)) if p.nonce == 5),
+        "the session goes on"
+    );
+    assert_eq!(server.stats().protocol_errors, 3);
+    let row = |s: &collab_net::server::board::BoardSnapshot| {
+        s.devices.iter().find(|d| d.id == "raw").map(|d| d.finished)
+    };
+    assert_eq!(row(&server.monitor().board_snapshot()), Some(0));
+    raw.send(Message::Report(good)).await.expect("send");
+    raw.send(Message::Ping(Ping {
+        nonce: 6,
+        pad: vec![],
+    }))
+    .await
+    .expect("ping");
+    assert!(matches!(next(&mut raw).await, Some(Message::Pong(_))));
+    assert_eq!(
+        row(&server.monitor().board_snapshot()),
+        Some(1),
+        "a good report counts"
+    );
+    server.shutdown().await;
+}
