@@ -14,6 +14,7 @@
 //!
 //! [`cli`] is the device process (`collab-device`, and the demo's `device` subcommand).
 
+mod arrivals;
 pub mod cli;
 mod config;
 mod connection;
@@ -25,6 +26,7 @@ mod head;
 mod pending;
 mod plan;
 
+pub use arrivals::{Arrivals, Tick};
 pub use config::{Backoff, ClientConfig};
 pub use device::{Classified, Device, DeviceConfig};
 pub use error::ClientError;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Args;
 use collab_core::split::{Activation, ActivationCodec};
-use collab_net::client::{ClientConfig, DeviceClient, Outgoing};
+use collab_net::client::{Arrivals, ClientConfig, DeviceClient, Outgoing, Tick};
 use collab_net::transport::{Tcp, Transport};
 use collab_policies::svd::{PlainCodec, Precision};
 use rand::rngs::StdRng;
@@ -80,29 +80,10 @@ async fn run(args: LoadArgs) -> Result<()> {
         precision: Precision::Int8,
     };
     let mut tasks = tokio::task::JoinSet::new();
-    let mut next = Instant::now();
     // An operator's `rate` (the dashboard's background-load control) replaces `--rate`.
-    let mut settings = client.settings();
+    let mut arrivals = Arrivals::new(client.settings(), args.rate);
     while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-        let rate = settings
-            .borrow_and_update()
-            .rate
-            .map_or(args.rate, f64::from);
-        if !(rate.is_finite() && rate > 0.0) {
-            // Paused until another rate comes.
-            let _ = tokio::time::timeout(Duration::from_millis(500), settings.changed()).await;
-            next = Instant::now();
-            continue;
-        }
-        let gap = -(1.0 - rng.random::<f64>()).ln() / rate;
-        next += Duration::from_secs_f64(gap);
-        // A new rate draws a new gap at once rather than after this one.
-        let changed = tokio::select! {
-            () = tokio::time::sleep_until(next.into()) => false,
-            r = settings.changed() => r.is_ok(),
-        };
-        if changed {
-            next = Instant::now();
+        if arrivals.next(&mut rng).await == Tick::Idle {
             continue;
         }
         let values = (0..args.tokens * args.features)

@@ -11,14 +11,15 @@ use collab_core::Backend;
 use collab_core::split::SplitStrategy;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand_distr::{Distribution, Exp};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::DeviceArgs;
 use super::setup::{Setup, seed};
-use crate::client::{Classified, ClientConfig, ClientError, Device, DeviceClient, DeviceConfig};
+use crate::client::{
+    Arrivals, Classified, ClientConfig, ClientError, Device, DeviceClient, DeviceConfig, Tick,
+};
 
 /// Counts for the final line.
 #[derive(Debug, Default)]
@@ -187,32 +188,15 @@ pub(super) async fn run<B: Backend>(
     };
     if args.rate > 0.0 {
         // Poisson arrivals, one task each, at the latest rate an operator set (0 pauses
-        // until a rate is set again or the run's time is up); a new setting draws a new gap.
-        let mut settings = client.settings();
-        let mut due = tokio::time::Instant::now();
+        // until a rate is set again or the run's time is up).
+        let mut arrivals = Arrivals::new(client.settings(), args.rate);
         let mut i = 0;
         loop {
             while tasks.try_join_next().is_some() {}
             if work.until.is_some_and(|t| Instant::now() >= t) {
                 break;
             }
-            let rate = settings
-                .borrow_and_update()
-                .rate
-                .map_or(args.rate, f64::from);
-            if !(rate.is_finite() && rate > 0.0) {
-                let _ = tokio::time::timeout(Duration::from_millis(500), settings.changed()).await;
-                due = tokio::time::Instant::now();
-                continue;
-            }
-            let exp = Exp::new(rate).map_err(|e| anyhow::anyhow!("rate {rate}: {e}"))?;
-            due += Duration::from_secs_f64(exp.sample(&mut rng));
-            let changed = tokio::select! {
-                () = tokio::time::sleep_until(due) => false,
-                r = settings.changed() => r.is_ok(),
-            };
-            if changed {
-                due = tokio::time::Instant::now();
+            if arrivals.next(&mut rng).await == Tick::Idle {
                 continue;
             }
             if work.image(i).is_none() {
