@@ -278,6 +278,41 @@ async fn pushed_load_is_kept_and_server_pings_are_answered() {
     let _conn = server.await.expect("server");
 }
 
+/// A server's settings out of range (a hostile or broken server) are dropped and the
+/// session goes on; valid ones merge into `settings()`.
+#[tokio::test]
+async fn settings_out_of_range_are_dropped_and_valid_ones_kept() {
+    use crate::wire::DeviceSettings;
+    let (client, mut conn, _acceptor) = session().await;
+    let bad = DeviceSettings {
+        deadline_ms: Some(-5.0),
+        max_loss: Some(0.5),
+        ..DeviceSettings::default()
+    };
+    let good = DeviceSettings {
+        max_loss: Some(0.05),
+        ..DeviceSettings::default()
+    };
+    let server = tokio::spawn(async move {
+        conn.send(Message::Settings(bad)).await.expect("bad");
+        conn.send(Message::Settings(good)).await.expect("good");
+        let r = next_request(&mut conn).await;
+        conn.send(answer(&r)).await.expect("answer");
+        conn
+    });
+    // Both settings came before the answer on the same stream, so they are in by now.
+    client
+        .infer(outgoing(vec![1]), LONG)
+        .await
+        .expect("answer: the session goes on");
+    assert_eq!(
+        *client.settings().borrow(),
+        good,
+        "the bad one is dropped whole"
+    );
+    let _conn = server.await.expect("server");
+}
+
 #[tokio::test]
 async fn calls_on_a_closed_client_fail_cleanly() {
     let (client, mut conn, _acceptor) = session().await;
