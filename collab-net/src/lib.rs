@@ -22,6 +22,7 @@
 pub mod auth;
 pub mod client;
 pub mod dashboard;
+pub mod nats;
 pub mod pipeline;
 pub mod server;
 pub mod testing;

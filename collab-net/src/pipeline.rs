@@ -103,6 +103,9 @@ pub struct PipelineConfig {
     pub server: Option<ServerSection>,
     /// A device.
     pub device: Option<DeviceSection>,
+    /// Scale-out through a NATS broker (see [`crate::nats`]): the server runs as a worker on
+    /// its JetStream work queue, and the device sends through it, instead of direct TCP.
+    pub nats: Option<crate::nats::NatsConfig>,
 }
 
 /// `[model]`.
@@ -184,8 +187,8 @@ pub struct ServerSection {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceSection {
-    /// The server's address.
-    pub server: SocketAddr,
+    /// The server's address (none when the device goes through `[nats]`).
+    pub server: Option<SocketAddr>,
     /// This device's id (default `device-0`).
     pub id: Option<String>,
     /// The backend the device computes on (default `candle-cpu`).

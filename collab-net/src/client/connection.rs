@@ -50,7 +50,7 @@ use crate::wire::{
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// The answer channel of one inference call.
-pub(super) type InferReply = oneshot::Sender<Result<Prediction, ClientError>>;
+pub(crate) type InferReply = oneshot::Sender<Result<Prediction, ClientError>>;
 /// The answer channel of one ping: the time from writing it to its pong.
 pub(super) type PingReply = oneshot::Sender<Result<Duration, ClientError>>;
 /// The answer channel of one personalisation: the student's checkpoint bytes.
@@ -58,7 +58,7 @@ pub(super) type PersonaliseReply = oneshot::Sender<Result<Vec<u8>, ClientError>>
 
 /// What a handle asks of the connection task.
 #[derive(Debug)]
-pub(super) enum Command {
+pub(crate) enum Command {
     /// Send a request (its id already assigned) and answer on `reply`.
     Infer {
         request: InferRequest,
@@ -81,14 +81,14 @@ pub(super) enum Command {
 
 /// State the task shares with the handles.
 #[derive(Debug)]
-pub(super) struct Shared {
+pub(crate) struct Shared {
     pub(super) welcome: Mutex<Welcome>,
     pub(super) load: Mutex<Option<ServerLoad>>,
     /// The operator's settings received so far, merged (see [`crate::wire::operator`]).
     pub(super) settings: tokio::sync::watch::Sender<DeviceSettings>,
     pub(super) reconnects: AtomicU64,
     /// Answers that arrived for no pending request (a cancelled call, or a duplicate).
-    pub(super) unmatched: AtomicU64,
+    pub(crate) unmatched: AtomicU64,
 }
 
 /// How a connection ended.

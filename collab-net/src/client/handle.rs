@@ -132,6 +132,49 @@ impl DeviceClient {
         })
     }
 
+    /// Connects through the NATS broker of `nats` instead of a direct connection (see
+    /// [`crate::nats`]): the device's id is its NATS user unless `nats.user` says otherwise,
+    /// a worker answers the handshake (retried with backoff up to `config.max_attempts`
+    /// times), and requests go to the JetStream work queue. Everything else (the [`Device`]
+    /// on top, ids, timeouts, one result per call) is as with [`DeviceClient::connect`];
+    /// personalisation answers `Invalid` and reports are dropped (both need direct TCP),
+    /// and no server load is pushed.
+    ///
+    /// [`Device`]: super::Device
+    ///
+    /// # Errors
+    /// [`ClientError::Local`] for a device or model id that is not a subject token;
+    /// [`ClientError::Unreachable`] when the broker refused or no worker answered;
+    /// [`ClientError::Refused`] when the workers serve another model.
+    pub async fn connect_nats(
+        nats: &crate::nats::NatsConfig,
+        config: ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let mut rng = StdRng::from_os_rng();
+        let instance = rng.random();
+        let (device, welcome) =
+            crate::nats::connect_device(nats, &config, instance, &mut rng).await?;
+        let shared = Arc::new(Shared {
+            welcome: Mutex::new(welcome),
+            load: Mutex::new(None),
+            settings: tokio::sync::watch::Sender::new(DeviceSettings::default()),
+            reconnects: AtomicU64::new(0),
+            unmatched: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let first_id = rng.random_range(1..1u64 << 62);
+        let task = tokio::spawn(device.run(shared.clone(), rx));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                tx,
+                shared,
+                next_id: AtomicU64::new(first_id),
+                task: Mutex::new(Some(task)),
+                connect_timeout: config.connect_timeout,
+            }),
+        })
+    }
+
     /// What the server said in the latest handshake.
     pub fn welcome(&self) -> Welcome {
         match self.inner.shared.welcome.lock() {

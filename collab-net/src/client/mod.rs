@@ -17,7 +17,7 @@
 mod arrivals;
 pub mod cli;
 mod config;
-mod connection;
+pub(crate) mod connection;
 mod device;
 mod error;
 mod handle;

@@ -100,9 +100,14 @@ pub struct ServerArgs {
     /// Seconds a device may stall inside a frame before it is closed.
     #[arg(long, default_value_t = 10.0)]
     pub frame_timeout_s: f64,
-    /// Once listening, write the bound address to this file.
+    /// Once listening, write the bound address to this file (under `[nats]`: the metrics
+    /// address, since nothing listens for devices).
     #[arg(long)]
     pub ready_file: Option<PathBuf>,
+    /// Serve as a worker on this NATS broker's work queue instead of listening (from a
+    /// pipeline file's `[nats]`).
+    #[arg(skip)]
+    pub nats: Option<crate::nats::NatsConfig>,
     /// Split bases for the calibrated codecs (`cpca`, `mpca`, `tpca`, ...): the `bases.bin`
     /// that `cargo xtask exp svd-accuracy` writes beside its table. Devices must load the
     /// same file. Without it only f32, f16, bf16, int8 and svd[-p] are decoded.
@@ -232,6 +237,7 @@ pub fn from_pipeline(
     args.model_id = model.id.clone();
     args.preset = Some(model.preset().to_owned());
     args.checkpoint = model.checkpoint.clone();
+    args.nats.clone_from(&pipeline.nats);
     if let Some(server) = &pipeline.server {
         if let Some(listen) = server.listen {
             args.listen = listen;
@@ -301,6 +307,9 @@ async fn serve<B: Backend>(
     config: ServerConfig,
     model: Arc<Transformer<B>>,
 ) -> Result<()> {
+    if let Some(nats) = args.nats.clone() {
+        return serve_nats(args, config, model, &nats).await;
+    }
     let acceptor = TcpAcceptor::bind(args.listen)
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
@@ -345,6 +354,38 @@ async fn serve<B: Backend>(
     drop(out);
     if let Some(path) = &args.ready_file {
         write_ready(path, addr)?;
+    }
+    wait_for_signal().await?;
+    info!("signal received; shutting down gracefully");
+    handle.shutdown().await;
+    let _ = http_task.await;
+    Ok(())
+}
+
+/// The server as a NATS worker: no listener; health and metrics as usual.
+async fn serve_nats<B: Backend>(
+    args: ServerArgs,
+    config: ServerConfig,
+    model: Arc<Transformer<B>>,
+    nats: &crate::nats::NatsConfig,
+) -> Result<()> {
+    let http = tokio::net::TcpListener::bind(args.metrics)
+        .await
+        .with_context(|| format!("binding --metrics {}", args.metrics))?;
+    let metrics_addr = http.local_addr()?;
+    let handle = crate::nats::NatsWorker::start(model, config, nats).await?;
+    let http_task = tokio::spawn(serve_http(http, handle.monitor()));
+    info!(url = %nats.url, metrics = %metrics_addr, "serving as a nats worker");
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "nats worker on {} (metrics on {metrics_addr})",
+        nats.url
+    )?;
+    out.flush()?;
+    drop(out);
+    if let Some(path) = &args.ready_file {
+        write_ready(path, metrics_addr)?;
     }
     wait_for_signal().await?;
     info!("signal received; shutting down gracefully");

@@ -39,6 +39,19 @@ impl Server {
         config: ServerConfig,
         listener: impl Listener,
     ) -> Result<ServerHandle, ServerError> {
+        Self::start_with_front(model, config, |shared, runtime| {
+            runtime.spawn(accept_loop(listener, shared))
+        })
+    }
+
+    /// [`Server::start`] with another front than a listener's accept loop: `front` is
+    /// spawned over the shared state and takes requests in (the NATS worker,
+    /// `crate::nats::NatsWorker`). It must end once the phase is `Closing` or `Killed`.
+    pub(crate) fn start_with_front<B: Backend>(
+        model: Arc<Transformer<B>>,
+        config: ServerConfig,
+        front: impl FnOnce(Arc<Shared>, &tokio::runtime::Handle) -> tokio::task::JoinHandle<()>,
+    ) -> Result<ServerHandle, ServerError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| ServerError::NoRuntime)?;
         config.validate()?;
         let facts = facts_of(&model, &config.model_id)?;
@@ -82,7 +95,7 @@ impl Server {
         let shared = Arc::new(Shared::new(config, facts, serves, policy_name, commands));
         let compute = compute::spawn(model, (policy, kind), tokens, shared.clone(), receiver)
             .map_err(ServerError::Thread)?;
-        let accept = runtime.spawn(accept_loop(listener, shared.clone()));
+        let accept = front(shared.clone(), &runtime);
         Ok(ServerHandle {
             shared,
             compute: Some(compute),

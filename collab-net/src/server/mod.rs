@@ -38,7 +38,7 @@ mod limits;
 mod log_limit;
 mod metrics;
 mod session;
-mod state;
+pub(crate) mod state;
 mod stats;
 mod timing;
 mod writer;

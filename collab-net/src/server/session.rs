@@ -22,10 +22,9 @@ use tracing::{debug, info, warn};
 
 use super::connection::{ProgressRead, linger};
 use super::limits::HandshakeSlot;
-use super::state::{Admit, Identity, Phase, Reply, Shared};
+use super::state::{Identity, Phase, Reply, Shared, take_request};
 use super::stats::bump;
 use crate::transport::BoxStream;
-use crate::wire::validate::check_request;
 use crate::wire::{
     FrameCodec, FrameError, Hello, InferRequest, InferResponse, Message, PROTOCOL_VERSION,
     PersonaliseRequest, PersonaliseResponse, Pong, RemoteError, Welcome,
@@ -392,54 +391,11 @@ impl Session<'_> {
     /// Validates, admits and queues one request; refusals are answered at once.
     async fn request(&mut self, request: InferRequest) -> Result<(), Close> {
         let received = Instant::now();
-        let (id, split, budget_ms) = (
-            request.request_id,
-            request.split as usize,
-            request.budget_ms,
-        );
-        let shared = self.shared;
-        let config = &shared.config;
-        // The codec factory and the header read are user code run on bytes off the network:
-        // a panic in them fails this request only.
-        let checked = catch_unwind(AssertUnwindSafe(|| {
-            check_request(
-                &shared.facts,
-                &config.codecs,
-                config.bases.as_deref(),
-                request,
-            )
-        }))
-        .unwrap_or_else(|_| {
-            Err(RemoteError::Failed(
-                "the request's codec panicked while its header was read".into(),
-            ))
-        });
-        let refusal = match checked {
-            Err(e) => Some(e),
-            Ok(_) if !shared.serves.get(split).copied().unwrap_or(false) => {
-                Some(RemoteError::Invalid(format!(
-                    "split {split} is not served by this server's policy `{}`",
-                    shared.policy_name
-                )))
-            }
-            Ok(checked) => {
-                let key = (self.device.clone(), id);
-                match shared.admit(key, &self.answers, split, checked, received, budget_ms) {
-                    Admit::Accepted => None,
-                    Admit::Retry => {
-                        debug!(device = %self.device, request = id, "retry of a held request");
-                        None
-                    }
-                    Admit::Refused(e) => Some(e),
-                }
-            }
-        };
-        let Some(error) = refusal else {
-            debug!(device = %self.device, request = id, split, "accepted");
+        let id = request.request_id;
+        let Err(error) = take_request(self.shared, &self.device, request, &self.answers, received)
+        else {
             return Ok(());
         };
-        debug!(device = %self.device, request = id, %error, "refused");
-        shared.refused(&error, received);
         self.say(Message::InferResponse(InferResponse {
             request_id: id,
             outcome: Err(error),

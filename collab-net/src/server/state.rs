@@ -322,6 +322,12 @@ impl Shared {
                 bump(&self.counters.shutting_down);
                 "shutting_down"
             }
+            RemoteError::DeadlineMissed { .. } => {
+                // Expired before it was taken (a NATS worker's queue).
+                bump(&self.counters.deadline_missed);
+                self.metrics.deadline_misses.inc();
+                "deadline_missed"
+            }
             _ => "failed",
         };
         self.metrics
@@ -416,4 +422,64 @@ impl Shared {
     pub(crate) fn stats(&self) -> ServerStats {
         self.counters.snapshot(self.in_flight() as u64)
     }
+}
+
+/// Checks `request` from `device` against the model and the policy and admits it, its answer
+/// to go to `answers`; the refusal to answer at once otherwise (counted as refused). A retry of
+/// a request still held is re-pointed to `answers`. Shared by every front of the server: the
+/// TCP sessions and the NATS worker (`crate::nats`).
+pub(crate) fn take_request(
+    shared: &Shared,
+    device: &Identity,
+    request: crate::wire::InferRequest,
+    answers: &Reply,
+    received: Instant,
+) -> Result<(), RemoteError> {
+    let (id, split, budget_ms) = (
+        request.request_id,
+        request.split as usize,
+        request.budget_ms,
+    );
+    let config = &shared.config;
+    // The codec factory and the header read are user code run on bytes off the network:
+    // a panic in them fails this request only.
+    let checked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::wire::validate::check_request(
+            &shared.facts,
+            &config.codecs,
+            config.bases.as_deref(),
+            request,
+        )
+    }))
+    .unwrap_or_else(|_| {
+        Err(RemoteError::Failed(
+            "the request's codec panicked while its header was read".into(),
+        ))
+    });
+    let refusal = match checked {
+        Err(e) => e,
+        Ok(_) if !shared.serves.get(split).copied().unwrap_or(false) => {
+            RemoteError::Invalid(format!(
+                "split {split} is not served by this server's policy `{}`",
+                shared.policy_name
+            ))
+        }
+        Ok(checked) => {
+            let key = (device.clone(), id);
+            match shared.admit(key, answers, split, checked, received, budget_ms) {
+                Admit::Accepted => {
+                    debug!(%device, request = id, split, "accepted");
+                    return Ok(());
+                }
+                Admit::Retry => {
+                    debug!(%device, request = id, "retry of a held request");
+                    return Ok(());
+                }
+                Admit::Refused(e) => e,
+            }
+        }
+    };
+    debug!(%device, request = id, error = %refusal, "refused");
+    shared.refused(&refusal, received);
+    Err(refusal)
 }

@@ -46,6 +46,9 @@ pub struct DeviceArgs {
     /// The server's address (required without `--config`).
     #[arg(long, required_unless_present = "pipeline")]
     pub server: Option<SocketAddr>,
+    /// The NATS broker to go through instead of `--server` (from a pipeline file's `[nats]`).
+    #[arg(skip)]
+    pub nats: Option<crate::nats::NatsConfig>,
     /// The model id announced to the server (a ViT classifier).
     #[arg(long, default_value = "deit_tiny_patch16_224")]
     pub model_id: String,
@@ -186,7 +189,12 @@ pub fn from_pipeline(mut args: DeviceArgs, pipeline: &PipelineConfig) -> anyhow:
         .device
         .as_ref()
         .context("the pipeline config has no [device] section")?;
-    args.server = Some(device.server);
+    args.server = device.server;
+    args.nats.clone_from(&pipeline.nats);
+    anyhow::ensure!(
+        args.server.is_some() || args.nats.is_some(),
+        "the pipeline config's [device] has no `server` and there is no [nats] section"
+    );
     args.model_id = pipeline.model.id.clone();
     args.preset = Some(pipeline.model.preset().to_owned());
     if let Some(path) = &pipeline.model.checkpoint {

@@ -123,7 +123,14 @@ pub(super) async fn run<B: Backend>(
         auth_token: args.token.secret().map_err(anyhow::Error::msg)?,
         ..ClientConfig::default()
     };
-    let client = match DeviceClient::connect(setup.transport.clone(), config).await {
+    let connected = match (&args.nats, &setup.transport) {
+        (Some(nats), _) => DeviceClient::connect_nats(nats, config).await,
+        (None, Some(transport)) => DeviceClient::connect(transport.clone(), config).await,
+        (None, None) => Err(crate::client::ClientError::Local(
+            "no server address and no [nats]".into(),
+        )),
+    };
+    let client = match connected {
         Ok(c) => c,
         Err(e) => {
             emit(&json!({

@@ -27,7 +27,8 @@ pub(super) struct Setup<B: Backend> {
     pub(super) model: Arc<Transformer<B>>,
     pub(super) codecs: Arc<CodecRegistry>,
     pub(super) samples: Vec<LabelledImage>,
-    pub(super) transport: Arc<dyn Transport>,
+    /// TCP (shaped, TLS) to the server; none when the device goes through NATS.
+    pub(super) transport: Option<Arc<dyn Transport>>,
     /// The link emulator's control (with `--mbit`, `--rtt-ms`, ...): operator settings
     /// change it.
     pub(super) link: Option<LinkControl>,
@@ -69,7 +70,12 @@ impl<B: Backend> Setup<B> {
         if samples.is_empty() {
             bail!("the ImageNet sample folder holds no images");
         }
-        let (transport, link) = transport(args)?;
+        let (transport, link) = if args.nats.is_some() {
+            (None, None)
+        } else {
+            let (t, l) = transport(args)?;
+            (Some(t), l)
+        };
         let setup = Self {
             model,
             codecs,

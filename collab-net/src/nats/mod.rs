@@ -1,0 +1,64 @@
+//! Scale-out over NATS JetStream: many cloud workers behind one broker, devices on the other
+//! side, no accepted request lost when a worker dies.
+//!
+//! Direct TCP ([`crate::server::Server`], [`crate::client::DeviceClient::connect`]) stays the
+//! embedded default; a pipeline config with a `[nats]` section ([`NatsConfig`]) runs the
+//! server as a [`NatsWorker`] and connects the device with
+//! [`crate::client::DeviceClient::connect_nats`]. The broker is a real `nats-server` (2.9 or
+//! later, JetStream on): load balancing, persistence, authentication and TLS are its.
+//!
+//! # Subjects and streams (prefix `collab`, see [`Subjects`])
+//!
+//! | what | subject | carried by |
+//! | --- | --- | --- |
+//! | requests | `collab.req.<model>.<device>` | stream `collab-req-<model>` (work queue, file store), one durable pull consumer `workers` shared by every worker |
+//! | answers | `collab.reply.<device>` | stream `collab-replies` (work queue), one durable pull consumer per device, named by it |
+//! | handshake | `collab.hello.<model>.<device>` | core request/reply, workers in queue group `workers` |
+//! | link probes | `collab.ping.<model>.<device>` | core request/reply, same queue group |
+//!
+//! The device is the subject's last token, which the broker's permissions tie to the
+//! device's credentials (see `deploy/nats/`): a device can publish only its own requests and
+//! read only its own answers, so no payload field can reach another device's.
+//!
+//! # One answer per request
+//!
+//! - A device publishes a request with `Nats-Msg-Id = <device>.<instance>.<request id>` and
+//!   counts it accepted when JetStream acknowledges it (stored on disk); re-publishing after
+//!   a broker restart is de-duplicated by the stream within [`NatsConfig::duplicate_window`].
+//! - A worker pulls at most its free budget ([`NatsConfig::max_held`] less what it holds),
+//!   so batches stay dense and a busy or slow worker takes less. While it holds a request it
+//!   tells the broker every third of [`NatsConfig::ack_wait`] that it is still working
+//!   (`+WPI`); it publishes the answer to the replies stream with the request's message id and
+//!   acknowledges the request only once the answer is stored. A worker that dies stops
+//!   telling: the broker redelivers its requests to another worker after `ack_wait`.
+//! - Two workers' answers to one request carry the same message id, so the replies stream
+//!   keeps one; the device client also drops an answer for a request no longer pending.
+//! - A request whose deadline (header `Collab-Deadline`, Unix ms) has passed when a worker
+//!   takes it is answered `DeadlineMissed`, not computed or retried.
+
+mod broker;
+mod config;
+mod device;
+mod emulated;
+mod subjects;
+mod worker;
+
+pub use broker::{Access, Broker, Role, User, permissions};
+pub use config::{NatsConfig, NatsError};
+pub use emulated::{EmulatedGpu, EmulatedWorker};
+pub use subjects::{MAX_TOKEN, Subjects, check_token};
+pub use worker::NatsWorker;
+
+pub(crate) use device::connect_device;
+
+/// The header carrying a request's deadline, Unix milliseconds.
+pub const DEADLINE_HEADER: &str = "Collab-Deadline";
+/// The header carrying the device client's instance (see `Hello::instance`).
+pub const INSTANCE_HEADER: &str = "Collab-Instance";
+
+/// Unix time now, milliseconds.
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
