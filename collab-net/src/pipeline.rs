@@ -38,6 +38,21 @@
 //! kind = "selector"                      # the SPEC §1 rule, or a registered strategy
 //! ```
 //!
+//! Scale-out: with a `[nats]` section ([`crate::nats::NatsConfig`]) the server runs as a
+//! worker on the broker's JetStream work queue (nothing listens for devices) and the device
+//! sends through the broker (`[device] server` may then be left out); `deploy/` has the
+//! files for several machines:
+//!
+//! ```toml
+//! [nats]
+//! url = "tls://nats-1:4222,tls://nats-2:4222"   # one or more brokers of a cluster
+//! user = "worker"                                # a device's user is its id by default
+//! password_env = "WORKER_PASSWORD"
+//! tls_ca = "/etc/collab/ca.pem"
+//! # max_held = 64      # a worker's pull budget (default: its capacity)
+//! # ack_wait_s = 2     # silence after which a worker's requests go to another
+//! ```
+//!
 //! A bad file is a [`PipelineError`] naming the key, the value and what is allowed (unknown
 //! keys are refused, so a misspelt key is never silently ignored).
 

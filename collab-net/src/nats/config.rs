@@ -67,6 +67,14 @@ pub struct NatsConfig {
     /// request that kills every worker it reaches cannot circulate for ever.
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
+    /// Copies of each stream in a JetStream cluster (default 1; 3 on a three-node cluster
+    /// keeps the queue through the loss of a broker). Used when a worker creates the streams.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 fn default_prefix() -> String {
@@ -96,6 +104,7 @@ impl NatsConfig {
             max_held: None,
             duplicate_window_s: default_window(),
             max_deliver: default_max_deliver(),
+            replicas: default_replicas(),
         }
     }
 
@@ -190,8 +199,14 @@ impl NatsConfig {
                 }
             }
         });
+        let servers: Vec<&str> = self
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
         options
-            .connect(self.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| NatsError::Connect {
                 url: self.url.clone(),

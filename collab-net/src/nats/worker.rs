@@ -152,6 +152,7 @@ impl WorkerLink {
                 max_age: MAX_AGE,
                 max_messages: MAX_QUEUED,
                 discard: stream::DiscardPolicy::New,
+                num_replicas: nats.replicas.max(1),
                 ..Default::default()
             })
             .await
@@ -163,6 +164,7 @@ impl WorkerLink {
             storage: stream::StorageType::File,
             duplicate_window: window,
             max_age: MAX_AGE,
+            num_replicas: nats.replicas.max(1),
             ..Default::default()
         })
         .await

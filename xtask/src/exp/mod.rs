@@ -13,6 +13,7 @@ mod net_overhead;
 mod otas;
 mod plot;
 mod profile;
+mod scale_out;
 mod soak;
 mod stats;
 mod sti;
@@ -61,6 +62,9 @@ pub(crate) enum Exp {
     /// Many requests from several devices with disconnects, stalls, restarts and malformed
     /// frames injected: every request answered exactly once?
     Soak(soak::Args),
+    /// 1, 2 and 4 workers behind a real nats-server (GPU time emulated): sustainable
+    /// throughput, p99, and requests lost or duplicated when a worker is killed.
+    ScaleOut(scale_out::Args),
 }
 
 pub(crate) fn run(exp: Exp) -> Result<()> {
@@ -82,6 +86,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::Otas(a) => otas::run(a),
         Exp::ArmQuant(a) => arm_quant::run(a),
         Exp::Soak(a) => soak::run(a),
+        Exp::ScaleOut(a) => scale_out::run(a),
     }
 }
 
