@@ -63,8 +63,8 @@ pub struct NatsConfig {
     /// (default 120).
     #[serde(default = "default_window", rename = "duplicate_window_s")]
     pub duplicate_window_s: f64,
-    /// Deliveries of one request at most before the broker gives up on it (default 5): a
-    /// request that kills every worker it reaches cannot circulate for ever.
+    /// Deliveries of one request at most (default 5): a request that kills every worker it
+    /// reaches cannot circulate for ever. The last delivery is answered `Failed`.
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
     /// Copies of each stream in a JetStream cluster (default 1; 3 on a three-node cluster
@@ -132,7 +132,14 @@ impl NatsConfig {
     /// # Errors
     /// Not a positive number of seconds.
     pub fn ack_wait(&self) -> Result<Duration, NatsError> {
-        seconds("ack_wait_s", self.ack_wait_s)
+        let wait = seconds("ack_wait_s", self.ack_wait_s)?;
+        if wait < Duration::from_millis(100) {
+            return Err(NatsError::Config(format!(
+                "ack_wait_s = {}: at least 0.1 s",
+                self.ack_wait_s
+            )));
+        }
+        Ok(wait)
     }
 
     /// The duplicate window.

@@ -2,8 +2,8 @@
 //! It takes the same commands as the TCP connection task, so [`crate::client::Device`] and
 //! everything above it run unchanged.
 //!
-//! A request is published to the device's request subject with its message id, deadline and
-//! instance headers, and re-published (same id, de-duplicated by the stream) until JetStream
+//! A request is published to the device's request subject with its message id and instance
+//! header, and re-published (same id, de-duplicated by the stream) until JetStream
 //! acknowledges it or its deadline passes: a broker restart in between loses nothing
 //! accepted. Answers come from the device's durable consumer of the replies stream, so an
 //! answer stored while the device was disconnected is delivered when it is back. An answer
@@ -23,9 +23,9 @@ use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::INSTANCE_HEADER;
 use super::config::NatsConfig;
 use super::subjects::{Subjects, check_token};
-use super::{DEADLINE_HEADER, INSTANCE_HEADER, unix_ms};
 use crate::client::ClientConfig;
 use crate::client::ClientError;
 use crate::client::connection::{Command, InferReply, Shared};
@@ -146,7 +146,8 @@ impl NatsDevice {
         mut commands: mpsc::UnboundedReceiver<Command>,
     ) {
         let link = Arc::new(self);
-        let mut pending: HashMap<u64, InferReply> = HashMap::new();
+        // Each pending call's reply and its publishing task (stopped when the call is cancelled).
+        let mut pending: HashMap<u64, (InferReply, tokio::task::JoinHandle<()>)> = HashMap::new();
         let (failed, mut failures) = mpsc::unbounded_channel::<(u64, ClientError)>();
         let mut answers = match link.answers.messages().await {
             Ok(m) => m,
@@ -160,11 +161,14 @@ impl NatsDevice {
                 command = commands.recv() => match command {
                     None | Some(Command::Close) => break,
                     Some(Command::Infer { request, reply }) => {
-                        pending.insert(request.request_id, reply);
-                        tokio::spawn(link.clone().publish(request, failed.clone()));
+                        let id = request.request_id;
+                        let publishing = tokio::spawn(link.clone().publish(request, failed.clone()));
+                        pending.insert(id, (reply, publishing));
                     }
                     Some(Command::Cancel(id)) => {
-                        pending.remove(&id);
+                        if let Some((_, publishing)) = pending.remove(&id) {
+                            publishing.abort();
+                        }
                     }
                     Some(Command::Ping { pad, reply }) => {
                         let link = link.clone();
@@ -180,7 +184,7 @@ impl NatsDevice {
                     Some(Command::Report(_)) => {}
                 },
                 Some((id, error)) = failures.recv() => {
-                    if let Some(reply) = pending.remove(&id) {
+                    if let Some((reply, _)) = pending.remove(&id) {
                         let _ = reply.send(Err(error));
                     }
                 }
@@ -188,7 +192,7 @@ impl NatsDevice {
                     Some(Ok(message)) => {
                         match decode_frame(&message.payload) {
                             Ok(Message::InferResponse(r)) => match pending.remove(&r.request_id) {
-                                Some(reply) => {
+                                Some((reply, _)) => {
                                     let _ = reply.send(r.outcome.map_err(ClientError::Remote));
                                 }
                                 None => {
@@ -210,7 +214,8 @@ impl NatsDevice {
                 },
             }
         }
-        for (_, reply) in pending.drain() {
+        for (_, (reply, publishing)) in pending.drain() {
+            publishing.abort();
             let _ = reply.send(Err(unreachable(0, "the client was closed")));
         }
     }
@@ -225,7 +230,6 @@ impl NatsDevice {
         let id = request.request_id;
         let budget = Duration::from_millis(u64::from(request.budget_ms));
         let until = Instant::now() + budget;
-        let deadline = unix_ms().saturating_add(u64::from(request.budget_ms));
         let bytes = match encode_frame(&Message::InferRequest(request)) {
             Ok(b) if b.len() <= self.max_frame => Bytes::from(b),
             Ok(b) => {
@@ -253,7 +257,6 @@ impl NatsDevice {
             let publish = jetstream::message::PublishMessage::build()
                 .payload(bytes.clone())
                 .message_id(&msg_id)
-                .header(DEADLINE_HEADER, deadline.to_string().as_str())
                 .header(INSTANCE_HEADER, self.instance.to_string().as_str());
             let stored = match self.js.send_publish(subject.clone(), publish).await {
                 Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),

@@ -153,8 +153,33 @@ impl EmulatedWorker {
         welcome: Welcome,
         gpu: EmulatedGpu,
     ) -> Result<Self, NatsError> {
+        Self::start_with_acks(nats, welcome, gpu, true).await
+    }
+
+    /// A faulty worker, for tests of the de-duplication: it stores its answers but never
+    /// acknowledges a request, as a worker that dies between the two would, so the broker
+    /// redelivers every request it answered.
+    ///
+    /// # Errors
+    /// As [`EmulatedWorker::start`].
+    pub async fn start_forgetful(
+        nats: &NatsConfig,
+        welcome: Welcome,
+        gpu: EmulatedGpu,
+    ) -> Result<Self, NatsError> {
+        Self::start_with_acks(nats, welcome, gpu, false).await
+    }
+
+    async fn start_with_acks(
+        nats: &NatsConfig,
+        welcome: Welcome,
+        gpu: EmulatedGpu,
+        acks: bool,
+    ) -> Result<Self, NatsError> {
         let budget = nats.max_held.unwrap_or(2 * gpu.max_batch).max(1);
-        let link = WorkerLink::connect(nats, &welcome.model_id, budget).await?;
+        let max_frame = welcome.max_frame as usize;
+        let mut link = WorkerLink::connect(nats, &welcome.model_id, budget, max_frame).await?;
+        link.acks = acks;
         let core = Arc::new(EmulatedCore {
             queue: Mutex::new(VecDeque::new()),
             work: Notify::new(),
@@ -167,7 +192,8 @@ impl EmulatedWorker {
         Ok(Self { core, front, gpu })
     }
 
-    /// Requests answered so far (results and `DeadlineMissed`).
+    /// Requests its emulated GPU answered so far (results, and `DeadlineMissed` for those that
+    /// expired in its own queue; not those the front refused on arrival).
     pub fn answered(&self) -> u64 {
         self.core.answered.load(Ordering::Relaxed)
     }

@@ -18,12 +18,17 @@
 //!
 //! The device is the subject's last token, which the broker's permissions tie to the
 //! device's credentials (see `deploy/nats/`): a device can publish only its own requests and
-//! read only its own answers, so no payload field can reach another device's.
+//! read only its own answers, so no payload field can reach another device's. Workers answer a
+//! handshake or probe only on the asking device's own inboxes, whatever reply subject it set,
+//! and drop a request whose message id is not the one its device and id give. Both streams
+//! hold at most 1024 messages per device and 4 GiB, so one device cannot fill them.
 //!
 //! # One answer per request
 //!
 //! - A device publishes a request with `Nats-Msg-Id = <device>.<instance>.<request id>` and
-//!   counts it accepted when JetStream acknowledges it (stored on disk); re-publishing after
+//!   counts it accepted when JetStream acknowledges it (stored; with `replicas = 3`, on three
+//!   brokers; a single broker syncs its file store every two minutes by default, so a machine
+//!   crash, unlike a process crash, can lose its last seconds); re-publishing after
 //!   a broker restart is de-duplicated by the stream within [`NatsConfig::duplicate_window`].
 //! - A worker pulls at most its free budget ([`NatsConfig::max_held`] less what it holds),
 //!   so batches stay dense and a busy or slow worker takes less. While it holds a request it
@@ -33,8 +38,13 @@
 //!   telling: the broker redelivers its requests to another worker after `ack_wait`.
 //! - Two workers' answers to one request carry the same message id, so the replies stream
 //!   keeps one; the device client also drops an answer for a request no longer pending.
-//! - A request whose deadline (header `Collab-Deadline`, Unix ms) has passed when a worker
-//!   takes it is answered `DeadlineMissed`, not computed or retried.
+//! - A request's deadline is on the broker's clock: the time JetStream stored it plus its
+//!   `budget_ms` (so device and worker clocks need not agree). A request past it when a
+//!   worker takes it is answered `DeadlineMissed`, not computed or retried; so is (`Failed`)
+//!   one on its last delivery ([`NatsConfig::max_deliver`]) rather than left unanswered.
+//! - A draining worker hands back (`-NAK`) what it pulled but can no longer take.
+//! - Two live clients with the same device id share its answers consumer: each drops the
+//!   other's answers as unmatched. Give every device process its own id.
 
 mod broker;
 mod config;
@@ -51,8 +61,6 @@ pub use worker::NatsWorker;
 
 pub(crate) use device::connect_device;
 
-/// The header carrying a request's deadline, Unix milliseconds.
-pub const DEADLINE_HEADER: &str = "Collab-Deadline";
 /// The header carrying the device client's instance (see `Hello::instance`).
 pub const INSTANCE_HEADER: &str = "Collab-Instance";
 

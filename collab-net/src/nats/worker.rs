@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use super::config::{NatsConfig, NatsError};
 use super::subjects::{Subjects, check_token};
-use super::{DEADLINE_HEADER, INSTANCE_HEADER, unix_ms};
+use super::{INSTANCE_HEADER, unix_ms};
 use crate::server::state::{Identity, Phase, Reply, Shared, take_request};
 use crate::server::{Server, ServerConfig, ServerHandle};
 use crate::wire::{InferRequest, InferResponse, Message, RemoteError, Welcome, encode_frame};
@@ -31,6 +31,12 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(10);
 const MAX_AGE: Duration = Duration::from_secs(600);
 /// Requests stored at most per model; a full stream refuses the publish (the device sees it).
 const MAX_QUEUED: i64 = 100_000;
+/// Requests (or answers) stored at most per device: one device cannot fill the queue.
+const MAX_PER_DEVICE: i64 = 1024;
+/// Bytes stored at most per stream.
+const MAX_STREAM_BYTES: i64 = 4 << 30;
+/// The longest budget a request may have: a stored request older than [`MAX_AGE`] is gone.
+const MAX_BUDGET_MS: u32 = 590_000;
 
 /// What the front needs of a serving core: the real server's shared state, or the
 /// emulated GPU of the scale-out experiment ([`super::EmulatedWorker`]).
@@ -107,7 +113,7 @@ impl NatsWorker {
             .max_held
             .unwrap_or(config.capacity)
             .clamp(1, config.capacity.max(1));
-        let link = WorkerLink::connect(nats, &config.model_id, budget).await?;
+        let link = WorkerLink::connect(nats, &config.model_id, budget, config.max_frame).await?;
         info!(model = %config.model_id, budget, url = %nats.url, "nats worker starting");
         let handle = Server::start_with_front(model, config, move |shared, runtime| {
             runtime.spawn(run(shared, link))
@@ -125,8 +131,57 @@ pub(crate) struct WorkerLink {
     subjects: Subjects,
     model: String,
     ack_wait: Duration,
+    /// Deliveries after which the broker gives a request up (the last one is answered).
+    max_deliver: i64,
     budget: usize,
+    /// The devices whose answers consumer this worker has made sure of.
+    devices: Arc<DeviceSetup>,
+    /// Whether stored answers are acknowledged (off only in a fault-injecting test worker).
+    pub(crate) acks: bool,
 }
+
+/// Bounds on the work devices' handshakes cause: each known device is set up once (up to
+/// [`KNOWN_DEVICES`], then the memory starts afresh), and at most [`SETUPS`] set-ups run at
+/// once (a handshake beyond is dropped; the device retries).
+#[derive(Debug)]
+struct DeviceSetup {
+    known: std::sync::Mutex<std::collections::HashSet<String>>,
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for DeviceSetup {
+    fn default() -> Self {
+        Self {
+            known: std::sync::Mutex::new(std::collections::HashSet::new()),
+            running: Arc::new(tokio::sync::Semaphore::new(SETUPS)),
+        }
+    }
+}
+
+impl DeviceSetup {
+    fn is_known(&self, device: &str) -> bool {
+        self.known
+            .lock()
+            .map(|k| k.contains(device))
+            .unwrap_or(false)
+    }
+
+    fn remember(&self, device: &str) {
+        if let Ok(mut k) = self.known.lock() {
+            if k.len() >= KNOWN_DEVICES {
+                k.clear();
+            }
+            k.insert(device.to_owned());
+        }
+    }
+}
+
+/// Devices a worker remembers as set up.
+const KNOWN_DEVICES: usize = 65_536;
+/// Device set-ups (JetStream API calls) a worker runs at once.
+const SETUPS: usize = 16;
+/// The largest link probe a worker answers, bytes.
+const MAX_PROBE: usize = 1 << 20;
 
 impl WorkerLink {
     /// Connects and ensures the streams (see [`NatsWorker::start`]).
@@ -134,8 +189,10 @@ impl WorkerLink {
         nats: &NatsConfig,
         model: &str,
         budget: usize,
+        max_frame: usize,
     ) -> Result<Self, NatsError> {
         check_token("model", model)?;
+        let max_message = i32::try_from(max_frame).unwrap_or(i32::MAX);
         let subjects = nats.subjects()?;
         let ack_wait = nats.ack_wait()?;
         let window = nats.duplicate_window()?;
@@ -151,6 +208,10 @@ impl WorkerLink {
                 duplicate_window: window,
                 max_age: MAX_AGE,
                 max_messages: MAX_QUEUED,
+                max_messages_per_subject: MAX_PER_DEVICE,
+                discard_new_per_subject: true,
+                max_bytes: MAX_STREAM_BYTES,
+                max_message_size: max_message,
                 discard: stream::DiscardPolicy::New,
                 num_replicas: nats.replicas.max(1),
                 ..Default::default()
@@ -164,6 +225,11 @@ impl WorkerLink {
             storage: stream::StorageType::File,
             duplicate_window: window,
             max_age: MAX_AGE,
+            max_messages_per_subject: MAX_PER_DEVICE,
+            discard_new_per_subject: true,
+            max_bytes: MAX_STREAM_BYTES,
+            max_message_size: max_message,
+            discard: stream::DiscardPolicy::New,
             num_replicas: nats.replicas.max(1),
             ..Default::default()
         })
@@ -176,7 +242,7 @@ impl WorkerLink {
                     durable_name: Some(subjects.workers().into()),
                     ack_policy: jetstream::consumer::AckPolicy::Explicit,
                     ack_wait,
-                    max_deliver: nats.max_deliver,
+                    max_deliver: nats.max_deliver.max(1),
                     max_ack_pending: 100_000,
                     max_waiting: 4096,
                     ..Default::default()
@@ -184,14 +250,32 @@ impl WorkerLink {
             )
             .await
             .map_err(|e| jet(&e))?;
+        // The consumer as the first worker made it: its ack wait is the one the broker runs.
+        let running = consumer.cached_info().config.ack_wait;
+        let max_deliver = consumer.cached_info().config.max_deliver;
+        if running != ack_wait {
+            warn!(
+                configured_ms = ack_wait.as_millis(),
+                running_ms = running.as_millis(),
+                "the workers' consumer exists with another ack wait; following it"
+            );
+        }
         Ok(Self {
             client,
             js,
             consumer,
             subjects,
             model: model.to_owned(),
-            ack_wait,
+            ack_wait: running.max(Duration::from_millis(30)),
+            // -1 (unlimited, a consumer made elsewhere): never the last delivery.
+            max_deliver: if max_deliver > 0 {
+                max_deliver
+            } else {
+                i64::MAX
+            },
             budget,
+            devices: Arc::new(DeviceSetup::default()),
+            acks: true,
         })
     }
 
@@ -343,16 +427,24 @@ fn take<C: Core + ?Sized>(
             .headers
             .as_ref()
             .and_then(|h| h.get(name))
-            .and_then(|v| v.as_str().parse::<u64>().ok())
+            .map(|v| v.as_str().to_owned())
     };
-    let (instance, deadline) = (header(INSTANCE_HEADER), header(DEADLINE_HEADER));
+    let instance = header(INSTANCE_HEADER).and_then(|v| v.parse::<u64>().ok());
     let device = link
         .subjects
         .device_of_request(&link.model, message.subject.as_str())
         .map(str::to_owned);
+    let info = message
+        .info()
+        .ok()
+        .map(|i| (i.delivered, i.published.unix_timestamp_nanos() / 1_000_000));
     let decoded = crate::wire::decode_frame(&message.payload);
-    let (Some(device), Some(instance), Ok(Message::InferRequest(mut request))) =
-        (device, instance, decoded)
+    let (
+        Some(device),
+        Some(instance),
+        Some((delivered, published_ms)),
+        Ok(Message::InferRequest(mut request)),
+    ) = (device, instance, info, decoded)
     else {
         // Nothing to answer to: no device, or no request id. Never redelivered.
         warn!(subject = %message.subject, "dropping a message that is not a request");
@@ -361,27 +453,39 @@ fn take<C: Core + ?Sized>(
         });
         return;
     };
-    let identity = Identity { device, instance };
     let id = request.request_id;
+    // The de-duplication key must be the one this device's request has: another device
+    // cannot pre-empt it (the key starts with the subject's device, which the broker checks).
+    let expected_id = link.subjects.message_id(&device, instance, id);
+    if header("Nats-Msg-Id").as_deref() != Some(expected_id.as_str()) {
+        warn!(%device, request = id, "dropping a request whose message id is not its own");
+        tasks.spawn(async move {
+            let _ = message.ack_with(AckKind::Term).await;
+        });
+        return;
+    }
+    let identity = Identity { device, instance };
     let (answers, rx) = mpsc::unbounded_channel();
-    let now = unix_ms();
     let refuse = |e: RemoteError| {
         core.refused(&e, received);
         Err(e)
     };
-    let admitted = match deadline {
-        None => refuse(RemoteError::Invalid(format!(
-            "a request without its {DEADLINE_HEADER} header"
-        ))),
-        Some(d) if d <= now => refuse(RemoteError::DeadlineMissed {
+    // The deadline on the broker's clock: stored at `published`, `budget_ms` to answer.
+    let deadline_ms = published_ms + i128::from(request.budget_ms.min(MAX_BUDGET_MS));
+    let left_ms = deadline_ms - i128::from(unix_ms());
+    let admitted = if left_ms <= 0 {
+        refuse(RemoteError::DeadlineMissed {
             budget_ms: request.budget_ms,
-        }),
-        Some(d) => {
-            let left = u32::try_from(d - now).unwrap_or(u32::MAX);
-            request.budget_ms = request.budget_ms.min(left);
-            // `take` counts its own refusals.
-            core.take(&identity, request, &answers, received)
-        }
+        })
+    } else if delivered >= link.max_deliver {
+        // The broker delivers it no more: answer rather than leave it unanswered.
+        refuse(RemoteError::Failed(format!(
+            "delivered to workers {delivered} times without an answer"
+        )))
+    } else {
+        request.budget_ms = u32::try_from(left_ms).unwrap_or(u32::MAX);
+        // `take` counts its own refusals.
+        core.take(&identity, request, &answers, received)
     };
     drop(answers);
     spawn_answer(tasks, link, message, identity, id, admitted.map(|()| rx));
@@ -397,6 +501,11 @@ fn spawn_answer(
 ) {
     let link = link.clone();
     tasks.spawn(async move {
+        if matches!(waiting, Err(RemoteError::ShuttingDown)) {
+            // This worker is draining: another one serves it.
+            let _ = message.ack_with(AckKind::Nak(None)).await;
+            return;
+        }
         let response = match waiting {
             Err(e) => InferResponse {
                 request_id: id,
@@ -408,7 +517,7 @@ fn spawn_answer(
                 None => return,
             },
         };
-        if store_answer(&link, &message, &device, response).await {
+        if store_answer(&link, &message, &device, response).await && link.acks {
             // Stored: the request is done. A lost ack only means a redelivery, whose
             // answer the replies stream de-duplicates.
             if let Err(e) = message.ack().await {
@@ -513,27 +622,50 @@ async fn respond(welcome: Welcome, link: WorkerLink) {
     };
     let mut hellos = hellos.fuse();
     let mut pings = pings.fuse();
+    // Only a reply to the asking device's own inboxes: the reply subject is the sender's to
+    // choose and the broker does not check it, so without this a device could make a worker
+    // publish (with the worker's rights) to the JetStream API or to another device.
+    let reply_to = |message: &async_nats::Message| {
+        let device = subjects.last_device(message.subject.as_str())?;
+        let reply = message.reply.as_ref()?;
+        let inbox = format!("{}.", subjects.inbox(device));
+        reply
+            .as_str()
+            .starts_with(&inbox)
+            .then(|| (device.to_owned(), reply.clone()))
+    };
     loop {
         tokio::select! {
             Some(hello) = hellos.next() => {
-                let (Some(reply), Some(device)) =
-                    (hello.reply, subjects.last_device(hello.subject.as_str()))
-                else {
+                let Some((device, reply)) = reply_to(&hello) else {
+                    debug!(subject = %hello.subject, "a handshake without the device's own inbox");
+                    continue;
+                };
+                if link.devices.is_known(&device) {
+                    let _ = link.client.publish(reply, welcome.clone()).await;
+                    continue;
+                }
+                let Ok(slot) = link.devices.running.clone().try_acquire_owned() else {
+                    debug!(%device, "too many device set-ups at once; the device will retry");
                     continue;
                 };
                 let (link, welcome) = (link.clone(), welcome.clone());
-                let device = device.to_owned();
                 tokio::spawn(async move {
                     match link.ensure_device(&device).await {
                         Ok(()) => {
+                            link.devices.remember(&device);
                             let _ = link.client.publish(reply, welcome).await;
                         }
                         Err(e) => warn!(%device, "cannot make the device's answers consumer: {e}"),
                     }
+                    drop(slot);
                 });
             }
             Some(ping) = pings.next() => {
-                if let Some(reply) = ping.reply {
+                if ping.payload.len() > MAX_PROBE {
+                    continue;
+                }
+                if let Some((_, reply)) = reply_to(&ping) {
                     let _ = link.client.publish(reply, bytes::Bytes::new()).await;
                 }
             }

@@ -225,6 +225,8 @@ async fn run_async(args: Args) -> Result<()> {
     };
     let kill = load(&clients, &payload, &args, offered, args.kill_s, &mut rng).await;
     killer.await?;
+    // A second answer would come after a redelivery: wait past the ack wait before counting.
+    tokio::time::sleep(nats.ack_wait()? + Duration::from_secs(2)).await;
     let duplicated = clients
         .iter()
         .map(DeviceClient::unmatched_answers)
