@@ -65,6 +65,19 @@ fn device_nats(broker: &Broker, i: usize) -> NatsConfig {
     NatsConfig::new(broker.url()).with_credentials(format!("dev-{i}"), format!("dev-{i}-secret"))
 }
 
+/// Devices `dev-0..n`, connected through `broker` with their own credentials.
+async fn connect_devices(broker: &Broker, n: usize) -> Vec<DeviceClient> {
+    let mut clients = Vec::new();
+    for i in 0..n {
+        let name = format!("dev-{i}");
+        let client = DeviceClient::connect_nats(&device_nats(broker, i), client_config(&name))
+            .await
+            .unwrap_or_else(|e| panic!("{name} connects: {e}"));
+        clients.push(client);
+    }
+    clients
+}
+
 fn client_config(device: &str) -> ClientConfig {
     ClientConfig {
         device_id: device.into(),
@@ -241,16 +254,7 @@ async fn a_worker_killed_mid_run_loses_and_duplicates_nothing() {
     let mut workers: Vec<WorkerProcess> = (0..3)
         .map(|i| WorkerProcess::start(&dir, &format!("worker-{i}"), &broker.url()))
         .collect();
-    let mut clients = Vec::new();
-    for i in 0..4 {
-        let client = DeviceClient::connect_nats(
-            &device_nats(&broker, i),
-            client_config(&format!("dev-{i}")),
-        )
-        .await
-        .expect("device connects");
-        clients.push(client);
-    }
+    let clients = connect_devices(&broker, 4).await;
     let payloads = Arc::new(payloads(4));
     let deadline = Duration::from_secs(60);
     let run = {
@@ -302,17 +306,7 @@ async fn a_broker_restart_loses_no_accepted_request() {
     )
     .await
     .expect("worker");
-    let mut clients = Vec::new();
-    for i in 0..2 {
-        clients.push(
-            DeviceClient::connect_nats(
-                &device_nats(&broker, i),
-                client_config(&format!("dev-{i}")),
-            )
-            .await
-            .expect("device connects"),
-        );
-    }
+    let clients = connect_devices(&broker, 2).await;
     let payloads = Arc::new(payloads(2));
     let deadline = Duration::from_secs(60);
     let done = Arc::new(AtomicUsize::new(0));
@@ -357,17 +351,7 @@ async fn a_slow_worker_takes_fewer_requests() {
     let slow = EmulatedWorker::start(&nats, welcome(), gpu(80))
         .await
         .expect("slow");
-    let mut clients = Vec::new();
-    for i in 0..2 {
-        clients.push(
-            DeviceClient::connect_nats(
-                &device_nats(&broker, i),
-                client_config(&format!("dev-{i}")),
-            )
-            .await
-            .expect("device connects"),
-        );
-    }
+    let clients = connect_devices(&broker, 2).await;
     let payloads = Arc::new(vec![vec![0u8; 64]]);
     let answers = run_devices(
         &clients,

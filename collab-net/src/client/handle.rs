@@ -107,6 +107,26 @@ impl DeviceClient {
         let instance = rng.random();
         let (conn, welcome) =
             connect_with_backoff(&*transport, &config, instance, &mut rng).await?;
+        let connect_timeout = config.connect_timeout;
+        Ok(Self::spawn(
+            welcome,
+            connect_timeout,
+            &mut rng,
+            |shared, rx, rng| {
+                let task = Connection::new(transport, config, instance, shared, rx, rng);
+                tokio::spawn(task.run(conn))
+            },
+        ))
+    }
+
+    /// The handle over a connection task `start` spawns with the shared state, the command
+    /// channel and the client's random source.
+    fn spawn(
+        welcome: Welcome,
+        connect_timeout: Duration,
+        rng: &mut StdRng,
+        start: impl FnOnce(Arc<Shared>, mpsc::UnboundedReceiver<Command>, StdRng) -> JoinHandle<()>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             welcome: Mutex::new(welcome),
             load: Mutex::new(None),
@@ -118,10 +138,9 @@ impl DeviceClient {
         // Ids start at a random point so that a restarted device process does not reuse the
         // ids of requests an old server may still hold for the same device id.
         let first_id = rng.random_range(1..1u64 << 62);
-        let connect_timeout = config.connect_timeout;
-        let task = Connection::new(transport, config, instance, shared.clone(), rx, rng);
-        let task = tokio::spawn(task.run(conn));
-        Ok(Self {
+        let task_rng = StdRng::from_rng(rng);
+        let task = start(shared.clone(), rx, task_rng);
+        Self {
             inner: Arc::new(Inner {
                 tx,
                 shared,
@@ -129,7 +148,7 @@ impl DeviceClient {
                 task: Mutex::new(Some(task)),
                 connect_timeout,
             }),
-        })
+        }
     }
 
     /// Connects through the NATS broker of `nats` instead of a direct connection (see
@@ -154,25 +173,12 @@ impl DeviceClient {
         let instance = rng.random();
         let (device, welcome) =
             crate::nats::connect_device(nats, &config, instance, &mut rng).await?;
-        let shared = Arc::new(Shared {
-            welcome: Mutex::new(welcome),
-            load: Mutex::new(None),
-            settings: tokio::sync::watch::Sender::new(DeviceSettings::default()),
-            reconnects: AtomicU64::new(0),
-            unmatched: AtomicU64::new(0),
-        });
-        let (tx, rx) = mpsc::unbounded_channel();
-        let first_id = rng.random_range(1..1u64 << 62);
-        let task = tokio::spawn(device.run(shared.clone(), rx));
-        Ok(Self {
-            inner: Arc::new(Inner {
-                tx,
-                shared,
-                next_id: AtomicU64::new(first_id),
-                task: Mutex::new(Some(task)),
-                connect_timeout: config.connect_timeout,
-            }),
-        })
+        Ok(Self::spawn(
+            welcome,
+            config.connect_timeout,
+            &mut rng,
+            |shared, rx, _| tokio::spawn(device.run(shared, rx)),
+        ))
     }
 
     /// What the server said in the latest handshake.
