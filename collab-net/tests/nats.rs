@@ -518,11 +518,29 @@ fn deit_tiny() -> Transformer<collab_backends::candle::CandleBackend> {
         .expect("DeiT-Tiny")
 }
 
-fn tempdir(name: &str) -> PathBuf {
+/// A fresh directory for one test's broker store, configs and certificates, removed when
+/// dropped (declared first in a test, it outlives the broker and the workers using it).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir(name: &str) -> TempDir {
     let dir = std::env::temp_dir().join(format!("collab-nats-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+    TempDir(dir)
 }
 
 /// A CA and a certificate for `localhost` / 127.0.0.1 signed by it, as PEM files.

@@ -46,6 +46,68 @@
 //! - Two live clients with the same device id share its answers consumer: each drops the
 //!   other's answers as unmatched. Give every device process its own id.
 
+//!
+//! # Example
+//!
+//! A worker and a device in one program (in a deployment they are processes on different
+//! machines, started from `deploy/worker.toml` and `deploy/device.toml`):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! use collab_backends::candle::CandleBackend;
+//! use collab_core::model::{ModelConfig, Transformer};
+//! use collab_net::client::{ClientConfig, DeviceClient, Outgoing};
+//! use collab_net::nats::{NatsConfig, NatsWorker};
+//! use collab_net::server::ServerConfig;
+//!
+//! # async fn run() -> anyhow::Result<()> {
+//! let id = "deit_tiny_patch16_224";
+//! let checkpoint = collab_core::fixtures::deit_tiny_checkpoint()?;
+//! let model = Transformer::from_safetensors(
+//!     CandleBackend::cpu(),
+//!     ModelConfig::preset(id)?,
+//!     &checkpoint,
+//! )?;
+//! // The worker: its user may use the JetStream API; TLS against the brokers' CA.
+//! let worker_nats = NatsConfig::new("tls://nats-1:4222")
+//!     .with_credentials("worker", std::env::var("WORKER_PASSWORD")?)
+//!     .with_tls_ca("/etc/collab/ca.pem");
+//! let config = ServerConfig { model_id: id.into(), ..ServerConfig::default() };
+//! let worker = NatsWorker::start(Arc::new(model), config, &worker_nats).await?;
+//!
+//! // A device: its user is its id, limited to its own subjects.
+//! let device_nats = NatsConfig::new("tls://nats-1:4222")
+//!     .with_credentials("phone-0", std::env::var("PHONE_0_PASSWORD")?)
+//!     .with_tls_ca("/etc/collab/ca.pem");
+//! let config = ClientConfig {
+//!     device_id: "phone-0".into(),
+//!     model_id: id.into(),
+//!     ..ClientConfig::default()
+//! };
+//! let client = DeviceClient::connect_nats(&device_nats, config).await?;
+//! let image = vec![0u8; 224 * 224 * 3]; // a server-only request: the 224 px RGB crop
+//! let answer = client
+//!     .infer(
+//!         Outgoing {
+//!             split: 0,
+//!             codec: collab_net::wire::raw_rgb8(),
+//!             payload: image,
+//!             budget: Duration::from_millis(300),
+//!             max_loss: 0.0,
+//!             meta: None,
+//!         },
+//!         Duration::from_secs(1),
+//!     )
+//!     .await?;
+//! println!("top class {:?}", answer.top.first());
+//! client.close().await;
+//! worker.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
 mod broker;
 mod config;
 mod device;
