@@ -479,8 +479,23 @@ async fn the_broker_holds_devices_to_their_own_subjects_over_tls() {
                 .expect("sent");
         }
     }
+    // Garbage on dev-0's own request subject (stored by the broker, then pulled): the worker
+    // drops it and goes on serving.
+    for junk in [vec![0xffu8; 64], vec![0u8; 3], Vec::new()] {
+        js.publish(format!("collab.req.{MODEL}.dev-0"), junk.into())
+            .await
+            .expect("sent")
+            .await
+            .expect("dev-0 may queue on its own subject");
+    }
     raw.flush().await.expect("flush");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    dev0.infer(
+        request(&[0; 8], Duration::from_secs(5)),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("dev-0 served after its garbage");
     assert_eq!(dev1.unmatched_answers(), 0);
     dev1.infer(
         request(&[0; 8], Duration::from_secs(5)),

@@ -199,28 +199,10 @@ impl WorkerLink {
         let client = nats.connect(Some("worker"), None).await?;
         let js = jetstream::new(client.clone());
         let jet = |e: &dyn std::fmt::Display| NatsError::JetStream(e.to_string());
-        let requests = js
-            .get_or_create_stream(stream::Config {
-                name: subjects.request_stream(model),
-                subjects: vec![subjects.requests(model)],
-                retention: stream::RetentionPolicy::WorkQueue,
-                storage: stream::StorageType::File,
-                duplicate_window: window,
-                max_age: MAX_AGE,
-                max_messages: MAX_QUEUED,
-                max_messages_per_subject: MAX_PER_DEVICE,
-                discard_new_per_subject: true,
-                max_bytes: MAX_STREAM_BYTES,
-                max_message_size: max_message,
-                discard: stream::DiscardPolicy::New,
-                num_replicas: nats.replicas.max(1),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| jet(&e))?;
-        js.get_or_create_stream(stream::Config {
-            name: subjects.reply_stream(),
-            subjects: vec![subjects.reply("*")],
+        // Both streams: work queues on disk, bounded per device and in all.
+        let bounded = |name: String, subject: String| stream::Config {
+            name,
+            subjects: vec![subject],
             retention: stream::RetentionPolicy::WorkQueue,
             storage: stream::StorageType::File,
             duplicate_window: window,
@@ -232,9 +214,17 @@ impl WorkerLink {
             discard: stream::DiscardPolicy::New,
             num_replicas: nats.replicas.max(1),
             ..Default::default()
-        })
-        .await
-        .map_err(|e| jet(&e))?;
+        };
+        let requests = js
+            .get_or_create_stream(stream::Config {
+                max_messages: MAX_QUEUED,
+                ..bounded(subjects.request_stream(model), subjects.requests(model))
+            })
+            .await
+            .map_err(|e| jet(&e))?;
+        js.get_or_create_stream(bounded(subjects.reply_stream(), subjects.reply("*")))
+            .await
+            .map_err(|e| jet(&e))?;
         let consumer = requests
             .get_or_create_consumer(
                 subjects.workers(),
