@@ -22,6 +22,11 @@ use crate::wire::{InferRequest, InferResponse, Message, RemoteError, Welcome, en
 
 /// How long an idle worker's pull waits for a request before it looks at its phase again.
 const PULL_EXPIRES: Duration = Duration::from_millis(250);
+/// How long past [`PULL_EXPIRES`] a worker waits for the broker to end a pull. nats-server
+/// 2.9 sometimes neither delivers to a waiting pull nor ends it (seen under load after
+/// terminated messages), and async-nats would then wait 5 s more: the worker pulls again.
+/// A request the broker delivers to the abandoned pull is redelivered after the ack wait.
+const PULL_GRACE: Duration = Duration::from_millis(250);
 /// How long a worker keeps trying to store an answer while the broker is away; after that
 /// the request is left unacknowledged and the broker redelivers it.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(60);
@@ -381,8 +386,8 @@ async fn pull<C: Core + ?Sized>(
             .messages()
             .await
     } else {
-        // `expires` bounds the wait on the client side too: a pull lost in a broker restart
-        // must not hang the worker.
+        // `expires` bounds the pull on the broker's side, `PULL_GRACE` below on the
+        // client's (a pull lost in a broker restart must not hang the worker).
         link.consumer
             .fetch()
             .max_messages(n)
@@ -391,7 +396,16 @@ async fn pull<C: Core + ?Sized>(
             .await
     };
     let mut batch = batch.map_err(|e| e.to_string())?;
-    while let Some(message) = batch.next().await {
+    let give_up = tokio::time::Instant::now() + PULL_EXPIRES + PULL_GRACE;
+    loop {
+        let message = match tokio::time::timeout_at(give_up, batch.next()).await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(_) => {
+                debug!("the broker did not end a pull in time: pulling again");
+                break;
+            }
+        };
         match message {
             Ok(message) => {
                 *took += 1;
