@@ -8,11 +8,16 @@
 //! - [`warmup`]: fine-tuning every parameter with ToMe at `r` in every forward pass, task
 //!   heads, and accuracy at a serving merging number;
 //! - [`ensemble`]: Alg. 5, the accuracy-weighted parameter average of warmed models for a
-//!   serving number, and the knapsack that keeps the ensembles worth their storage.
+//!   serving number, and the knapsack that keeps the ensembles worth their storage;
+//! - [`serving`]: the offline table of each task's best model per merging number, the
+//!   profile a serving loop plans with, and the reduction scheduler (a `TokenAllocator`).
 
 pub mod ensemble;
 pub mod planner;
+pub mod serving;
 pub mod warmup;
 
+#[cfg(test)]
+mod serving_tests;
 #[cfg(test)]
 mod tests;

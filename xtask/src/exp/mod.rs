@@ -12,6 +12,7 @@ mod llm_placement;
 mod net_overhead;
 mod otas;
 mod plot;
+mod prodigy;
 mod profile;
 mod scale_out;
 mod soak;
@@ -57,6 +58,9 @@ pub(crate) enum Exp {
     TokenProfile(otas::ProfileArgs),
     /// Trace-driven serving: OTAS against fixed gamma, PetS-like and model switching (SPEC §4).
     Otas(otas::Args),
+    /// PRODIGY (SPEC §5): warm-up fine-tuning with token merging, the planner and ensembles
+    /// against Unwarmed, Maxprune and Exhaustive (Figures 4.7, 4.8).
+    Prodigy(prodigy::Args),
     /// DeiT-Tiny on the quantised device backend at f32/q8/q4: accuracy, agreement, memory.
     ArmQuant(arm_quant::Args),
     /// Many requests from several devices with disconnects, stalls, restarts and malformed
@@ -84,6 +88,7 @@ pub(crate) fn run(exp: Exp) -> Result<()> {
         Exp::TokenTrain(a) => otas::train::run(a),
         Exp::TokenProfile(a) => otas::run_profile(a),
         Exp::Otas(a) => otas::run(a),
+        Exp::Prodigy(a) => prodigy::run(a),
         Exp::ArmQuant(a) => arm_quant::run(a),
         Exp::Soak(a) => soak::run(a),
         Exp::ScaleOut(a) => scale_out::run(a),

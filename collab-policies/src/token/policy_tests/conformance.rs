@@ -1,12 +1,13 @@
 //! Conformance suites of the OTAS serving policies (SPEC §4), run as proptests over seeded
 //! random profiles, batches and query streams.
 //!
-//! Every [`TokenAllocator`] (DP, load rule, fixed): the allocation passes
+//! Every [`TokenAllocator`] (DP, load rule, fixed, PRODIGY's reduction scheduler): the allocation passes
 //! [`Allocation::verify`] (order is the deadline-sorted permutation; choices are profiled,
 //! runnable gammas; start/finish follow sequential execution from `now` with the profile's
 //! batch times; the reported expected utility equals the recomputed utility of the plan's
 //! on-time batches). The DP additionally never runs a batch predicted to miss its deadline; the
-//! load rule and fixed gamma never skip a runnable batch.
+//! load rule and fixed gamma never skip a runnable batch, nor the scheduler one runnable at a
+//! gamma <= 0.
 //!
 //! Every [`BatchFormer`] (adaptive, fixed size): across random adds, takes and evictions,
 //! every query added is in exactly one batch or was returned exactly once; batches are
@@ -27,6 +28,7 @@ use super::super::allocate::{DpAllocator, DpParams};
 use super::super::batching::{AdaptiveBatcher, BatchingParams, FixedSizeBatcher};
 use super::super::fixed::FixedGamma;
 use super::super::load_rule::LoadRule;
+use crate::prodigy::serving::ReductionScheduler;
 
 const ALL_GAMMAS: [i32; 8] = [-20, -15, -10, -5, 0, 2, 4, 8];
 
@@ -150,6 +152,17 @@ fn check_allocators(seed: u64) {
             by_rule.choices[k].is_some(),
             runnable[i],
             "load rule skip of batch {i}"
+        );
+    }
+    let mut scheduler = ReductionScheduler::new(0.9).expect("scheduler");
+    let by_scheduler = scheduler.allocate(now, &batches, &p, &load);
+    check("prodigy scheduler", &by_scheduler);
+    for (k, &i) in by_scheduler.order.iter().enumerate() {
+        let merge_runnable = p.runnable_gammas(&batches[i]).iter().any(|&g| g <= 0);
+        assert_eq!(
+            by_scheduler.choices[k].is_some(),
+            merge_runnable,
+            "prodigy scheduler skip of batch {i}"
         );
     }
     for g in [-20, -7, 0, 4, 9] {

@@ -6,12 +6,14 @@
 //! fallback, its rate table profiled on this machine; also, as a variant and not a baseline,
 //! with the published table scaled by the throughput ratio), fixed merging at gamma = -5..-20, fixed prompting at 2, 4, 8, gamma = 0 with the
 //! shared backbone and task heads (PetS-like) and model switching (INFaaS-like, see
-//! [`switch`]). Arrival rates are the paper's scaled by this machine's measured throughput (the
+//! [`switch`]), and PRODIGY's reduction scheduler over the warmed repositories of
+//! `exp prodigy` (and over its unwarmed task models; see [`prodigy`]). Arrival rates are the paper's scaled by this machine's measured throughput (the
 //! factor is printed); latency budgets and batching thresholds are the paper's, in seconds.
 //! Writes `results/otas/serving.csv`, `gamma-<trace>.png` and prints
 //! `otas/best-baseline utility=X.XX` last.
 
-mod backbone;
+pub(crate) mod backbone;
+mod prodigy;
 mod profile;
 mod report;
 mod serve;
@@ -23,6 +25,7 @@ pub(crate) use profile::run as run_profile;
 
 use anyhow::Result;
 use collab_core::adaptive::{Gamma, TokenAllocator, TokenProfile};
+use collab_policies::prodigy::serving::ReductionScheduler;
 use collab_policies::token::allocate::{DpAllocator, DpParams};
 use collab_policies::token::batching::{AdaptiveBatcher, BatchingParams};
 use collab_policies::token::fixed::FixedGamma;
@@ -32,6 +35,7 @@ use collab_policies::token::serve::{BatchExecutor, ServeConfig, serve};
 
 use backbone::{Backbone, TaskData, repo_dir};
 use collab_bench::traces;
+use prodigy::ProdigyExecutor;
 use serve::{BackboneExecutor, SwitchingExecutor, Workload};
 use switch::Switcher;
 
@@ -74,6 +78,10 @@ enum Scheme {
     OtasPublishedTable,
     Fixed(Gamma),
     Switching,
+    /// PRODIGY: the reduction scheduler with each task's warmed repository.
+    Prodigy,
+    /// The same scheduler with each task's model fine-tuned without merging.
+    ProdigyUnwarmed,
 }
 
 impl Scheme {
@@ -85,7 +93,13 @@ impl Scheme {
             Scheme::Fixed(g) if *g > 0 => format!("prompt+{g}"),
             Scheme::Fixed(_) => "pets-like-gamma0".into(),
             Scheme::Switching => "infaas-like-switching".into(),
+            Scheme::Prodigy => "prodigy".into(),
+            Scheme::ProdigyUnwarmed => "prodigy-unwarmed".into(),
         }
+    }
+
+    fn is_prodigy(&self) -> bool {
+        matches!(self, Scheme::Prodigy | Scheme::ProdigyUnwarmed)
     }
 }
 
@@ -93,20 +107,43 @@ fn schemes() -> Vec<Scheme> {
     let mut s = vec![Scheme::Otas, Scheme::OtasPublishedTable];
     s.extend([-5, -10, -15, -20, 2, 4, 8, 0].map(Scheme::Fixed));
     s.push(Scheme::Switching);
+    s.extend([Scheme::Prodigy, Scheme::ProdigyUnwarmed]);
     s
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
     let saved = profile::load_saved()?;
     let mut data = TaskData::load()?;
-    for set in &mut data.test {
-        let n = args.test_examples.min(set.len());
-        *set = set.subset(&(0..n).collect::<Vec<_>>());
-    }
     let repo = PromptRepository::open(repo_dir())?;
     let mut backbone = Backbone::load(&repo)?;
     backbone.schedules = saved.schedules.clone();
     let profile = &saved.table;
+    let mut wanted: Vec<Scheme> = schemes()
+        .into_iter()
+        .filter(|s| args.schemes.is_empty() || args.schemes.contains(&s.name()))
+        .collect();
+    // PRODIGY needs `exp prodigy`'s tables: without them its schemes are left out, unless
+    // named.
+    let prodigy = if wanted.iter().any(Scheme::is_prodigy) {
+        match prodigy::Prodigy::load(&backbone, &data, args.test_examples)? {
+            Ok(p) => {
+                p.print();
+                Some(p)
+            }
+            Err(why) if args.schemes.is_empty() => {
+                println!("PRODIGY schemes left out: {why}");
+                wanted.retain(|s| !s.is_prodigy());
+                None
+            }
+            Err(why) => anyhow::bail!("{why}"),
+        }
+    } else {
+        None
+    };
+    for set in &mut data.test {
+        let n = args.test_examples.min(set.len());
+        *set = set.subset(&(0..n).collect::<Vec<_>>());
+    }
 
     // Scale: this machine's gamma = 0 throughput at batch 32 over the paper's.
     let t0 = profile
@@ -138,10 +175,6 @@ pub(crate) fn run(args: Args) -> Result<()> {
             .join(" "),
         table.otherwise
     );
-    let wanted: Vec<Scheme> = schemes()
-        .into_iter()
-        .filter(|s| args.schemes.is_empty() || args.schemes.contains(&s.name()))
-        .collect();
     let mut rows = Vec::new();
     for name in &args.traces {
         let tr = match name.as_str() {
@@ -195,6 +228,9 @@ pub(crate) fn run(args: Args) -> Result<()> {
                 Scheme::Fixed(g) => Box::new(FixedGamma::new(*g)),
                 // Earliest deadline first at gamma 0, on whichever variant is loaded.
                 Scheme::Switching => Box::new(FixedGamma::new(0)),
+                Scheme::Prodigy | Scheme::ProdigyUnwarmed => {
+                    Box::new(ReductionScheduler::new(RATE_HEADROOM)?)
+                }
             };
             let exec = BackboneExecutor {
                 backbone: &backbone,
@@ -203,22 +239,45 @@ pub(crate) fn run(args: Args) -> Result<()> {
             };
             let config = ServeConfig::default();
             let started = std::time::Instant::now();
-            let (mut switching, mut plain) = (None, None);
-            let ex: &mut dyn BatchExecutor = if *scheme == Scheme::Switching {
-                switcher.reset(args.seed);
-                switching.insert(SwitchingExecutor::new(exec, &mut switcher))
-            } else {
-                plain.insert(exec)
+            let (mut switching, mut plain, mut warmed) = (None, None, None);
+            let mut plan_with: &dyn TokenProfile = profile;
+            let ex: &mut dyn BatchExecutor = match (scheme, &prodigy) {
+                (Scheme::Switching, _) => {
+                    switcher.reset(args.seed);
+                    switching.insert(SwitchingExecutor::new(exec, &mut switcher))
+                }
+                (Scheme::Prodigy | Scheme::ProdigyUnwarmed, Some(p)) => {
+                    let with = if *scheme == Scheme::Prodigy {
+                        &p.warmed
+                    } else {
+                        &p.unwarmed
+                    };
+                    plan_with = with;
+                    warmed.insert(ProdigyExecutor::new(&backbone, &data, &work, p, with))
+                }
+                (Scheme::Prodigy | Scheme::ProdigyUnwarmed, None) => {
+                    anyhow::bail!("PRODIGY's tables were not loaded")
+                }
+                _ => plain.insert(exec),
             };
             let log = serve(
                 &work.queries,
                 &mut former,
                 allocator.as_mut(),
-                profile,
+                plan_with,
                 ex,
                 &config,
             )?;
-            let load_seconds = switching.map_or(0.0, |s| s.load_seconds);
+            let load_seconds = switching.map_or(0.0, |s| s.load_seconds)
+                + warmed.as_ref().map_or(0.0, |w| w.load_seconds);
+            if let Some(w) = &warmed {
+                println!(
+                    "{}: {} checkpoint loads, {:.2} s (charged to their batches)",
+                    scheme.name(),
+                    w.loads,
+                    w.load_seconds
+                );
+            }
             // Every query ends in exactly one outcome.
             let mut ids: Vec<u64> = log.outcomes.iter().map(|(q, _)| q.id).collect();
             ids.sort_unstable();

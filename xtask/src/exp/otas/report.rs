@@ -182,19 +182,29 @@ pub(crate) fn gamma_plot(trace: &Trace, log: &RunLog, scale: f64) -> Result<()> 
     Ok(())
 }
 
-/// Prints OTAS against the best baseline (every scheme not named `otas*`) per trace and over
-/// all traces; the last line is
-/// `otas/best-baseline utility=X.XX`.
+/// Whether a scheme is one of the compared systems rather than a baseline.
+fn is_system(scheme: &str) -> bool {
+    scheme.starts_with("otas") || scheme.starts_with("prodigy")
+}
+
+/// Prints OTAS and PRODIGY against the best baseline (every scheme not named `otas*` or
+/// `prodigy*`) per trace and over all traces, in utility and in correct answers in time; the
+/// last line is `otas/best-baseline utility=X.XX`.
 pub(crate) fn summary(rows: &[Row]) {
     let mut traces: Vec<&str> = rows.iter().map(|r| r.trace.as_str()).collect();
     traces.dedup();
-    let mut totals: Vec<(String, f64)> = Vec::new();
-    for r in rows {
-        match totals.iter_mut().find(|(s, _)| *s == r.scheme) {
-            Some((_, u)) => *u += r.utility,
-            None => totals.push((r.scheme.clone(), r.utility)),
-        }
-    }
+    let correct = |r: &Row| r.shares[0] * r.queries as f64;
+    let total = |scheme: &str, f: &dyn Fn(&Row) -> f64| -> Option<f64> {
+        let v: Vec<f64> = rows.iter().filter(|r| r.scheme == scheme).map(f).collect();
+        (!v.is_empty()).then(|| v.iter().sum())
+    };
+    let mut baselines: Vec<&str> = rows
+        .iter()
+        .map(|r| r.scheme.as_str())
+        .filter(|s| !is_system(s))
+        .collect();
+    baselines.sort_unstable();
+    baselines.dedup();
     println!();
     for t in &traces {
         let of = |pred: &dyn Fn(&Row) -> bool| {
@@ -202,26 +212,46 @@ pub(crate) fn summary(rows: &[Row]) {
                 .filter(|r| r.trace == *t && pred(r))
                 .max_by(|a, b| a.utility.total_cmp(&b.utility))
         };
-        if let (Some(o), Some(b)) = (
-            of(&|r| r.scheme == "otas"),
-            of(&|r| !r.scheme.starts_with("otas")),
-        ) {
-            println!(
-                "{t}: otas {:.2} vs best baseline {} {:.2}: x{:.3}",
-                o.utility,
-                b.scheme,
-                b.utility,
-                o.utility / b.utility.max(1e-9)
-            );
+        let Some(b) = of(&|r| !is_system(&r.scheme)) else {
+            continue;
+        };
+        for system in ["otas", "prodigy", "prodigy-unwarmed"] {
+            if let Some(o) = of(&|r| r.scheme == system) {
+                println!(
+                    "{t}: {system} {:.2} vs best baseline {} {:.2}: x{:.3} (correct in time x{:.3})",
+                    o.utility,
+                    b.scheme,
+                    b.utility,
+                    o.utility / b.utility.max(1e-9),
+                    correct(o) / correct(b).max(1e-9)
+                );
+            }
         }
     }
-    let otas = totals.iter().find(|(s, _)| s == "otas").map(|x| x.1);
-    let best = totals
+    let best = baselines
         .iter()
-        .filter(|(s, _)| !s.starts_with("otas"))
+        .filter_map(|&s| Some((s, total(s, &|r| r.utility)?)))
         .max_by(|a, b| a.1.total_cmp(&b.1));
-    if let (Some(o), Some((name, b))) = (otas, best) {
-        println!("all traces: otas {o:.2} vs best baseline {name} {b:.2}");
-        println!("otas/best-baseline utility={:.2}", o / b.max(1e-9));
+    let best_correct = baselines
+        .iter()
+        .filter_map(|&s| Some((s, total(s, &correct)?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1));
+    if let (Some((name, b)), Some((cname, c))) = (best, best_correct) {
+        for system in ["prodigy", "prodigy-unwarmed"] {
+            if let (Some(p), Some(pc)) = (total(system, &|r| r.utility), total(system, &correct)) {
+                let vs_otas = total("otas", &|r| r.utility).map_or(String::new(), |o| {
+                    format!(", otas {o:.2}: x{:.3}", p / o.max(1e-9))
+                });
+                println!(
+                    "all traces: {system} utility {p:.2} vs best baseline {name} {b:.2}: x{:.3}{vs_otas}; correct in time {pc:.0} vs best baseline {cname} {c:.0}: x{:.3}",
+                    p / b.max(1e-9),
+                    pc / c.max(1e-9)
+                );
+            }
+        }
+        if let Some(o) = total("otas", &|r| r.utility) {
+            println!("all traces: otas {o:.2} vs best baseline {name} {b:.2}");
+            println!("otas/best-baseline utility={:.2}", o / b.max(1e-9));
+        }
     }
 }
