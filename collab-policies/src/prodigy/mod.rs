@@ -10,13 +10,17 @@
 //! - [`ensemble`]: Alg. 5, the accuracy-weighted parameter average of warmed models for a
 //!   serving number, and the knapsack that keeps the ensembles worth their storage;
 //! - [`serving`]: the offline table of each task's best model per merging number, the
-//!   profile a serving loop plans with, and the reduction scheduler (a `TokenAllocator`).
+//!   profile a serving loop plans with, and the reduction scheduler (a `TokenAllocator`);
+//! - [`live`]: the scheduler on a live server (`kind = "prodigy"` in `[server.tokens]`).
 
 pub mod ensemble;
+pub mod live;
 pub mod planner;
 pub mod serving;
 pub mod warmup;
 
+#[cfg(test)]
+mod live_tests;
 #[cfg(test)]
 mod serving_tests;
 #[cfg(test)]
