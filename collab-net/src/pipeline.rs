@@ -25,7 +25,7 @@
 //! kind = "shared"                        # per-split, server-only, or a registered one
 //! budget = 8
 //! # [server.tokens]                      # token merging per pass (default: none)
-//! # kind = "otas"                        # fixed (gamma = -8), or a registered one
+//! # kind = "otas"                        # fixed (gamma = -8), prodigy, or a registered one
 //! # profile = "results/otas/token-profile.json"
 //!
 //! [device]
@@ -161,7 +161,8 @@ pub struct ServerSection {
     #[serde(default, deserialize_with = "arc_policy")]
     pub batch: Option<Arc<dyn BatchPolicyConfig>>,
     /// The token merging of each pass (default none; `{ kind = "fixed", gamma = -8 }`,
-    /// `{ kind = "otas", profile = "..." }` or a registered one), built for the model at start.
+    /// `{ kind = "otas", profile = "..." }`, `{ kind = "prodigy", profile = "..." }` or a
+    /// registered one), built for the model at start.
     #[serde(default, deserialize_with = "arc_tokens")]
     pub tokens: Option<Arc<dyn TokenPolicyConfig>>,
     /// Admission limit (default 64).

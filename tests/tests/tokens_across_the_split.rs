@@ -296,7 +296,20 @@ fn passes_at(metrics: &str, gamma: i32) -> u64 {
 /// requests 1.2 s apart run plain; a burst of 16 runs merged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otas_on_a_live_server_merges_when_the_arrival_rate_rises() {
-    let dir = std::env::temp_dir().join(format!("collab-otas-live-{}", std::process::id()));
+    merges_when_the_arrival_rate_rises("otas").await;
+}
+
+/// `kind = "prodigy"` (PRODIGY's reduction scheduler, SPEC §5) on the same profile and load:
+/// the smallest reduction whose throughput at the requests waiting exceeds 0.9 x the rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prodigy_on_a_live_server_merges_when_the_arrival_rate_rises() {
+    merges_when_the_arrival_rate_rises("prodigy").await;
+}
+
+/// A live server whose `[server.tokens]` is `kind` over a two-gamma profile: three requests
+/// 1.2 s apart run plain, a burst of 16 runs at least one pass merged.
+async fn merges_when_the_arrival_rate_rises(kind: &str) {
+    let dir = std::env::temp_dir().join(format!("collab-{kind}-live-{}", std::process::id()));
     let path = dir.join("token-profile.json");
     let table = ProfileTable::new(ProfileTableData {
         gammas: vec![-16, 0],
@@ -316,7 +329,7 @@ async fn otas_on_a_live_server_merges_when_the_arrival_rate_rises() {
     let model = Arc::new(fixtures::deit_tiny(CandleBackend::cpu()).expect("DeiT-Tiny fixture"));
     let layers = model.num_blocks();
     let pipeline = PipelineConfig::from_toml(&format!(
-        "[model]\nid = \"deit_tiny_patch16_224\"\n[server]\n[server.tokens]\nkind = \"otas\"\nprofile = {:?}\n",
+        "[model]\nid = \"deit_tiny_patch16_224\"\n[server]\n[server.tokens]\nkind = \"{kind}\"\nprofile = {:?}\n",
         path.display().to_string()
     ))
     .expect("pipeline");

@@ -20,12 +20,8 @@ use collab_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::serving::{ReductionScheduler, WarmedProfile};
-use crate::token::live::plan_for_gamma;
+use crate::token::live::{default_headroom, load_profile, plans_for};
 use crate::token::saved::SavedTokenProfile;
-
-fn default_headroom() -> f64 {
-    0.9
-}
 
 /// `kind = "prodigy"`: each pass merges at the reduction scheduler's gamma.
 ///
@@ -50,11 +46,7 @@ pub struct ProdigyTokens {
 #[typetag::serde(name = "prodigy")]
 impl TokenPolicyConfig for ProdigyTokens {
     fn build(&self, context: &TokenPolicyContext) -> Result<Box<dyn PassTokenPolicy>> {
-        let saved = SavedTokenProfile::load(&self.profile).map_err(|e| {
-            Error::Config(format!(
-                "token policy `prodigy`: {e} (make it with `cargo xtask exp token-profile`)"
-            ))
-        })?;
+        let saved = load_profile("prodigy", &self.profile)?;
         Ok(Box::new(ProdigyPolicy::new(&saved, self, context)?))
     }
 }
@@ -98,11 +90,7 @@ impl ProdigyPolicy {
                 config.task
             )));
         }
-        let plans = gammas
-            .iter()
-            .map(|&g| Ok((g, plan_for_gamma(g, saved.schedules.get(&g), context)?)))
-            .collect::<Result<BTreeMap<_, _>>>()
-            .map_err(|e| bad(e.to_string()))?;
+        let plans = plans_for(&gammas, saved, context).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             profile,
             plans,

@@ -2,49 +2,15 @@
 //! conformance suite, and a pipeline config names it.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-
 use collab_core::adaptive::{
-    Batch, LoadInfo, PassContext, PassTokenPolicy, ProfileTable, ProfileTableData, Query,
-    TokenPolicyConfig, TokenPolicyContext,
+    Batch, LoadInfo, PassContext, PassTokenPolicy, Query, TokenPolicyConfig,
 };
 
 use super::live::{ProdigyPolicy, ProdigyTokens};
 use crate::token::conformance::check_pass_policy;
-use crate::token::saved::SavedTokenProfile;
-use crate::token::schedule::MergeSchedule;
-
-const DEIT: TokenPolicyContext = TokenPolicyContext {
-    layers: 12,
-    tokens: 197,
-    protected: 1,
-    batch_budget: 8,
-};
-
-/// A synthetic profile (a test aid, not a measurement): at batch 8, gamma 0 serves 166/s,
-/// -8 250/s and -16 333/s.
-fn profile() -> SavedTokenProfile {
-    let table = ProfileTable::new(ProfileTableData {
-        gammas: vec![-16, -8, 0, 4],
-        batch_sizes: vec![1, 8],
-        accuracy: vec![vec![Some(0.70), Some(0.78), Some(0.82), Some(0.83)]],
-        per_sample_time: vec![vec![
-            Some(vec![0.005, 0.003]),
-            Some(vec![0.007, 0.004]),
-            Some(vec![0.010, 0.006]),
-            Some(vec![0.012, 0.007]),
-        ]],
-    })
-    .unwrap();
-    let mut schedules = BTreeMap::new();
-    schedules.insert(-8, MergeSchedule::linear(8, 12));
-    SavedTokenProfile {
-        table,
-        schedules,
-        schedule_scores: BTreeMap::new(),
-        test_examples: vec![100],
-    }
-}
+// The OTAS live tests' synthetic profile (a test aid, not a measurement): at batch 8, gamma 0
+// serves 166/s, -8 250/s and -16 333/s.
+use crate::token::live_tests::{DEIT, profile};
 
 fn config() -> ProdigyTokens {
     ProdigyTokens {

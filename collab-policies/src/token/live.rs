@@ -122,8 +122,30 @@ fn default_utility() -> f64 {
     0.5
 }
 
-fn default_headroom() -> f64 {
+pub(crate) fn default_headroom() -> f64 {
     0.9
+}
+
+/// The token profile a live policy named `kind` reads, or a config error saying how to make it.
+pub(crate) fn load_profile(kind: &str, path: &std::path::Path) -> Result<SavedTokenProfile> {
+    SavedTokenProfile::load(path).map_err(|e| {
+        Error::Config(format!(
+            "token policy `{kind}`: {e} (make it with `cargo xtask exp token-profile`)"
+        ))
+    })
+}
+
+/// The plan of each of `gammas` (the profile's merge schedule where it has one, else the
+/// constant one), checked against the model.
+pub(crate) fn plans_for(
+    gammas: &[Gamma],
+    saved: &SavedTokenProfile,
+    context: &TokenPolicyContext,
+) -> Result<BTreeMap<Gamma, TokenPlan>> {
+    gammas
+        .iter()
+        .map(|&g| Ok((g, plan_for_gamma(g, saved.schedules.get(&g), context)?)))
+        .collect()
 }
 
 /// `kind = "otas"`: each pass's gamma from the OTAS allocator over the requests waiting.
@@ -158,11 +180,7 @@ pub struct OtasTokens {
 #[typetag::serde(name = "otas")]
 impl TokenPolicyConfig for OtasTokens {
     fn build(&self, context: &TokenPolicyContext) -> Result<Box<dyn PassTokenPolicy>> {
-        let saved = SavedTokenProfile::load(&self.profile).map_err(|e| {
-            Error::Config(format!(
-                "token policy `otas`: {e} (make it with `cargo xtask exp token-profile`)"
-            ))
-        })?;
+        let saved = load_profile("otas", &self.profile)?;
         Ok(Box::new(OtasPolicy::new(&saved, self, context)?))
     }
 }
@@ -243,12 +261,7 @@ impl OtasPolicy {
             )));
         }
         let profile = MergeOnly { table, gammas };
-        let plans = profile
-            .gammas
-            .iter()
-            .map(|&g| Ok((g, plan_for_gamma(g, saved.schedules.get(&g), context)?)))
-            .collect::<Result<BTreeMap<_, _>>>()
-            .map_err(|e| bad(e.to_string()))?;
+        let plans = plans_for(&profile.gammas, saved, context).map_err(|e| bad(e.to_string()))?;
         let rule = LoadRule::new(
             RateTable::profiled(&profile, config.task, config.headroom)
                 .map_err(|e| bad(e.to_string()))?,

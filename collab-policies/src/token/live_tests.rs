@@ -14,7 +14,7 @@ use super::live::{FixedTokens, OtasAllocator, OtasPolicy, OtasTokens};
 use super::saved::SavedTokenProfile;
 use super::schedule::MergeSchedule;
 
-const DEIT: TokenPolicyContext = TokenPolicyContext {
+pub(crate) const DEIT: TokenPolicyContext = TokenPolicyContext {
     layers: 12,
     tokens: 197,
     protected: 1,
@@ -22,7 +22,7 @@ const DEIT: TokenPolicyContext = TokenPolicyContext {
 };
 
 /// A synthetic profile (a test aid, not a measurement): merging trades accuracy for time.
-fn profile() -> SavedTokenProfile {
+pub(crate) fn profile() -> SavedTokenProfile {
     let table = ProfileTable::new(ProfileTableData {
         gammas: vec![-16, -8, 0, 4],
         batch_sizes: vec![1, 8],

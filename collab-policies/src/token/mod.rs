@@ -29,7 +29,7 @@ pub mod tome;
 pub mod train;
 
 #[cfg(test)]
-mod live_tests;
+pub(crate) mod live_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
