@@ -7,6 +7,32 @@
 //! Merging numbers map to gammas as `gamma = -r` (OTAS's convention, SPEC §4: `gamma < 0`
 //! merges `|gamma|` tokens per block), so the scheduler plugs into the OTAS serving loop
 //! (`crate::token::serve`) beside the OTAS allocators.
+//!
+//! ```
+//! use collab_core::adaptive::{Batch, ProfileTable, Query, TokenProfile};
+//! use collab_policies::prodigy::serving::{
+//!     ModelSource, ReductionScheduler, WarmedProfile, WarmedRepository,
+//! };
+//!
+//! // Measured per-sample times at r = 0, 10, 20 (here made up: 10, 7 and 5 ms).
+//! let times = ProfileTable::from_fn(vec![-20, -10, 0], vec![1, 8], 1, |_, _| Some(0.8),
+//!     |_, g, _| Some(0.010 + 0.00025 * f64::from(g)))?;
+//! // Profiled accuracies: the task model falls with merging, the model warmed at 20 holds.
+//! let table = WarmedRepository::from_profiled("digits", &[0, 10, 20], &[
+//!     (ModelSource::Unwarmed, vec![0.90, 0.80, 0.50]),
+//!     (ModelSource::Warmed { r: 20 }, vec![0.88, 0.87, 0.85]),
+//! ])?;
+//! let profile = WarmedProfile::new(times, vec![Some(table)])?;
+//! assert_eq!(profile.model_at(0, -20).map(|row| row.source), Some(ModelSource::Warmed { r: 20 }));
+//!
+//! let waiting = vec![Batch::new(vec![Query {
+//!     id: 0, task: 0, arrival: 0.0, deadline: 0.3, utility: 1.0,
+//! }])];
+//! let scheduler = ReductionScheduler::new(0.9)?;
+//! // 100 queries/s: plain runs (100/s, 90 with the headroom) fall short; r = 10 (133/s) keeps up.
+//! assert_eq!(scheduler.gamma_for(&profile, &waiting, 100.0), Some(-10));
+//! # Ok::<(), collab_core::Error>(())
+//! ```
 
 use std::fmt;
 use std::path::{Path, PathBuf};
