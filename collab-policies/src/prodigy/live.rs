@@ -1,13 +1,16 @@
 //! PRODIGY's reduction scheduler on a live server (SPEC §5): `kind = "prodigy"` in a
 //! pipeline's `[server.tokens]` names [`ProdigyTokens`], whose policy merges each pass at the
 //! smallest reduction whose throughput, at the batches waiting, exceeds the measured arrival
-//! rate ([`ReductionScheduler`]), from a token profile measured on the serving machine.
+//! rate ([`ReductionScheduler`]), from a token profile measured on the serving machine. Every
+//! pass merges a constant `r = -gamma` tokens per block, the way PRODIGY's models are warmed
+//! up (`exp token-profile` also picks a constant schedule at every gamma on DeiT-Tiny; a profile
+//! whose schedules differ times another merging than the one run).
 //!
-//! A live server runs the one checkpoint it was started with, so it serves one model at every
-//! merging number: a model warmed up at a large number (`exp prodigy` saves each as an ordinary
-//! timm-named checkpoint, e.g. `<models>/prodigy/digits/r20.safetensors`) keeps its accuracy
-//! across the numbers the scheduler picks. Switching weights per number, as the trace-driven
-//! `exp otas` scheme does, is not done on the live server.
+//! A live server runs the one model it was started with at every merging number; switching
+//! weights per number, as the trace-driven `exp otas` scheme does, is not done live. The
+//! server builds its model from a preset with the checkpoint's classifier (DeiT-Tiny:
+//! ImageNet-1k), so the task models `exp prodigy` warms up (digits, animal: their own heads)
+//! are not served live today; a warmed checkpoint of the preset's classes would be.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,14 +23,14 @@ use collab_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::serving::{ReductionScheduler, WarmedProfile};
-use crate::token::live::{default_headroom, load_profile, plans_for};
+use crate::token::live::{default_headroom, load_profile, plan_for_gamma};
 use crate::token::saved::SavedTokenProfile;
 
 /// `kind = "prodigy"`: each pass merges at the reduction scheduler's gamma.
 ///
 /// - `profile`: the file `cargo xtask exp token-profile` writes (`results/otas/
-///   token-profile.json`), measured on the serving machine; its gammas <= 0 and their merge
-///   schedules are used;
+///   token-profile.json`), measured on the serving machine; its gammas <= 0 and their times
+///   are used, each run with the constant schedule;
 /// - `task`: the profile's task whose times stand for the served model (default 0);
 /// - `headroom`: each gamma is loaded up to this share of its throughput (default 0.9).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,7 +78,7 @@ impl ProdigyPolicy {
         context: &TokenPolicyContext,
     ) -> Result<Self> {
         let bad = |m: String| Error::Config(format!("token policy `prodigy`: {m}"));
-        let scheduler = ReductionScheduler::new(config.headroom)?;
+        let scheduler = ReductionScheduler::new(config.headroom).map_err(|e| bad(e.to_string()))?;
         let profile =
             WarmedProfile::new(saved.table.clone(), vec![]).map_err(|e| bad(e.to_string()))?;
         let gammas: Vec<Gamma> = profile
@@ -90,7 +93,11 @@ impl ProdigyPolicy {
                 config.task
             )));
         }
-        let plans = plans_for(&gammas, saved, context).map_err(|e| bad(e.to_string()))?;
+        let plans = gammas
+            .iter()
+            .map(|&g| Ok((g, plan_for_gamma(g, None, context)?)))
+            .collect::<Result<BTreeMap<_, _>>>()
+            .map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             profile,
             plans,

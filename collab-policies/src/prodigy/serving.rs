@@ -14,7 +14,7 @@
 //!     ModelSource, ReductionScheduler, WarmedProfile, WarmedRepository,
 //! };
 //!
-//! // Measured per-sample times at r = 0, 10, 20 (here made up: 10, 7 and 5 ms).
+//! // Measured per-sample times at r = 0, 10, 20 (here made up: 10, 7.5 and 5 ms).
 //! let times = ProfileTable::from_fn(vec![-20, -10, 0], vec![1, 8], 1, |_, _| Some(0.8),
 //!     |_, g, _| Some(0.010 + 0.00025 * f64::from(g)))?;
 //! // Profiled accuracies: the task model falls with merging, the model warmed at 20 holds.
@@ -212,16 +212,23 @@ impl WarmedRepository {
     /// [`Error::Io`] when it cannot be read; [`Error::InvalidInput`] when it is too large or
     /// does not [`validate`](Self::validate); [`Error::BadFile`] when it is not a table.
     pub fn load(path: &Path) -> Result<Self> {
-        let size = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len();
-        if size > MAX_REPOSITORY_BYTES {
+        use std::io::Read;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_REPOSITORY_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        if bytes.len() as u64 > MAX_REPOSITORY_BYTES {
             return Err(Error::InvalidInput(format!(
-                "warmed repository {}: {size} bytes, at most {MAX_REPOSITORY_BYTES}",
+                "warmed repository {}: over {MAX_REPOSITORY_BYTES} bytes, at most \
+                 {MAX_REPOSITORY_BYTES}",
                 path.display()
             )));
         }
-        let repo: Self = collab_core::json::load(path)?;
+        let repo: Self = serde_json::from_slice(&bytes).map_err(|e| Error::BadFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         repo.validate()?;
         Ok(repo)
     }
@@ -314,11 +321,12 @@ impl TokenProfile for WarmedProfile {
 
 /// The reduction scheduler (PRODIGY, SPEC §5): each allocation picks, from the measured
 /// arrival rate, the smallest reduction (the largest gamma <= 0) whose profiled throughput,
-/// times `headroom`, exceeds the rate, and the largest reduction when none does; every batch
-/// then runs at that gamma, or the nearest one it is runnable at ([`nearest_gamma`]).
+/// times `headroom`, exceeds the rate, and the one of highest throughput when none does;
+/// every batch then runs at that gamma, or the nearest one it is runnable at
+/// ([`nearest_gamma`]).
 ///
-/// A gamma's throughput is that of the batches waiting now: their queries over the sum of
-/// their predicted times at that gamma ([`TokenProfile::batch_time`]), so it counts the batch
+/// A gamma's throughput is that of the batches waiting now that can run at it: their queries
+/// over the sum of their predicted times ([`TokenProfile::batch_time`]), so it counts the batch
 /// sizes the server actually runs (a profile's best throughput at batch 64 is out of reach
 /// when queries arrive a few at a time). With nothing waiting it plans nothing. It never skips
 /// a runnable batch, and runs batches even when they will be late (the reported expected
@@ -348,15 +356,12 @@ impl ReductionScheduler {
         self.headroom
     }
 
-    /// The throughput (queries/s) of running `batches` at `gamma`: their queries over their
-    /// predicted times; `None` when one of them cannot run at `gamma`, none has a query, or
-    /// the times are not positive and finite.
+    /// The throughput (queries/s) of running `batches` at `gamma`: the queries of those that
+    /// can run at `gamma` over their predicted times; `None` when none can, or the times are
+    /// not positive and finite.
     pub fn throughput(profile: &dyn TokenProfile, batches: &[Batch], gamma: Gamma) -> Option<f64> {
         let (mut queries, mut seconds) = (0usize, 0.0f64);
-        for b in batches {
-            if !profile.runnable(b, gamma) {
-                return None;
-            }
+        for b in batches.iter().filter(|b| profile.runnable(b, gamma)) {
             queries += b.len();
             seconds += profile.batch_time(b, gamma)?;
         }
@@ -365,7 +370,8 @@ impl ReductionScheduler {
 
     /// The gamma for arrival rate `rate` with `batches` waiting: the largest gamma <= 0 of
     /// `profile` whose [`throughput`](Self::throughput) times the headroom exceeds `rate`;
-    /// else the one of highest throughput. `None` when no gamma <= 0 runs every batch.
+    /// else the one of highest throughput (ties: the larger reduction). `None` when no gamma
+    /// <= 0 runs any of them.
     pub fn gamma_for(
         &self,
         profile: &dyn TokenProfile,
@@ -416,13 +422,7 @@ impl TokenAllocator for ReductionScheduler {
                 .filter(|&g| g <= 0)
                 .collect()
         };
-        // Batches no gamma <= 0 can run are skipped and do not hold the others back.
-        let served: Vec<Batch> = batches
-            .iter()
-            .filter(|b| !runnable(b).is_empty())
-            .cloned()
-            .collect();
-        let target = self.gamma_for(profile, &served, load.rate).unwrap_or(0);
+        let target = self.gamma_for(profile, batches, load.rate).unwrap_or(0);
         let choices: Vec<Option<Gamma>> = order
             .iter()
             .map(|&i| nearest_gamma(&runnable(&batches[i]), target))

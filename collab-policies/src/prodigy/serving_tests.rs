@@ -209,8 +209,9 @@ fn the_scheduler_takes_the_smallest_reduction_that_keeps_up_with_the_load() {
     let a = s.allocate(0.2, &batches, &p, &load);
     a.verify(0.2, &batches, &p).unwrap();
     assert_eq!(a.choices, vec![Some(-10), Some(-10)]);
-    // With a repository that lacks r = 5, -5 cannot serve task 1, so it is no option when
-    // task 1 waits: the load that -5 would carry goes to -10, for task 0 as well.
+    // With a repository that lacks r = 5, task 1's batch cannot run at -5: -5's throughput
+    // is that of task 0's batch alone, which keeps up, so task 0 runs at -5 and task 1 at the
+    // nearest gamma below it.
     let mut short = repository();
     short.rows.retain(|r| r.r != 5);
     let p = WarmedProfile::new(times(), vec![None, Some(short)]).unwrap();
@@ -220,7 +221,7 @@ fn the_scheduler_takes_the_smallest_reduction_that_keeps_up_with_the_load() {
     };
     let a = s.allocate(0.2, &batches, &p, &load);
     a.verify(0.2, &batches, &p).unwrap();
-    assert_eq!(a.choices, vec![Some(-10), Some(-10)]);
+    assert_eq!(a.choices, vec![Some(-10), Some(-5)]);
     // Task 0 alone still runs at -5.
     let alone = vec![batch(&[0], 0.1)];
     let a = s.allocate(0.2, &alone, &p, &load);

@@ -74,8 +74,13 @@ impl Prodigy {
                     dir.display()
                 )));
             }
-            warmed.push(Some(WarmedRepository::load(&w)?));
-            unwarmed.push(Some(WarmedRepository::load(&u)?));
+            match (WarmedRepository::load(&w), WarmedRepository::load(&u)) {
+                (Ok(w), Ok(u)) => {
+                    warmed.push(Some(w));
+                    unwarmed.push(Some(u));
+                }
+                (Err(e), _) | (_, Err(e)) => return Ok(Err(e.to_string())),
+            }
             dirs.push(Some(dir));
         }
         let configs = data

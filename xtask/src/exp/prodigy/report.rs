@@ -187,11 +187,11 @@ pub(crate) fn write_all(reports: &[TaskReport], rs: &[usize]) -> Result<()> {
         rep.repository
             .save(&dir.join(format!("{t}-repository.json")))?;
     }
-    summary(reports);
+    summary(reports, rs);
     Ok(())
 }
 
-fn summary(reports: &[TaskReport]) {
+fn summary(reports: &[TaskReport], rs: &[usize]) {
     let served: Vec<&Served> = reports.iter().flat_map(|r| &r.served).collect();
     let mean_of = |s: Scheme| -> f64 {
         let v: Vec<f64> = reports
@@ -211,17 +211,20 @@ fn summary(reports: &[TaskReport]) {
     }
     // No scheme can do better at a number than the task model does unmerged (unless a warm-up
     // also helps at r = 0): the gain's ceiling on our data.
+    let zero = rs.iter().position(|&r| r == 0);
     let bound: Vec<f64> = reports
         .iter()
         .filter_map(|r| {
             let u = r.scheme(Scheme::Unwarmed)?;
-            Some(u.accuracy.first()? - u.mean())
+            Some(u.accuracy.get(zero?)? - u.mean())
         })
         .collect();
-    println!(
-        "gain ceiling (Unwarmed at r=0 minus its mean, over tasks): {:.3}",
-        bound.iter().sum::<f64>() / bound.len().max(1) as f64
-    );
+    if !bound.is_empty() {
+        println!(
+            "gain ceiling (Unwarmed at r=0 minus its mean, over tasks): {:.3}",
+            bound.iter().sum::<f64>() / bound.len() as f64
+        );
+    }
     let time = ratio(&served, Scheme::ProdigyEnsembles, Scheme::Exhaustive, |s| {
         s.seconds
     });

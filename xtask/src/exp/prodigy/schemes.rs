@@ -52,9 +52,11 @@ pub(crate) struct Served {
     pub(crate) scheme: Scheme,
     /// Parallel to the run's merging numbers.
     pub(crate) models: Vec<ModelSource>,
-    /// Fine-tuning seconds beyond the task model (warm-ups, and averaging for ensembles).
+    /// Fine-tuning seconds beyond the task model: its warm-ups only (PRODIGY's planning,
+    /// profiling and averaging are reported apart, as overhead).
     pub(crate) seconds: f64,
-    /// Checkpoints it stores.
+    /// Checkpoints it serves from: the distinct models its table names, what a deployment
+    /// keeps once the offline phase is done (the task model included where it serves).
     pub(crate) stored: usize,
     /// Test accuracy at each number.
     pub(crate) accuracy: Vec<f64>,
