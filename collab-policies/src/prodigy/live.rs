@@ -16,14 +16,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use collab_core::adaptive::{
-    Batch, Gamma, PassContext, PassTokenPolicy, Query, TokenPlan, TokenPolicyConfig,
-    TokenPolicyContext, TokenProfile,
+    Gamma, PassContext, PassTokenPolicy, TokenPlan, TokenPolicyConfig, TokenPolicyContext,
+    TokenProfile,
 };
 use collab_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 use super::serving::{ReductionScheduler, WarmedProfile};
-use crate::token::live::{default_headroom, load_profile, plan_for_gamma};
+use crate::token::live::{default_headroom, load_profile, plan_for_gamma, waiting_batches};
 use crate::token::saved::SavedTokenProfile;
 
 /// `kind = "prodigy"`: each pass merges at the reduction scheduler's gamma.
@@ -109,20 +109,7 @@ impl ProdigyPolicy {
 
     /// The gamma of the pass about to begin.
     pub fn gamma(&self, pass: &PassContext<'_>) -> Gamma {
-        let mut queries: Vec<Query> = pass
-            .waiting
-            .queries
-            .iter()
-            .map(|q| Query {
-                task: self.task,
-                ..*q
-            })
-            .collect();
-        queries.sort_by(|a, b| a.deadline.total_cmp(&b.deadline));
-        let batches: Vec<Batch> = queries
-            .chunks(self.budget)
-            .map(|c| Batch::new(c.to_vec()))
-            .collect();
+        let batches = waiting_batches(pass, self.task, None, self.budget);
         self.scheduler
             .gamma_for(&self.profile, &batches, pass.load.rate)
             .filter(|g| self.plans.contains_key(g))

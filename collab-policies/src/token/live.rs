@@ -135,6 +135,32 @@ pub(crate) fn load_profile(kind: &str, path: &std::path::Path) -> Result<SavedTo
     })
 }
 
+/// The requests waiting for a pass as a policy plans with them: each a query of `task` (with
+/// `utility`, when given; the wire carries neither), in deadline order, cut into batches of at
+/// most `budget` (at least 1).
+pub(crate) fn waiting_batches(
+    pass: &PassContext<'_>,
+    task: usize,
+    utility: Option<f64>,
+    budget: usize,
+) -> Vec<Batch> {
+    let mut queries: Vec<Query> = pass
+        .waiting
+        .queries
+        .iter()
+        .map(|q| Query {
+            task,
+            utility: utility.unwrap_or(q.utility),
+            ..*q
+        })
+        .collect();
+    queries.sort_by(|a, b| a.deadline.total_cmp(&b.deadline));
+    queries
+        .chunks(budget.max(1))
+        .map(|c| Batch::new(c.to_vec()))
+        .collect()
+}
+
 /// The plan of each of `gammas` (the profile's merge schedule where it has one, else the
 /// constant one), checked against the model.
 pub(crate) fn plans_for(
@@ -290,28 +316,14 @@ impl OtasPolicy {
 
     /// The gamma the allocator gives the pass about to begin.
     pub fn gamma(&mut self, pass: &PassContext<'_>) -> Gamma {
-        let mut queries: Vec<Query> = pass
-            .waiting
-            .queries
-            .iter()
-            .map(|q| Query {
-                task: self.task,
-                utility: self.utility,
-                ..*q
-            })
-            .collect();
         let (fastest, plainest) = (
             self.profile.gammas[0],
             self.profile.gammas[self.profile.gammas.len() - 1],
         );
-        if queries.is_empty() {
+        let batches = waiting_batches(pass, self.task, Some(self.utility), self.budget);
+        if batches.is_empty() {
             return plainest;
         }
-        queries.sort_by(|a, b| a.deadline.total_cmp(&b.deadline));
-        let batches: Vec<Batch> = queries
-            .chunks(self.budget)
-            .map(|c| Batch::new(c.to_vec()))
-            .collect();
         let allocation = self
             .allocator
             .allocate(pass.now, &batches, &self.profile, &pass.load);

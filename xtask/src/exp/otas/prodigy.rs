@@ -22,7 +22,7 @@ use collab_policies::prodigy::warmup::{accuracy_at, logits_at};
 use collab_policies::token::serve::{BatchExecutor, BatchRun};
 
 use super::backbone::{Backbone, Be, TASKS, TaskData};
-use super::serve::Workload;
+use super::serve::{Workload, cerr};
 
 /// Merging numbers the serving profile times (gamma = -r).
 pub(crate) const SERVING_RS: [usize; 6] = [0, 5, 10, 15, 20, 25];
@@ -259,10 +259,6 @@ fn load(dir: &Path, source: ModelSource, config: &ModelConfig) -> Result<Transfo
     let path = WarmedRepository::path_of(dir, source);
     Transformer::from_safetensors(Be::cpu(), config.clone(), &path)
         .with_context(|| format!("loading {}", path.display()))
-}
-
-fn cerr(e: anyhow::Error) -> collab_core::Error {
-    collab_core::Error::InvalidInput(format!("{e:#}"))
 }
 
 impl BatchExecutor for ProdigyExecutor<'_> {

@@ -68,7 +68,8 @@ impl Workload {
     }
 }
 
-fn cerr(e: anyhow::Error) -> collab_core::Error {
+/// An experiment error as the serving loop's error type.
+pub(crate) fn cerr(e: anyhow::Error) -> collab_core::Error {
     collab_core::Error::InvalidInput(format!("{e:#}"))
 }
 

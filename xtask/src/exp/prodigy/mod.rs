@@ -37,7 +37,7 @@ use collab_policies::train::TrainConfig;
 
 use super::otas::backbone::{TASKS, TaskData};
 use report::{EnsembleRow, ModelRowCsv, TaskReport};
-use schemes::{Scheme, Scorer, Served, Set, grid_model, repository_models};
+use schemes::{Scheme, Scorer, Set, grid_model, repository_models};
 use warmed::{Be, Settings, Store};
 
 /// Arguments.
@@ -374,10 +374,4 @@ fn run_task(
         task_seconds,
         overhead_seconds: overhead,
     })
-}
-
-/// What the summary line compares, over every task.
-pub(crate) fn ratio(served: &[&Served], num: Scheme, den: Scheme, f: fn(&Served) -> f64) -> f64 {
-    let sum = |s: Scheme| -> f64 { served.iter().filter(|x| x.scheme == s).map(|x| f(x)).sum() };
-    sum(num) / sum(den)
 }

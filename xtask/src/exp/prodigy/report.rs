@@ -7,7 +7,6 @@ use anyhow::Result;
 use collab_policies::prodigy::planner::Plan;
 use collab_policies::prodigy::serving::WarmedRepository;
 
-use super::ratio;
 use super::schemes::{Scheme, Served};
 use crate::exp::plot::{Series, line_chart};
 use crate::exp::results_dir;
@@ -225,23 +224,23 @@ fn summary(reports: &[TaskReport], rs: &[usize]) {
             bound.iter().sum::<f64>() / bound.len() as f64
         );
     }
-    let time = ratio(&served, Scheme::ProdigyEnsembles, Scheme::Exhaustive, |s| {
-        s.seconds
-    });
-    let storage = ratio(&served, Scheme::ProdigyEnsembles, Scheme::Exhaustive, |s| {
-        s.stored as f64
-    });
+    // Sums over every task of one scheme's seconds or checkpoints.
+    let total = |scheme: Scheme, f: fn(&Served) -> f64| -> f64 {
+        served
+            .iter()
+            .filter(|s| s.scheme == scheme)
+            .map(|s| f(s))
+            .sum()
+    };
+    let seconds = |s: &Served| s.seconds;
+    let (prodigy, exhaustive) = (
+        total(Scheme::ProdigyEnsembles, seconds),
+        total(Scheme::Exhaustive, seconds),
+    );
+    let time = prodigy / exhaustive;
+    let storage = total(Scheme::ProdigyEnsembles, |s| s.stored as f64)
+        / total(Scheme::Exhaustive, |s| s.stored as f64);
     let overhead: f64 = reports.iter().map(|r| r.overhead_seconds).sum();
-    let exhaustive: f64 = served
-        .iter()
-        .filter(|s| s.scheme == Scheme::Exhaustive)
-        .map(|s| s.seconds)
-        .sum();
-    let prodigy: f64 = served
-        .iter()
-        .filter(|s| s.scheme == Scheme::ProdigyEnsembles)
-        .map(|s| s.seconds)
-        .sum();
     println!(
         "PRODIGY fine-tuning {prodigy:.0} s + planning and profiling {overhead:.0} s against Exhaustive {exhaustive:.0} s: {:.3} with the overhead",
         (prodigy + overhead) / exhaustive
