@@ -9,12 +9,14 @@
 //!   suite;
 //! - [`any`]: a backend chosen by name at run time (`AnyBackend`), per side of a split
 //!   (`SplitBackends`), and a model on it (`AnyTransformer`);
-//! - [`conformance`]: the suite every backend must pass, as the [`backend_conformance!`] macro.
+//! - [`conformance`]: the suite every backend must pass, as the [`backend_conformance!`] macro;
+//! - [`profiled`]: any backend with every primitive timed (per-operator profiles).
 
 pub mod any;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod conformance;
+pub mod profiled;
 pub mod reference;
 #[cfg(feature = "tch")]
 pub mod tch;

@@ -13,6 +13,13 @@ backend_conformance!(
 #[cfg(feature = "candle")]
 backend_conformance!(candle_cpu, collab_backends::candle::CandleBackend::cpu());
 
+// The profiling wrapper forwards every primitive unchanged.
+#[cfg(feature = "candle")]
+backend_conformance!(
+    profiled_candle_cpu,
+    collab_backends::profiled::Profiled::new(collab_backends::candle::CandleBackend::cpu())
+);
+
 #[cfg(feature = "candle")]
 backend_conformance!(
     candle_autograd,

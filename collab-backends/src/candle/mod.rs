@@ -13,6 +13,8 @@
 
 mod autograd;
 mod cpu_attention;
+mod host;
+pub mod kernels;
 #[cfg(feature = "arm")]
 pub mod quantized;
 
@@ -113,6 +115,12 @@ impl CandleBackend {
         f(&a, &b).map_err(err(op))
     }
 
+    /// Whether the host kernels of `kernels/` apply: the plain CPU backend (not the
+    /// differentiable one, whose graph they would cut) and CPU `f32` tensors.
+    fn host_kernels(&self, ts: &[&Tensor]) -> bool {
+        !self.differentiable && ts.iter().all(|t| host::is_host_f32(t))
+    }
+
     fn dim_ok(&self, op: &'static str, t: &Tensor, dim: usize) -> Result<()> {
         shape::check_dim(op, t.dims(), dim)
     }
@@ -181,6 +189,11 @@ impl Backend for CandleBackend {
 
     fn reshape(&self, t: &Tensor, shape: &[usize]) -> Result<Tensor> {
         shape::reshape(t.dims(), shape)?;
+        if !t.is_contiguous()
+            && let Some(view) = unit_dims_view(t, shape).map_err(err("reshape"))?
+        {
+            return Ok(view);
+        }
         t.reshape(shape).map_err(err("reshape"))
     }
 
@@ -241,6 +254,9 @@ impl Backend for CandleBackend {
     }
 
     fn gelu_erf(&self, t: &Tensor) -> Result<Tensor> {
+        if self.host_kernels(&[t]) {
+            return host::map("gelu_erf", t, kernels::gelu::gelu_erf);
+        }
         t.gelu_erf().map_err(err("gelu_erf"))
     }
 
@@ -308,6 +324,9 @@ impl Backend for CandleBackend {
             }
             return autograd::frozen_linear(x, w, bias).map_err(err("linear"));
         }
+        if self.host_kernels(&[x, w]) && bias.is_none_or(host::is_host_f32) {
+            return host_linear(x, w, bias);
+        }
         // The trait's default: x w^T (+ b).
         let y = self.matmul(x, &self.permute(w, &[1, 0])?)?;
         match bias {
@@ -338,6 +357,16 @@ impl Backend for CandleBackend {
         shape::layer_norm(x.dims(), gamma.dims(), beta.dims())?;
         if self.differentiable {
             return autograd::layer_norm(x, gamma, beta, eps).map_err(err("layer_norm"));
+        }
+        if self.host_kernels(&[x, gamma, beta]) && x.elem_count() > 0 {
+            let y = host::with_values("layer_norm", gamma, |g| {
+                host::with_values("layer_norm", beta, |b| {
+                    host::map("layer_norm", x, |x, out| {
+                        kernels::layer_norm::layer_norm(x, g, b, eps, out)
+                    })
+                })
+            })???;
+            return Ok(y);
         }
         let x = x.contiguous().map_err(err("layer_norm"))?;
         candle_nn::ops::layer_norm(&x, gamma, beta, eps).map_err(err("layer_norm"))
@@ -438,6 +467,79 @@ impl Backend for CandleBackend {
         }
         t.argmax_keepdim(D::Minus1).map_err(err("argmax_last"))
     }
+}
+
+/// [`Backend::linear`] by the fused kernel of [`kernels::linear`]: `x [.., k]`, `w [n, k]`
+/// (contiguous, or the transposed view of a contiguous `[k, n]`), `bias [n]`.
+fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let (xd, wd) = (x.dims(), w.dims());
+    let fits = wd.len() == 2
+        && !xd.is_empty()
+        && xd[xd.len() - 1] == wd[1]
+        && bias.is_none_or(|b| b.dims() == [wd[0]]);
+    if !fits {
+        return Err(Error::shape(
+            "linear",
+            format!(
+                "x {xd:?}, w {wd:?}, bias {:?} are not [.., k], [n, k], [n]",
+                bias.map(Tensor::dims)
+            ),
+        ));
+    }
+    let (n, k) = (wd[0], wd[1]);
+    let rows: usize = xd[..xd.len() - 1].iter().product();
+    let (w, layout) = if w.is_contiguous() {
+        (w.clone(), kernels::linear::WeightLayout::OutIn)
+    } else if w.t().is_ok_and(|t| t.is_contiguous()) {
+        (
+            w.t().map_err(err("linear"))?,
+            kernels::linear::WeightLayout::InOut,
+        )
+    } else {
+        (
+            w.contiguous().map_err(err("linear"))?,
+            kernels::linear::WeightLayout::OutIn,
+        )
+    };
+    let mut out = vec![0f32; rows * n];
+    host::with_values("linear", x, |xv| {
+        host::with_values("linear", &w, |wv| match bias {
+            Some(b) => host::with_values("linear", b, |bv| {
+                kernels::linear::linear(xv, rows, k, wv, layout, n, Some(bv), &mut out)
+            }),
+            None => {
+                kernels::linear::linear(xv, rows, k, wv, layout, n, None, &mut out);
+                Ok(())
+            }
+        })
+    })???;
+    let mut shape = xd.to_vec();
+    let last = shape.len() - 1; // x has at least one dim (checked above)
+    shape[last] = n;
+    host::tensor("linear", out, &shape)
+}
+
+/// `t` reshaped to `shape` as a view, when the two differ only in dimensions of size 1 (such
+/// as `[1, b, h, n, d] -> [b, h, n, d]`, one of q, k, v cut from the fused projection):
+/// candle's `reshape` copies every non-contiguous tensor, while dropping or inserting a size-1
+/// dimension never needs to. `None` when the sizes above 1 differ.
+fn unit_dims_view(t: &Tensor, shape: &[usize]) -> candle_core::Result<Option<Tensor>> {
+    let above_one = |d: &[usize]| d.iter().copied().filter(|&x| x != 1).collect::<Vec<_>>();
+    if above_one(t.dims()) != above_one(shape) {
+        return Ok(None);
+    }
+    let mut view = t.clone();
+    for i in (0..view.rank()).rev() {
+        if view.dims()[i] == 1 {
+            view = view.squeeze(i)?;
+        }
+    }
+    for (i, &d) in shape.iter().enumerate() {
+        if d == 1 {
+            view = view.unsqueeze(i)?;
+        }
+    }
+    Ok(Some(view))
 }
 
 /// Gather along `dim`. candle 0.11's CPU kernel reads wrong values when `idx` is smaller

@@ -63,6 +63,6 @@ fn erfc_cf(x: f64) -> f64 {
 
 /// The exact GELU, `x/2 * (1 + erf(x/sqrt 2))`, written as `x/2 * erfc(-x/sqrt 2)` so that it
 /// stays accurate for very negative `x`.
-pub(super) fn gelu(x: f64) -> f64 {
+pub(crate) fn gelu(x: f64) -> f64 {
     0.5 * x * erfc(-x / std::f64::consts::SQRT_2)
 }

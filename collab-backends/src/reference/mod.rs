@@ -17,7 +17,7 @@
 //! [`Error::Backend`]: collab_core::Error::Backend
 
 mod elementwise;
-mod erf;
+pub(crate) mod erf;
 mod indexing;
 mod layout;
 mod matmul;

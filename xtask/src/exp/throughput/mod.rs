@@ -16,20 +16,26 @@
 //! result back to the host, so queued device work is inside the timing. `tch` needs xtask built
 //! with its `tch` feature (see `cargo xtask setup-libtorch`), `candle-cuda` with `cuda`.
 //!
-//! Writes `results/forward-throughput.csv` (one row per backend, model and batch); the last
-//! line printed is `vit-b16 batch=32 fraction_of_matmul_peak=0.XX` for the first backend, with
-//! ` <other>/<first>=R.RR` appended per other backend (its images/s over the first's).
+//! Writes `results/forward-throughput.csv` (one row per backend, model and batch). With
+//! `--per-op`, also where each forward's time goes per primitive (`ops.rs`). The last line
+//! printed is `vit-b16 batch=32 fraction_of_matmul_peak=0.XX` for one backend; with several,
+//! each other backend's images/s over the first's on each model's largest batch and on
+//! DeiT-Tiny's smallest: `deit-tiny batch=32 tch/candle=X vit-b16 batch=32 tch/candle=Y
+//! batch1 tch/candle=Z`.
 
 use std::io::Write;
 
 use anyhow::{Result, bail};
 use collab_backends::any::{AnyBackend, BackendTask};
+use collab_backends::profiled::Profiled;
 use collab_core::cost::time_median;
 use collab_core::model::weights::SeededRandom;
 use collab_core::model::{Hidden, Input, ModelConfig, Transformer};
 use collab_core::{Backend, fixtures};
 
 use super::results_dir;
+
+mod ops;
 
 /// `--backend` values: any name of `collab_backends::any` (`candle-cpu`, `tch-cpu`,
 /// `candle-cuda`, `tch-cuda:1`, `arm-q8`, ...), with `candle` and `tch` short for their CPU
@@ -69,6 +75,10 @@ pub(crate) struct Args {
     /// such as `candle-cuda`, `tch-cuda`, `arm-q8`); ratios are to the first.
     #[arg(long, value_delimiter = ',', default_values_t = vec!["candle".to_string()])]
     backend: Vec<String>,
+    /// Also profile each forward per primitive (see `ops.rs`): side-by-side tables, and
+    /// `results/forward-ops.{csv,md}`.
+    #[arg(long)]
+    per_op: bool,
 }
 
 /// Best matmul GFLOP/s over a few shapes: square ones and the ViT-B linear layers at batch 32.
@@ -169,6 +179,7 @@ struct Run {
     name: String,
     peak: f64,
     rows: Vec<Row>,
+    ops: Vec<ops::OpsRow>,
 }
 
 /// The matmul peak and every model and batch of `args` on `be`.
@@ -180,7 +191,8 @@ fn run_backend<B: Backend>(label: String, be: B, threads: usize, args: &Args) ->
     }
     println!("matmul peak {peak:.1} GFLOP/s");
 
-    let mut rows = vec![];
+    let (mut rows, mut per_op) = (vec![], vec![]);
+    let profiled = Profiled::new(be.clone());
     if args.models.iter().any(|m| m == "deit-tiny") {
         let deit = fixtures::deit_tiny(be.clone())?;
         rows.extend(measure(
@@ -190,14 +202,21 @@ fn run_backend<B: Backend>(label: String, be: B, threads: usize, args: &Args) ->
             args.repeats,
             peak,
         )?);
+        if args.per_op {
+            let deit = fixtures::deit_tiny(profiled.clone())?;
+            per_op.extend(ops::profile(
+                "deit-tiny",
+                &deit,
+                &profiled,
+                &args.batches,
+                args.repeats,
+            )?);
+        }
     }
     if args.models.iter().any(|m| m == "vit-b16") {
         println!("vit-b16 uses seeded random weights (compute cost only)");
-        let vitb = Transformer::new(
-            be.clone(),
-            ModelConfig::preset("vit_base_patch16_224")?,
-            &SeededRandom::new(0),
-        )?;
+        let cfg = ModelConfig::preset("vit_base_patch16_224")?;
+        let vitb = Transformer::new(be.clone(), cfg.clone(), &SeededRandom::new(0))?;
         rows.extend(measure(
             "vit-b16",
             &vitb,
@@ -205,12 +224,23 @@ fn run_backend<B: Backend>(label: String, be: B, threads: usize, args: &Args) ->
             args.repeats,
             peak,
         )?);
+        if args.per_op {
+            let vitb = Transformer::new(profiled.clone(), cfg, &SeededRandom::new(0))?;
+            per_op.extend(ops::profile(
+                "vit-b16",
+                &vitb,
+                &profiled,
+                &args.batches,
+                args.repeats,
+            )?);
+        }
     }
     Ok(Run {
         label,
         name: be.name(),
         peak,
         rows,
+        ops: per_op,
     })
 }
 
@@ -308,31 +338,73 @@ pub(crate) fn run(args: Args) -> Result<()> {
         }
     }
     println!("wrote {}", path.display());
-    // The summary is ViT-B/16's largest batch when it was measured, else the last row, of
-    // the first backend; then each other backend's images/s over the first's on that row.
-    let last = first
+    if args.per_op {
+        ops::report(&runs)?;
+    }
+    println!("{}", summary(&runs)?);
+    Ok(())
+}
+
+/// The last line. With one backend: `vit-b16 batch=32 fraction_of_matmul_peak=F` (ViT-B/16's
+/// largest batch when it was measured, else the last row). With several: per other backend,
+/// its images/s over the first's on each model's largest batch, then on DeiT-Tiny's smallest,
+/// the device case: `deit-tiny batch=32 tch/candle=X vit-b16 batch=32 tch/candle=Y batch1
+/// tch/candle=Z`.
+fn summary(runs: &[Run]) -> Result<String> {
+    let first = &runs[0];
+    let Some(last) = first
         .rows
         .iter()
         .rev()
         .find(|r| r.model == "vit-b16")
         .or(first.rows.last())
-        .ok_or_else(|| anyhow::anyhow!("no model measured (see --models)"))?;
-    let mut summary = format!(
-        "{} batch={} fraction_of_matmul_peak={:.2}",
-        last.model, last.batch, last.fraction
-    );
+    else {
+        bail!("no model measured (see --models)");
+    };
+    if runs.len() == 1 {
+        return Ok(format!(
+            "{} batch={} fraction_of_matmul_peak={:.2}",
+            last.model, last.batch, last.fraction
+        ));
+    }
+    let largest = |model: &str| {
+        first
+            .rows
+            .iter()
+            .filter(|r| r.model == model)
+            .max_by_key(|r| r.batch)
+    };
+    let smallest_deit = first
+        .rows
+        .iter()
+        .filter(|r| r.model == "deit-tiny")
+        .min_by_key(|r| r.batch);
+    let mut parts = vec![];
     for other in &runs[1..] {
-        if let Some(r) = same_row(other, last) {
-            summary.push_str(&format!(
-                " {}/{}={:.2}",
-                other.label,
-                first.label,
-                r.images_per_s / last.images_per_s
-            ));
+        let ratio = |base: &Row| {
+            same_row(other, base).map(|r| {
+                format!(
+                    "{}/{}={:.2}",
+                    other.label,
+                    first.label,
+                    r.images_per_s / base.images_per_s
+                )
+            })
+        };
+        for model in ["deit-tiny", "vit-b16"] {
+            if let Some(base) = largest(model)
+                && let Some(r) = ratio(base)
+            {
+                parts.push(format!("{model} batch={} {r}", base.batch));
+            }
+        }
+        if let Some(base) = smallest_deit
+            && let Some(r) = ratio(base)
+        {
+            parts.push(format!("batch{} {r}", base.batch));
         }
     }
-    println!("{summary}");
-    Ok(())
+    Ok(parts.join(" "))
 }
 
 /// The row of `run` with the model and batch of `like`.

@@ -1,0 +1,58 @@
+//! Reading and writing the host values of candle CPU tensors in place, for the kernels of
+//! `kernels/` and the fused attention.
+
+use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
+use collab_core::{Error, Result};
+
+fn err(op: &'static str, message: impl Into<String>) -> Error {
+    Error::Backend {
+        backend: "candle-cpu".into(),
+        op,
+        message: message.into(),
+    }
+}
+
+/// Whether `t` is an `f32` tensor on the CPU (the tensors the host kernels take).
+pub(super) fn is_host_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// Runs `f` on the values of a CPU `f32` tensor, in row-major order, without copying when `t`
+/// is contiguous (else after one copy into a contiguous tensor).
+pub(super) fn with_values<R>(
+    op: &'static str,
+    t: &Tensor,
+    f: impl FnOnce(&[f32]) -> R,
+) -> Result<R> {
+    let owned;
+    let t = if t.is_contiguous() {
+        t
+    } else {
+        owned = t.contiguous().map_err(|e| err(op, e.to_string()))?;
+        &owned
+    };
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(CpuStorage::F32(values)) = &*storage else {
+        return Err(err(op, "not an f32 tensor on the CPU"));
+    };
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| err(op, "contiguous tensor without contiguous offsets"))?;
+    Ok(f(&values[start..end]))
+}
+
+/// A new CPU tensor of `shape` from `values` (moved, not copied).
+pub(super) fn tensor(op: &'static str, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
+    Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| err(op, e.to_string()))
+}
+
+/// `f(values, out)` into a new tensor of `t`'s shape: an element-wise or row-wise host kernel.
+pub(super) fn map(
+    op: &'static str,
+    t: &Tensor,
+    f: impl FnOnce(&[f32], &mut [f32]),
+) -> Result<Tensor> {
+    let mut out = vec![0f32; t.elem_count()];
+    with_values(op, t, |x| f(x, &mut out))?;
+    tensor(op, out, t.dims())
+}
