@@ -202,6 +202,14 @@ impl<B: Backend> Backend for Profiled<B> {
     fn linear(&self, x: &B::Tensor, w: &B::Tensor, bias: Option<&B::Tensor>) -> Result<B::Tensor> {
         self.timed("linear", || self.inner.linear(x, w, bias))
     }
+    fn linear_gelu_erf(
+        &self,
+        x: &B::Tensor,
+        w: &B::Tensor,
+        bias: Option<&B::Tensor>,
+    ) -> Result<B::Tensor> {
+        self.timed("linear_gelu_erf", || self.inner.linear_gelu_erf(x, w, bias))
+    }
     fn linear_weight(&self, data: Vec<f32>, shape: &[usize]) -> Result<B::Tensor> {
         self.timed("linear_weight", || self.inner.linear_weight(data, shape))
     }

@@ -168,6 +168,19 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
         }
     }
 
+    /// `gelu_erf(linear(x, w, bias))`: a Transformer MLP's expansion and activation, which a
+    /// backend may fuse (the candle CPU backend applies GELU in place on the linear layer's
+    /// output, saving one pass over it and one allocation). Same contract as [`Backend::linear`]
+    /// and [`Backend::gelu_erf`].
+    fn linear_gelu_erf(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        self.gelu_erf(&self.linear(x, w, bias)?)
+    }
+
     /// The weight `[out, in]` of a linear layer, built from row-major `data`, in the form this
     /// backend's [`Backend::linear`] wants it. Models build every linear layer's weight with
     /// this (never with `from_vec`), so a backend may pack it: quantise it to 8 or 4 bits,

@@ -217,6 +217,12 @@ impl Backend for CandleBackend {
     }
 
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        if a.dims() == b.dims() && self.host_kernels(&[a, b]) {
+            let y = host::with_values("add", b, |bv| {
+                host::map("add", a, |av, out| kernels::elementwise::add(av, bv, out))
+            })??;
+            return Ok(y);
+        }
         self.binary("add", a, b, |a, b| a + b)
     }
 
@@ -325,7 +331,7 @@ impl Backend for CandleBackend {
             return autograd::frozen_linear(x, w, bias).map_err(err("linear"));
         }
         if self.host_kernels(&[x, w]) && bias.is_none_or(host::is_host_f32) {
-            return host_linear(x, w, bias);
+            return host_linear(x, w, bias, false);
         }
         // The trait's default: x w^T (+ b).
         let y = self.matmul(x, &self.permute(w, &[1, 0])?)?;
@@ -333,6 +339,13 @@ impl Backend for CandleBackend {
             Some(b) => self.add(&y, b),
             None => Ok(y),
         }
+    }
+
+    fn linear_gelu_erf(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        if self.host_kernels(&[x, w]) && bias.is_none_or(host::is_host_f32) {
+            return host_linear(x, w, bias, true);
+        }
+        self.gelu_erf(&self.linear(x, w, bias)?)
     }
 
     fn softmax_last(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
@@ -470,8 +483,9 @@ impl Backend for CandleBackend {
 }
 
 /// [`Backend::linear`] by the fused kernel of [`kernels::linear`]: `x [.., k]`, `w [n, k]`
-/// (contiguous, or the transposed view of a contiguous `[k, n]`), `bias [n]`.
-fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+/// (contiguous, or the transposed view of a contiguous `[k, n]`), `bias [n]`; with `gelu`,
+/// GELU is then applied in place on the output ([`Backend::linear_gelu_erf`]).
+fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
     let (xd, wd) = (x.dims(), w.dims());
     let fits = wd.len() == 2
         && !xd.is_empty()
@@ -513,6 +527,9 @@ fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> 
             }
         })
     })???;
+    if gelu {
+        kernels::gelu::gelu_erf_in_place(&mut out);
+    }
     let mut shape = xd.to_vec();
     let last = shape.len() - 1; // x has at least one dim (checked above)
     shape[last] = n;

@@ -69,7 +69,19 @@ impl<B: Backend> Suite<'_, B> {
             )
         };
         let tol = self.tol;
-        self.check("linear", &what, g, want, tol, (k as f64).sqrt())
+        self.check("linear", &what, g, want, tol, (k as f64).sqrt())?;
+        // The fused MLP expansion, on the same inputs.
+        let (bias, bias_r) = (with_bias.then_some(&bias), with_bias.then_some(&bias_r));
+        let what = format!(
+            "linear_gelu_erf({dx}, {dw}, {})",
+            bias.map_or("no bias", |_| &dbias)
+        );
+        let g = call(|| b.linear_gelu_erf(&x, &w, bias));
+        let want = self
+            .r
+            .linear(&xr, &wr, bias_r)
+            .and_then(|y| self.r.gelu_erf(&y));
+        self.check("linear_gelu_erf", &what, g, want, tol, (k as f64).sqrt())
     }
 
     /// A weight `[n, k]` built with `linear_weight` (`k` a multiple of 32, so a packing

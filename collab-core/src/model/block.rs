@@ -155,7 +155,7 @@ impl<B: Backend> Block<B> {
     }
 
     fn mlp(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
-        let h = backend.gelu_erf(&self.fc1.forward(backend, x)?)?;
+        let h = self.fc1.forward_gelu_erf(backend, x)?;
         self.fc2.forward(backend, &h)
     }
 

@@ -43,6 +43,14 @@ impl<B: Backend> Linear<B> {
     pub fn forward(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
         backend.linear(x, &self.w, self.b.as_ref())
     }
+
+    /// Applies the layer to `x [.., in]`, then GELU ([`Backend::linear_gelu_erf`]).
+    ///
+    /// # Errors
+    /// Backend errors (shape mismatch).
+    pub fn forward_gelu_erf(&self, backend: &B, x: &B::Tensor) -> Result<B::Tensor> {
+        backend.linear_gelu_erf(x, &self.w, self.b.as_ref())
+    }
 }
 
 /// Layer normalisation over the last dimension.

@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use super::simd::{Isa, dispatch, madd, sum, sum_squared_deviations};
 
 /// Elements per rayon task (whole rows), below which the work stays on the calling thread.
-const CHUNK: usize = 1 << 14;
+const CHUNK: usize = 1 << 16;
 
 #[inline(always)]
 fn rows<const FMA: bool>(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f32]) {

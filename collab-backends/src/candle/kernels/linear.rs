@@ -8,6 +8,7 @@
 //! ([`WeightLayout::InOut`]), which gemm reads row by row.
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// How the weight of a linear layer lies in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +18,9 @@ pub enum WeightLayout {
     /// `[k, n]` row-major: one row per input feature.
     InOut,
 }
+
+/// Output values per task of the parallel bias fill.
+const FILL_CHUNK: usize = 1 << 16;
 
 /// Work (multiply-adds) below which the gemm runs on the calling thread.
 const SERIAL_BELOW: usize = 1 << 16;
@@ -51,8 +55,19 @@ pub fn linear(
         out.len()
     );
     if let Some(b) = bias {
-        for row in out.chunks_exact_mut(n.max(1)) {
-            row.copy_from_slice(b);
+        // In parallel when large: a fresh output's pages are first touched here, and page
+        // faults taken on one thread cost more than the fill (measured in the forward profile
+        // of `collab-backends/README.md`).
+        let fill = |rows: &mut [f32]| {
+            for row in rows.chunks_exact_mut(n.max(1)) {
+                row.copy_from_slice(b);
+            }
+        };
+        if out.len() >= FILL_CHUNK {
+            out.par_chunks_mut((FILL_CHUNK / n.max(1)).max(1) * n.max(1))
+                .for_each(fill);
+        } else {
+            fill(out);
         }
     }
     if rows == 0 || n == 0 {

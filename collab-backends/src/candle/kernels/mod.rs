@@ -12,6 +12,7 @@
 //! Large inputs are split across rayon's pool (candle's own matmuls use the same pool, so the
 //! kernels and gemm never run two pools of threads against each other).
 
+pub mod elementwise;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

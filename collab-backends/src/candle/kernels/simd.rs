@@ -81,34 +81,51 @@ pub(crate) fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// sits in the low mantissa bits.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
-/// `e^x` for `x <= 0` (and a little above), branch-free: `x = n ln2 + r` with `|r| <= ln2/2`,
-/// `e^r` by its Taylor polynomial to degree 7 (truncation below 1e-8 relative), `2^n` built in
-/// the exponent bits. Below -87 the result is 0 (the true value is under 1.7e-38); NaN stays
-/// NaN. Relative error about 2 ulp.
+/// Values per step of the block kernels. Each step of a kernel (one Horner term, say) runs over
+/// a whole block, so its 8 AVX vectors are independent and overlap in the pipeline; one vector
+/// at a time, every step would wait on the previous one's latency.
+pub(crate) const BLOCK: usize = 64;
+
+/// `e^x` in place for `x <= 0` (and a little above), branch-free: `x = n ln2 + r` with
+/// `|r| <= ln2/2`, `e^r` by its Taylor polynomial to degree 7 (truncation below 1e-8
+/// relative), `2^n` built in the exponent bits. Below -87 the result is 0 (the true value is
+/// under 1.7e-38); NaN stays NaN. Relative error about 2 ulp.
 #[inline(always)]
-pub(crate) fn exp_nonpositive<const FMA: bool>(x: f32) -> f32 {
+pub(crate) fn exp_nonpositive<const FMA: bool>(x: &mut [f32; BLOCK]) {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let clamped = if x < -87.0 { -87.0 } else { x };
-    let shifted = madd::<FMA>(clamped, std::f32::consts::LOG2_E, ROUND_MAGIC);
-    let n = shifted - ROUND_MAGIC;
-    let r = madd::<FMA>(n, -LN2_HI, clamped);
-    let r = madd::<FMA>(n, -LN2_LO, r);
-    let mut p = 1.0 / 5040.0;
-    p = madd::<FMA>(p, r, 1.0 / 720.0);
-    p = madd::<FMA>(p, r, 1.0 / 120.0);
-    p = madd::<FMA>(p, r, 1.0 / 24.0);
-    p = madd::<FMA>(p, r, 1.0 / 6.0);
-    p = madd::<FMA>(p, r, 0.5);
-    p = madd::<FMA>(p, r, 1.0);
-    p = madd::<FMA>(p, r, 1.0);
-    // n in [-126, 1] sits in the low bits of `shifted`; its biased exponent makes 2^n.
-    let n_bits = shifted
-        .to_bits()
-        .wrapping_sub(ROUND_MAGIC.to_bits())
-        .wrapping_add(127);
-    let scale = f32::from_bits(n_bits << 23);
-    if x < -87.0 { 0.0 } else { p * scale }
+    const TAYLOR: [f32; 7] = [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ];
+    let mut shifted = [0f32; BLOCK];
+    let mut r = [0f32; BLOCK];
+    for i in 0..BLOCK {
+        let clamped = if x[i] < -87.0 { -87.0 } else { x[i] };
+        shifted[i] = madd::<FMA>(clamped, std::f32::consts::LOG2_E, ROUND_MAGIC);
+        let n = shifted[i] - ROUND_MAGIC;
+        r[i] = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, clamped));
+    }
+    let mut p = [1.0 / 5040.0; BLOCK];
+    for c in TAYLOR {
+        for i in 0..BLOCK {
+            p[i] = madd::<FMA>(p[i], r[i], c);
+        }
+    }
+    for i in 0..BLOCK {
+        // n in [-126, 1] sits in the low bits of `shifted`; its biased exponent makes 2^n.
+        let n_bits = shifted[i]
+            .to_bits()
+            .wrapping_sub(ROUND_MAGIC.to_bits())
+            .wrapping_add(127);
+        let scale = f32::from_bits(n_bits << 23);
+        x[i] = if x[i] < -87.0 { 0.0 } else { p[i] * scale };
+    }
 }
 
 /// The sum of `x`, in 8 independent lanes (vectorisable), then across them.
@@ -167,8 +184,11 @@ mod tests {
     fn exp_with(isa: Isa, x: &[f32], out: &mut [f32]) {
         #[inline(always)]
         fn body<const FMA: bool>(x: &[f32], out: &mut [f32]) {
-            for (o, v) in out.iter_mut().zip(x) {
-                *o = exp_nonpositive::<FMA>(*v);
+            for (x, o) in x.chunks(BLOCK).zip(out.chunks_mut(BLOCK)) {
+                let mut b = [0f32; BLOCK];
+                b[..x.len()].copy_from_slice(x);
+                exp_nonpositive::<FMA>(&mut b);
+                o.copy_from_slice(&b[..o.len()]);
             }
         }
         dispatch!(isa, body(x: &[f32], out: &mut [f32]))

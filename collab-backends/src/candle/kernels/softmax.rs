@@ -6,7 +6,7 @@
 
 use rayon::prelude::*;
 
-use super::simd::{Isa, dispatch, exp_nonpositive, max, sum};
+use super::simd::{BLOCK, Isa, dispatch, exp_nonpositive, max, sum};
 
 /// Elements per rayon task (whole rows), below which the work stays on the calling thread.
 const CHUNK: usize = 1 << 14;
@@ -15,8 +15,20 @@ const CHUNK: usize = 1 << 14;
 fn rows<const FMA: bool>(x: &mut [f32], width: usize) {
     for row in x.chunks_exact_mut(width) {
         let top = max(row);
-        for v in row.iter_mut() {
-            *v = exp_nonpositive::<FMA>(*v - top);
+        let (full, tail) = row.as_chunks_mut::<BLOCK>();
+        for b in full {
+            for v in b.iter_mut() {
+                *v -= top;
+            }
+            exp_nonpositive::<FMA>(b);
+        }
+        if !tail.is_empty() {
+            let mut b = [f32::NEG_INFINITY; BLOCK];
+            for (s, v) in b.iter_mut().zip(tail.iter()) {
+                *s = v - top;
+            }
+            exp_nonpositive::<FMA>(&mut b);
+            tail.copy_from_slice(&b[..tail.len()]);
         }
         let inv = 1.0 / sum(row);
         for v in row.iter_mut() {
