@@ -3,7 +3,7 @@
 //! candle's batched matmul runs the `b * h` small per-head products one after another, each
 //! split across threads, and materialises the scores three times (product, scale, softmax).
 //! Here the work is split into tasks of `(batch, block of query rows)` on rayon's pool; each
-//! task, for every head, computes `S = scale Q K^T` for its rows with a single-threaded matmul,
+//! task, for every head, computes `S = scale Q K^T` for its rows with a single-threaded gemm,
 //! adds the bias, takes the softmax in place with the vectorised kernel of
 //! [`super::kernels::softmax`], and writes `O = P V` straight into the output.
 //!
@@ -18,12 +18,12 @@
 
 use candle_core::{CpuStorage, Storage, Tensor};
 use collab_core::{Error, Result};
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::host;
 use super::kernels::simd::Isa;
+use super::kernels::small_gemm::matmul_into;
 use super::kernels::softmax::softmax_rows_with;
 
 fn err(message: impl Into<String>) -> Error {
@@ -161,7 +161,7 @@ pub(super) fn attention(
                     let vm = view(vv, vb, m, e, vst[2])?;
                     let mut sm = ArrayViewMut2::from_shape((rows, m), &mut s[..])
                         .map_err(|x| err(x.to_string()))?;
-                    general_mat_mul(scale, &qm, &km.t(), 0.0, &mut sm);
+                    matmul_into(scale, &qm, &km.t(), &mut sm);
                     if let Some(bv) = &bias {
                         for (ri, row) in s.chunks_exact_mut(m.max(1)).enumerate() {
                             let base =
@@ -178,7 +178,7 @@ pub(super) fn attention(
                         &mut oc[hi * e..],
                     )
                     .map_err(|x| err(x.to_string()))?;
-                    general_mat_mul(1.0, &pm, &vm, 0.0, &mut om);
+                    matmul_into(1.0, &pm, &vm, &mut om);
                 }
                 Ok(())
             })?;

@@ -17,4 +17,5 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub mod simd;
+pub mod small_gemm;
 pub mod softmax;
