@@ -11,7 +11,7 @@ use std::hint::black_box;
 use candle_core::{Device, Tensor};
 use collab_backends::candle::kernels::gelu::{gelu_erf, gelu_erf_with};
 use collab_backends::candle::kernels::layer_norm::{layer_norm, layer_norm_with};
-use collab_backends::candle::kernels::linear::{WeightLayout, linear};
+use collab_backends::candle::kernels::linear::{Activation, WeightLayout, linear};
 use collab_backends::candle::kernels::simd::Isa;
 use collab_backends::candle::kernels::softmax::{softmax_rows, softmax_rows_with};
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -138,6 +138,7 @@ fn linear_layers(c: &mut Criterion) {
                     WeightLayout::OutIn,
                     n,
                     Some(&bias),
+                    Activation::Identity,
                     &mut out,
                 )
             })
@@ -152,6 +153,7 @@ fn linear_layers(c: &mut Criterion) {
                     WeightLayout::InOut,
                     n,
                     Some(&bias),
+                    Activation::Identity,
                     &mut out,
                 )
             })

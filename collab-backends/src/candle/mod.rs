@@ -515,21 +515,23 @@ fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Res
             kernels::linear::WeightLayout::OutIn,
         )
     };
+    let act = if gelu {
+        kernels::linear::Activation::GeluErf
+    } else {
+        kernels::linear::Activation::Identity
+    };
     let mut out = vec![0f32; rows * n];
     host::with_values("linear", x, |xv| {
         host::with_values("linear", &w, |wv| match bias {
             Some(b) => host::with_values("linear", b, |bv| {
-                kernels::linear::linear(xv, rows, k, wv, layout, n, Some(bv), &mut out)
+                kernels::linear::linear(xv, rows, k, wv, layout, n, Some(bv), act, &mut out)
             }),
             None => {
-                kernels::linear::linear(xv, rows, k, wv, layout, n, None, &mut out);
+                kernels::linear::linear(xv, rows, k, wv, layout, n, None, act, &mut out);
                 Ok(())
             }
         })
     })???;
-    if gelu {
-        kernels::gelu::gelu_erf_in_place(&mut out);
-    }
     let mut shape = xd.to_vec();
     let last = shape.len() - 1; // x has at least one dim (checked above)
     shape[last] = n;

@@ -7,7 +7,6 @@
 //! PyTorch keeps it, `[n, k]` ([`WeightLayout::OutIn`]), or transposed, `[k, n]`
 //! ([`WeightLayout::InOut`]), which gemm reads row by row.
 
-use gemm::Parallelism;
 use rayon::prelude::*;
 
 /// How the weight of a linear layer lies in memory.
@@ -19,15 +18,29 @@ pub enum WeightLayout {
     InOut,
 }
 
-/// Output values per task of the parallel bias fill.
-const FILL_CHUNK: usize = 1 << 16;
-
 /// Work (multiply-adds) below which the gemm runs on the calling thread.
 const SERIAL_BELOW: usize = 1 << 16;
 
-/// `out = x W^T (+ bias)` for `x` of `rows x k` values, `w` of `n x k` values in `layout`,
-/// `bias` of `n` values and `out` of `rows x n` values, all row-major; large products are
-/// split across rayon's pool.
+/// Output values per task at most (about 1 MiB, one core's L2 here), so that a task's
+/// activation runs on output its gemm has just written, still in cache.
+const TASK_OUTPUT: usize = 1 << 18;
+
+/// What runs on the output after the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// Nothing: `y = x W^T + b`.
+    Identity,
+    /// GELU, exact `erf` form ([`super::gelu`]): `y = gelu(x W^T + b)`.
+    GeluErf,
+}
+
+/// `out = act(x W^T (+ bias))` for `x` of `rows x k` values, `w` of `n x k` values in
+/// `layout`, `bias` of `n` values and `out` of `rows x n` values, all row-major.
+///
+/// Large products are split by rows into tasks on rayon's pool, each a single-threaded gemm
+/// (which packs W itself) followed by the activation on the rows it has just written: measured
+/// against gemm's own rayon split in `benches/kernels.rs`, equal or faster at DeiT-Tiny's and
+/// ViT-B's shapes on 2 threads, and each task first-touches its own part of a fresh output.
 ///
 /// # Panics
 /// If a slice's length does not match `rows`, `k` and `n` (the backend checks shapes before
@@ -41,6 +54,7 @@ pub fn linear(
     layout: WeightLayout,
     n: usize,
     bias: Option<&[f32]>,
+    activation: Activation,
     out: &mut [f32],
 ) {
     assert!(
@@ -54,29 +68,7 @@ pub fn linear(
         bias.map(<[f32]>::len),
         out.len()
     );
-    if let Some(b) = bias {
-        // In parallel when large: a fresh output's pages are first touched here, and page
-        // faults taken on one thread cost more than the fill (measured in the forward profile
-        // of `collab-backends/README.md`).
-        let fill = |rows: &mut [f32]| {
-            for row in rows.chunks_exact_mut(n.max(1)) {
-                row.copy_from_slice(b);
-            }
-        };
-        if out.len() >= FILL_CHUNK {
-            out.par_chunks_mut((FILL_CHUNK / n.max(1)).max(1) * n.max(1))
-                .for_each(fill);
-        } else {
-            fill(out);
-        }
-    }
     if rows == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if bias.is_none() {
-            out.fill(0.0);
-        }
         return;
     }
     // Element (i, j) of W^T is w[j * k + i] for [n, k], w[i * n + j] for [k, n].
@@ -84,18 +76,57 @@ pub fn linear(
         WeightLayout::OutIn => (k as isize, 1),
         WeightLayout::InOut => (1, n as isize),
     };
-    let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 && rows * n * k >= SERIAL_BELOW {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
+    let part = |x: &[f32], out: &mut [f32]| {
+        let rows = out.len() / n;
+        if let Some(b) = bias {
+            for row in out.chunks_exact_mut(n) {
+                row.copy_from_slice(b);
+            }
+        }
+        if k == 0 {
+            if bias.is_none() {
+                out.fill(0.0);
+            }
+        } else {
+            gemm_rows(x, rows, k, w, (rhs_cs, rhs_rs), n, bias.is_some(), out);
+        }
+        if activation == Activation::GeluErf {
+            super::gelu::gelu_erf_in_place_with(super::simd::Isa::detect(), out);
+        }
     };
+    let threads = rayon::current_num_threads();
+    // (`k > 0`: with no inputs `x` is empty and has no rows to split.)
+    if threads > 1 && k > 0 && rows * n * k >= SERIAL_BELOW && rows >= 2 {
+        let per = rows.div_ceil(threads).min((TASK_OUTPUT / n).max(16)).max(1);
+        out.par_chunks_mut(per * n)
+            .zip(x.par_chunks(per * k))
+            .for_each(|(o, xr)| part(xr, o));
+    } else {
+        part(x, out);
+    }
+}
+
+/// `out (+)= x W^T` for `rows` rows on the calling thread, W^T read at the strides
+/// `(column, row)`.
+#[allow(clippy::too_many_arguments)] // the shape of a gemm
+fn gemm_rows(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: &[f32],
+    (rhs_cs, rhs_rs): (isize, isize),
+    n: usize,
+    accumulate: bool,
+    out: &mut [f32],
+) {
+    assert!(x.len() >= rows * k && out.len() >= rows * n && w.len() >= n * k);
     #[allow(unsafe_code)]
     // SAFETY: gemm reads `rows x k` values of `x` at (i, j) -> i * k + j, `k x n` values of W^T
-    // at the strides above (within `w`'s `n * k` values for either layout), and writes `rows x
-    // n` values of `out` at (i, j) -> i * n + j: the assert above checked each slice's length,
-    // and `out` is borrowed mutably, so it aliases neither input. `read_dst` is set only when
-    // `out` was filled with the bias above; otherwise gemm's `alpha = 0` ignores its contents.
+    // at (i, j) -> i * rhs_rs + j * rhs_cs, which for either layout stays within `w`'s `n * k`
+    // values, and writes `rows x n` values of `out` at (i, j) -> i * n + j: the assert above
+    // checked each slice's length, and `out` is borrowed mutably, so it aliases neither input.
+    // `read_dst` is set only when `out` holds the bias; otherwise gemm's `alpha = 0` ignores
+    // its contents.
     unsafe {
         gemm::gemm(
             rows,
@@ -104,19 +135,19 @@ pub fn linear(
             out.as_mut_ptr(),
             1,
             n as isize,
-            bias.is_some(),
+            accumulate,
             x.as_ptr(),
             1,
             k as isize,
             w.as_ptr(),
             rhs_cs,
             rhs_rs,
-            if bias.is_some() { 1.0 } else { 0.0 },
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
-            parallelism,
+            gemm::Parallelism::None,
         );
     }
 }
@@ -164,6 +195,7 @@ mod tests {
             (197, 192, 576),
             (64, 768, 33),
             (5, 0, 4),
+            (300, 0, 300),
             (0, 4, 3),
         ] {
             let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -174,7 +206,17 @@ mod tests {
                 let want = exact(&x, rows, k, &w, n, bias);
                 for (layout, weights) in [(WeightLayout::OutIn, &w), (WeightLayout::InOut, &wt)] {
                     let mut out = vec![f32::NAN; rows * n];
-                    linear(&x, rows, k, weights, layout, n, bias, &mut out);
+                    linear(
+                        &x,
+                        rows,
+                        k,
+                        weights,
+                        layout,
+                        n,
+                        bias,
+                        Activation::Identity,
+                        &mut out,
+                    );
                     for (got, want) in out.iter().zip(&want) {
                         let tol = 1e-5 * (k as f64).sqrt().max(1.0) * (1.0 + want.abs());
                         assert!(
@@ -185,6 +227,42 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn the_activation_is_gelu_of_the_product_at_every_split() {
+        for (rows, k, n) in [(3, 5, 7), (197, 192, 768), (700, 64, 40)] {
+            let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
+            let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.3).collect();
+            let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.2).collect();
+            let mut plain = vec![0f32; rows * n];
+            linear(
+                &x,
+                rows,
+                k,
+                &w,
+                WeightLayout::OutIn,
+                n,
+                Some(&b),
+                Activation::Identity,
+                &mut plain,
+            );
+            let mut want = vec![0f32; rows * n];
+            crate::candle::kernels::gelu::gelu_erf(&plain, &mut want);
+            let mut got = vec![f32::NAN; rows * n];
+            linear(
+                &x,
+                rows,
+                k,
+                &w,
+                WeightLayout::OutIn,
+                n,
+                Some(&b),
+                Activation::GeluErf,
+                &mut got,
+            );
+            assert_eq!(got, want, "{rows}x{k}x{n}");
         }
     }
 
@@ -200,6 +278,7 @@ mod tests {
             WeightLayout::OutIn,
             2,
             None,
+            Activation::Identity,
             &mut out,
         );
     }
