@@ -265,6 +265,7 @@ impl<B: Backend> Backend for Profiled<B> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::reference::ReferenceBackend;

@@ -25,6 +25,7 @@ pub fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -22,7 +22,8 @@ const CHUNK: usize = 1 << 14;
 /// GELU of one block of values.
 #[inline(always)]
 fn gelu<const FMA: bool>(x: &[f32; BLOCK], out: &mut [f32; BLOCK]) {
-    // Numerical Recipes' erfcc coefficients, highest power of t first.
+    // Numerical Recipes' erfcc coefficients, highest power of t first, as published.
+    #[allow(clippy::excessive_precision)]
     const P: [f32; 10] = [
         0.170_872_77,
         -0.822_152_23,
@@ -136,6 +137,7 @@ pub fn gelu_erf_in_place(x: &mut [f32]) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -28,7 +28,7 @@ fn check(x: &[f32], gamma: &[f32], beta: &[f32], out: &[f32]) {
     assert!(
         !gamma.is_empty()
             && gamma.len() == beta.len()
-            && x.len() % gamma.len() == 0
+            && x.len().is_multiple_of(gamma.len())
             && out.len() == x.len(),
         "layer_norm: x {} / out {} values are not rows of gamma {} = beta {}",
         x.len(),
@@ -79,6 +79,7 @@ pub fn layer_norm(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, out: &mut [f
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -178,6 +178,7 @@ pub(crate) fn sum_squared_deviations<const FMA: bool>(x: &[f32], mean: f32) -> f
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

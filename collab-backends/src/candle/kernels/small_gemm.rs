@@ -69,6 +69,7 @@ pub fn matmul_into(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use ndarray::{Array2, ShapeBuilder};

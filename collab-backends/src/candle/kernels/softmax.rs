@@ -64,6 +64,7 @@ pub fn softmax_rows(x: &mut [f32], width: usize) {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
