@@ -7,9 +7,9 @@
 //! bit (the conformance suite runs on `Profiled<CandleBackend>`). Clones share one table, so a
 //! model loaded on a `Profiled` backend reports into the table of the value it was given.
 //!
-//! What a row holds is what the inner backend does inside that primitive: a `reshape` of a
-//! strided view on candle is a copy, and shows as time under `reshape`; a backend's `linear`
-//! includes its bias add. Timing adds a clock read and a lock per call (well under a
+//! What a row holds is what the inner backend does inside that primitive: a `reshape` that
+//! candle must copy (a strided view whose sizes above 1 change) shows as time under `reshape`;
+//! a backend's `linear` includes its bias add. Timing adds a clock read and a lock per call (well under a
 //! microsecond), so profile with the batch sizes whose costs you want to see.
 //!
 //! ```

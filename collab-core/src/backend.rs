@@ -170,8 +170,8 @@ pub trait Backend: Clone + Debug + Send + Sync + 'static {
 
     /// `gelu_erf(linear(x, w, bias))`: a Transformer MLP's expansion and activation, which a
     /// backend may fuse (the candle CPU backend applies GELU in place on the linear layer's
-    /// output, saving one pass over it and one allocation). Same contract as [`Backend::linear`]
-    /// and [`Backend::gelu_erf`].
+    /// output, each part right after its gemm wrote it: one allocation and one re-read from
+    /// memory fewer). Same contract as [`Backend::linear`] and [`Backend::gelu_erf`].
     fn linear_gelu_erf(
         &self,
         x: &Self::Tensor,

@@ -131,7 +131,16 @@ pub(super) fn attention(
         None => None,
     };
     let (q, k, v) = (readable(q)?, readable(k)?, readable(v)?);
-    let mut out = vec![0f32; b * n * h * e];
+    let total = [n, h, e]
+        .iter()
+        .try_fold(b, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| {
+            Error::shape(
+                "attention",
+                format!("output [{b}, {n}, {h}, {e}] overflows"),
+            )
+        })?;
+    let mut out = vec![0f32; total];
     if !out.is_empty() {
         let (qs, _) = q.storage_and_layout();
         let (ks, _) = k.storage_and_layout();

@@ -1,5 +1,12 @@
 //! Reading and writing the host values of candle CPU tensors in place, for the kernels of
 //! `kernels/` and the fused attention.
+//!
+//! Lock discipline: a kernel may hold several read guards on candle storage at once, including
+//! two on the same storage (q, k and v are views of one qkv tensor; `add(x, x)`). candle's
+//! `parking_lot::RwLock` can deadlock on a recursive read only while a writer waits, and
+//! candle takes write locks only for in-place operations (`slice_set`, `scatter_set`,
+//! `Var::set`, in-place custom ops), which this backend never applies to the tensors it hands
+//! to these kernels.
 
 use candle_core::{CpuStorage, DType, Device, Storage, Tensor};
 use collab_core::{Error, Result};

@@ -8,8 +8,8 @@
 //!
 //! [`CandleBackend::differentiable`] is the same backend with every primitive composed of
 //! candle operations that support backpropagation (see `autograd.rs`), for prompt learning
-//! (SPEC §4): the default CPU paths (fused attention on host buffers, candle-nn's softmax and
-//! norms) have no backward pass.
+//! (SPEC §4): the default CPU paths (fused attention, and the host kernels of [`kernels`]:
+//! GELU, softmax, layer norm, the fused linear layer) have no backward pass.
 
 mod autograd;
 mod cpu_attention;
@@ -119,6 +119,18 @@ impl CandleBackend {
     /// differentiable one, whose graph they would cut) and CPU `f32` tensors.
     fn host_kernels(&self, ts: &[&Tensor]) -> bool {
         !self.differentiable && ts.iter().all(|t| host::is_host_f32(t))
+    }
+
+    /// Whether the fused linear kernel applies: host tensors, `x [.., k]` of rank 2 or more,
+    /// `w [n, k]` and a bias of exactly `[n]` (any other shape takes the composed path, which
+    /// validates and broadcasts as the trait's default does).
+    fn host_linear_applies(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> bool {
+        let (xd, wd) = (x.dims(), w.dims());
+        self.host_kernels(&[x, w])
+            && xd.len() >= 2
+            && wd.len() == 2
+            && xd[xd.len() - 1] == wd[1]
+            && bias.is_none_or(|b| host::is_host_f32(b) && b.dims() == [wd[0]])
     }
 
     fn dim_ok(&self, op: &'static str, t: &Tensor, dim: usize) -> Result<()> {
@@ -330,7 +342,7 @@ impl Backend for CandleBackend {
             }
             return autograd::frozen_linear(x, w, bias).map_err(err("linear"));
         }
-        if self.host_kernels(&[x, w]) && bias.is_none_or(host::is_host_f32) {
+        if self.host_linear_applies(x, w, bias) {
             return host_linear(x, w, bias, false);
         }
         // The trait's default: x w^T (+ b).
@@ -342,7 +354,7 @@ impl Backend for CandleBackend {
     }
 
     fn linear_gelu_erf(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        if self.host_kernels(&[x, w]) && bias.is_none_or(host::is_host_f32) {
+        if self.host_linear_applies(x, w, bias) {
             return host_linear(x, w, bias, true);
         }
         self.gelu_erf(&self.linear(x, w, bias)?)
@@ -361,6 +373,13 @@ impl Backend for CandleBackend {
         }
         if self.differentiable {
             return autograd::softmax_last_tracked(&x).map_err(err("softmax_last"));
+        }
+        if self.host_kernels(&[&x]) {
+            let width = x.dims()[x.rank() - 1];
+            return host::map("softmax_last", &x, |v, out| {
+                out.copy_from_slice(v);
+                kernels::softmax::softmax_rows(out, width);
+            });
         }
         candle_nn::ops::softmax_last_dim(&x.contiguous().map_err(err("softmax_last"))?)
             .map_err(err("softmax_last"))
@@ -501,7 +520,11 @@ fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Res
         ));
     }
     let (n, k) = (wd[0], wd[1]);
-    let rows: usize = xd[..xd.len() - 1].iter().product();
+    let rows = xd[..xd.len() - 1]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .filter(|r| r.checked_mul(n).is_some())
+        .ok_or_else(|| Error::shape("linear", format!("x {xd:?} by n = {n} overflows")))?;
     let (w, layout) = if w.is_contiguous() {
         (w.clone(), kernels::linear::WeightLayout::OutIn)
     } else if w.t().is_ok_and(|t| t.is_contiguous()) {

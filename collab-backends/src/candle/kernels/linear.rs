@@ -38,9 +38,10 @@ pub enum Activation {
 /// `layout`, `bias` of `n` values and `out` of `rows x n` values, all row-major.
 ///
 /// Large products are split by rows into tasks on rayon's pool, each a single-threaded gemm
-/// (which packs W itself) followed by the activation on the rows it has just written: measured
-/// against gemm's own rayon split in `benches/kernels.rs`, equal or faster at DeiT-Tiny's and
-/// ViT-B's shapes on 2 threads, and each task first-touches its own part of a fresh output.
+/// (which packs W itself) followed by the activation on the rows it has just written, and each
+/// first-touching its own part of a fresh output. Against gemm's own rayon split (the `linear`
+/// group of `benches/kernels.rs`, run with each strategy during issue 30's session) the row
+/// split was equal or 3-10% faster at DeiT-Tiny's and ViT-B's shapes on 2 threads.
 ///
 /// # Panics
 /// If a slice's length does not match `rows`, `k` and `n` (the backend checks shapes before
@@ -58,9 +59,9 @@ pub fn linear(
     out: &mut [f32],
 ) {
     assert!(
-        x.len() == rows * k
-            && w.len() == n * k
-            && out.len() == rows * n
+        rows.checked_mul(k) == Some(x.len())
+            && n.checked_mul(k) == Some(w.len())
+            && rows.checked_mul(n) == Some(out.len())
             && bias.is_none_or(|b| b.len() == n),
         "linear: x {} ({rows}x{k}), w {} ({n}x{k}), bias {:?}, out {} do not match",
         x.len(),
@@ -119,12 +120,18 @@ fn gemm_rows(
     accumulate: bool,
     out: &mut [f32],
 ) {
-    assert!(x.len() >= rows * k && out.len() >= rows * n && w.len() >= n * k);
+    assert!(
+        rows.checked_mul(k) == Some(x.len())
+            && rows.checked_mul(n) == Some(out.len())
+            && n.checked_mul(k) == Some(w.len())
+    );
     #[allow(unsafe_code)]
     // SAFETY: gemm reads `rows x k` values of `x` at (i, j) -> i * k + j, `k x n` values of W^T
     // at (i, j) -> i * rhs_rs + j * rhs_cs, which for either layout stays within `w`'s `n * k`
     // values, and writes `rows x n` values of `out` at (i, j) -> i * n + j: the assert above
-    // checked each slice's length, and `out` is borrowed mutably, so it aliases neither input.
+    // checked each slice's length without overflow (so every product and offset is below a
+    // slice length, hence below `isize::MAX`, and the `as isize` casts are exact; the callers
+    // pass `rows, n, k >= 1`), and `out` is borrowed mutably, so it aliases neither input.
     // `read_dst` is set only when `out` holds the bias; otherwise gemm's `alpha = 0` ignores
     // its contents.
     unsafe {

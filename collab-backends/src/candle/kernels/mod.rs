@@ -1,6 +1,6 @@
-//! CPU kernels of the candle backend, on plain `f32` slices: the element-wise and row-wise work
-//! of a Transformer block that candle runs one scalar at a time on one thread (GELU with a
-//! scalar `erf`, layer norm, softmax's `exp`).
+//! CPU kernels of the candle backend, on plain `f32` slices: the work of a Transformer block
+//! that candle does one scalar at a time (GELU with a scalar `erf` on one thread, the `exp` of
+//! candle-nn's softmax), in an extra pass (the bias of a linear layer) or with extra copies.
 //!
 //! Each kernel is written once, branch-free, for the compiler to vectorise, and compiled twice
 //! on x86-64: for the baseline (SSE2) and for AVX with FMA, picked at run time by

@@ -7,16 +7,34 @@
 
 use std::sync::OnceLock;
 
-/// The instruction set a kernel runs with.
+/// The instruction set a kernel runs with. Only [`Isa::detect`] and [`Isa::available`] make a
+/// value other than [`Isa::BASELINE`], after checking the CPU, so a kernel can never be asked
+/// to run instructions the CPU lacks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Isa(pub(crate) IsaKind);
+
+/// What an [`Isa`] holds (private: values come from detection only).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Isa {
+pub(crate) enum IsaKind {
     /// The target's baseline: SSE2 on x86-64 (no FMA), NEON with FMA on aarch64.
     Baseline,
     /// x86-64 with AVX and FMA, detected at run time.
     AvxFma,
 }
 
+impl std::fmt::Debug for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            IsaKind::Baseline => "Baseline",
+            IsaKind::AvxFma => "AvxFma",
+        })
+    }
+}
+
 impl Isa {
+    /// The target's baseline, which every CPU of the target runs.
+    pub const BASELINE: Self = Isa(IsaKind::Baseline);
+
     /// The best instruction set this CPU has, detected once.
     pub fn detect() -> Self {
         static ISA: OnceLock<Isa> = OnceLock::new();
@@ -25,17 +43,17 @@ impl Isa {
             if std::arch::is_x86_feature_detected!("avx")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return Isa::AvxFma;
+                return Isa(IsaKind::AvxFma);
             }
-            Isa::Baseline
+            Isa::BASELINE
         })
     }
 
     /// Every instruction set this CPU can run, for tests and benches that compare them.
     pub fn available() -> Vec<Self> {
-        match Self::detect() {
-            Isa::AvxFma => vec![Isa::Baseline, Isa::AvxFma],
-            Isa::Baseline => vec![Isa::Baseline],
+        match Self::detect().0 {
+            IsaKind::AvxFma => vec![Isa::BASELINE, Isa(IsaKind::AvxFma)],
+            IsaKind::Baseline => vec![Isa::BASELINE],
         }
     }
 }
@@ -44,8 +62,7 @@ impl Isa {
 /// baseline does not, where `f32::mul_add` would be a library call).
 pub const BASELINE_FMA: bool = cfg!(target_arch = "aarch64");
 
-/// Calls `$body::<FMA>($args)` compiled for `$isa`. `$isa` must come from [`Isa::detect`] or
-/// [`Isa::available`]: the AVX+FMA arm runs AVX instructions.
+/// Calls `$body::<FMA>($args)` compiled for the instruction set `$isa` (an [`Isa`]).
 macro_rules! dispatch {
     ($isa:expr, $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {{
         #[cfg(target_arch = "x86_64")]
@@ -56,13 +73,15 @@ macro_rules! dispatch {
         fn baseline($($arg: $ty),*) {
             $body::<{ $crate::candle::kernels::simd::BASELINE_FMA }>($($arg),*)
         }
-        match $isa {
+        let isa: $crate::candle::kernels::simd::Isa = $isa;
+        match isa.0 {
             #[cfg(target_arch = "x86_64")]
-            $crate::candle::kernels::simd::Isa::AvxFma => {
+            $crate::candle::kernels::simd::IsaKind::AvxFma => {
                 #[allow(unsafe_code)]
-                // SAFETY: `Isa::AvxFma` is only produced by `Isa::detect`/`Isa::available`
-                // after `is_x86_feature_detected!` found both AVX and FMA on this CPU, so the
-                // instructions `avx_fma` is compiled with exist.
+                // SAFETY: an `Isa` holding `AvxFma` is only built by `Isa::detect` (and
+                // `Isa::available`, from it) after `is_x86_feature_detected!` found both AVX and
+                // FMA on this CPU; its field is private to this crate, where nothing else
+                // builds one. So the instructions `avx_fma` is compiled with exist.
                 unsafe { avx_fma($($arg),*) }
             }
             _ => baseline($($arg),*),

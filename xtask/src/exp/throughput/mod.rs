@@ -410,8 +410,8 @@ fn summary(runs: &[Run]) -> Result<String> {
     let Some(last) = first
         .rows
         .iter()
-        .rev()
-        .find(|r| r.model == "vit-b16")
+        .filter(|r| r.model == "vit-b16")
+        .max_by_key(|r| r.batch)
         .or(first.rows.last())
     else {
         bail!("no model measured (see --models)");
