@@ -170,7 +170,7 @@ pub(super) fn attention(
                     let vm = view(vv, vb, m, e, vst[2])?;
                     let mut sm = ArrayViewMut2::from_shape((rows, m), &mut s[..])
                         .map_err(|x| err(x.to_string()))?;
-                    matmul_into(scale, &qm, &km.t(), &mut sm);
+                    matmul_into(scale, &qm, &km.t(), &mut sm, false);
                     if let Some(bv) = &bias {
                         for (ri, row) in s.chunks_exact_mut(m.max(1)).enumerate() {
                             let base =
@@ -187,7 +187,7 @@ pub(super) fn attention(
                         &mut oc[hi * e..],
                     )
                     .map_err(|x| err(x.to_string()))?;
-                    matmul_into(1.0, &pm, &vm, &mut om);
+                    matmul_into(1.0, &pm, &vm, &mut om, false);
                 }
                 Ok(())
             })?;

@@ -501,24 +501,12 @@ impl Backend for CandleBackend {
     }
 }
 
-/// [`Backend::linear`] by the fused kernel of [`kernels::linear`]: `x [.., k]`, `w [n, k]`
+/// [`Backend::linear`] by the fused kernel of [`kernels::linear`], for the shapes
+/// [`CandleBackend::host_linear_applies`] accepts: `x [.., k]` (rank 2 or more), `w [n, k]`
 /// (contiguous, or the transposed view of a contiguous `[k, n]`), `bias [n]`; with `gelu`,
 /// GELU is then applied in place on the output ([`Backend::linear_gelu_erf`]).
 fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
     let (xd, wd) = (x.dims(), w.dims());
-    let fits = wd.len() == 2
-        && !xd.is_empty()
-        && xd[xd.len() - 1] == wd[1]
-        && bias.is_none_or(|b| b.dims() == [wd[0]]);
-    if !fits {
-        return Err(Error::shape(
-            "linear",
-            format!(
-                "x {xd:?}, w {wd:?}, bias {:?} are not [.., k], [n, k], [n]",
-                bias.map(Tensor::dims)
-            ),
-        ));
-    }
     let (n, k) = (wd[0], wd[1]);
     let rows = xd[..xd.len() - 1]
         .iter()

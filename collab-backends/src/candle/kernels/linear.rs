@@ -7,7 +7,10 @@
 //! PyTorch keeps it, `[n, k]` ([`WeightLayout::OutIn`]), or transposed, `[k, n]`
 //! ([`WeightLayout::InOut`]), which gemm reads row by row.
 
+use ndarray::{ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
+
+use super::small_gemm::matmul_into;
 
 /// How the weight of a linear layer lies in memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,8 +77,8 @@ pub fn linear(
     }
     // Element (i, j) of W^T is w[j * k + i] for [n, k], w[i * n + j] for [k, n].
     let (rhs_cs, rhs_rs) = match layout {
-        WeightLayout::OutIn => (k as isize, 1),
-        WeightLayout::InOut => (1, n as isize),
+        WeightLayout::OutIn => (k, 1),
+        WeightLayout::InOut => (1, n),
     };
     let part = |x: &[f32], out: &mut [f32]| {
         let rows = out.len() / n;
@@ -108,55 +111,26 @@ pub fn linear(
 }
 
 /// `out (+)= x W^T` for `rows` rows on the calling thread, W^T read at the strides
-/// `(column, row)`.
+/// `(column, row)`, through [`super::small_gemm::matmul_into`] on views ndarray validates.
 #[allow(clippy::too_many_arguments)] // the shape of a gemm
 fn gemm_rows(
     x: &[f32],
     rows: usize,
     k: usize,
     w: &[f32],
-    (rhs_cs, rhs_rs): (isize, isize),
+    (rhs_cs, rhs_rs): (usize, usize),
     n: usize,
     accumulate: bool,
     out: &mut [f32],
 ) {
-    assert!(
-        rows.checked_mul(k) == Some(x.len())
-            && rows.checked_mul(n) == Some(out.len())
-            && n.checked_mul(k) == Some(w.len())
-    );
-    #[allow(unsafe_code)]
-    // SAFETY: gemm reads `rows x k` values of `x` at (i, j) -> i * k + j, `k x n` values of W^T
-    // at (i, j) -> i * rhs_rs + j * rhs_cs, which for either layout stays within `w`'s `n * k`
-    // values, and writes `rows x n` values of `out` at (i, j) -> i * n + j: the assert above
-    // checked each slice's length without overflow (so every product and offset is below a
-    // slice length, hence below `isize::MAX`, and the `as isize` casts are exact; the callers
-    // pass `rows, n, k >= 1`), and `out` is borrowed mutably, so it aliases neither input.
-    // `read_dst` is set only when `out` holds the bias; otherwise gemm's `alpha = 0` ignores
-    // its contents.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            rhs_cs,
-            rhs_rs,
-            if accumulate { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    let a = ArrayView2::from_shape((rows, k), x);
+    let b = ArrayView2::from_shape((k, n).strides((rhs_rs, rhs_cs)), w);
+    let c = ArrayViewMut2::from_shape((rows, n), out);
+    // `linear` checked every length, so the views always fit.
+    let (Ok(a), Ok(b), Ok(mut c)) = (a, b, c) else {
+        unreachable!("linear: views of checked lengths")
+    };
+    matmul_into(1.0, &a, &b, &mut c, accumulate);
 }
 
 #[cfg(test)]

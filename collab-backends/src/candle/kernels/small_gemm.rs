@@ -1,6 +1,8 @@
-//! `C = alpha A B` on ndarray views, on the calling thread, by the `gemm` crate.
+//! `C (+)= alpha A B` on ndarray views, on the calling thread, by the `gemm` crate: the one
+//! place this backend calls gemm itself.
 //!
-//! The fused attention multiplies many small per-head matrices, each on one rayon task. ndarray
+//! The fused attention multiplies many small per-head matrices, each on one rayon task, and
+//! each task of the fused linear layer multiplies its rows. ndarray
 //! validates the views (every element of a view lies inside its slice; a mutable view does not
 //! alias itself), and gemm, whose kernels are chosen at run time (AVX/FMA here), computes the
 //! product. Against ndarray's `general_mat_mul` (the `matrixmultiply` crate) in the same place,
@@ -9,7 +11,7 @@
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 
-/// `c = alpha a b` (`c`'s previous contents are ignored), single-threaded.
+/// `c = alpha a b`, or `c += alpha a b` with `accumulate`, single-threaded.
 ///
 /// # Panics
 /// If the shapes are not `a [m, k]`, `b [k, n]`, `c [m, n]`.
@@ -18,6 +20,7 @@ pub fn matmul_into(
     a: &ArrayView2<'_, f32>,
     b: &ArrayView2<'_, f32>,
     c: &mut ArrayViewMut2<'_, f32>,
+    accumulate: bool,
 ) {
     let (m, k) = a.dim();
     let (k2, n) = b.dim();
@@ -32,7 +35,9 @@ pub fn matmul_into(
         return;
     }
     if k == 0 {
-        c.fill(0.0);
+        if !accumulate {
+            c.fill(0.0);
+        }
         return;
     }
     let (ars, acs) = (a.strides()[0], a.strides()[1]);
@@ -45,7 +50,7 @@ pub fn matmul_into(
     // may be negative (an inverted axis) or zero (a broadcast `a` or `b`): gemm 0.19 takes
     // them as signed offsets from the first element, the same addressing as ndarray's. `c` is a
     // mutable view: borrowck keeps it disjoint from `a` and `b`, and ndarray rejects mutable
-    // views whose elements overlap. `read_dst` is false, so gemm only writes `c`.
+    // views whose elements overlap. gemm reads `c` only with `accumulate` (`read_dst`).
     unsafe {
         gemm::gemm(
             m,
@@ -54,14 +59,14 @@ pub fn matmul_into(
             c.as_mut_ptr(),
             ccs,
             crs,
-            false,
+            accumulate,
             a.as_ptr(),
             acs,
             ars,
             b.as_ptr(),
             bcs,
             brs,
-            0.0,
+            if accumulate { 1.0 } else { 0.0 },
             alpha,
             false,
             false,
@@ -91,7 +96,7 @@ mod tests {
         let want = a.dot(&b.t()) * 0.5;
         let mut out = vec![f32::NAN; m * 2 * n];
         let mut c = ArrayViewMut2::from_shape((m, n).strides((2 * n, 1)), &mut out).unwrap();
-        matmul_into(0.5, &a_strided, &b.t(), &mut c);
+        matmul_into(0.5, &a_strided, &b.t(), &mut c, false);
         for i in 0..m {
             for j in 0..n {
                 assert!((c[(i, j)] - want[(i, j)]).abs() < 1e-4, "({i}, {j})");
@@ -106,7 +111,7 @@ mod tests {
         let want = a_rev.dot(&b_bcast);
         let mut out = vec![f32::NAN; m * n];
         let mut c = ArrayViewMut2::from_shape((m, n), &mut out).unwrap();
-        matmul_into(1.0, &a_rev, &b_bcast, &mut c);
+        matmul_into(1.0, &a_rev, &b_bcast, &mut c, false);
         for i in 0..m {
             for j in 0..n {
                 assert!((c[(i, j)] - want[(i, j)]).abs() < 1e-3, "({i}, {j})");

@@ -115,6 +115,16 @@ fn matmul_peak<B: Backend>(be: &B, repeats: usize) -> Result<(f64, Vec<(String, 
     Ok((peak, rows))
 }
 
+/// `batch` deterministic images of `size x size` pixels, values in [-1, 1).
+fn images<B: Backend>(be: &B, batch: usize, size: usize) -> Result<Input<B>> {
+    let n = batch * 3 * size * size;
+    let x = be.from_vec(
+        (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect(),
+        &[batch, 3, size, size],
+    )?;
+    Ok(Input::Images(x))
+}
+
 struct Row {
     model: &'static str,
     batch: usize,
@@ -138,12 +148,7 @@ fn measure<B: Backend>(
     };
     let mut rows = vec![];
     for &b in batches {
-        let n = b * 3 * v.image_size * v.image_size;
-        let x = be.from_vec(
-            (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect(),
-            &[b, 3, v.image_size, v.image_size],
-        )?;
-        let input = Input::Images(x);
+        let input = images(be, b, v.image_size)?;
         let s = time_median(repeats, || {
             model.forward(&input)?;
             be.synchronize()

@@ -13,10 +13,10 @@ use std::time::Instant;
 use anyhow::Result;
 use collab_backends::profiled::Profiled;
 use collab_core::Backend;
-use collab_core::model::{Input, ModelConfig, Transformer};
+use collab_core::model::{ModelConfig, Transformer};
 
 use super::super::results_dir;
-use super::Run;
+use super::{Run, images};
 
 /// The profile of one model at one batch size on one backend.
 pub(super) struct OpsRow {
@@ -42,12 +42,7 @@ pub(super) fn profile<B: Backend>(
     let repeats = repeats.max(1);
     let mut rows = vec![];
     for &b in batches {
-        let n = b * 3 * v.image_size * v.image_size;
-        let x = be.from_vec(
-            (0..n).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect(),
-            &[b, 3, v.image_size, v.image_size],
-        )?;
-        let input = Input::Images(x);
+        let input = images(be, b, v.image_size)?;
         model.forward(&input)?;
         be.synchronize()?;
         be.reset();
