@@ -48,6 +48,18 @@ pub(super) fn with_values<R>(
     Ok(f(&values[start..end]))
 }
 
+/// [`with_values`] for an optional tensor: `f(None)` when there is none.
+pub(super) fn with_optional_values<R>(
+    op: &'static str,
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<&[f32]>) -> R,
+) -> Result<R> {
+    match t {
+        Some(t) => with_values(op, t, |v| f(Some(v))),
+        None => Ok(f(None)),
+    }
+}
+
 /// A new CPU tensor of `shape` from `values` (moved, not copied).
 pub(super) fn tensor(op: &'static str, values: Vec<f32>, shape: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(values, shape, &Device::Cpu).map_err(|e| err(op, e.to_string()))

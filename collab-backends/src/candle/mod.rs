@@ -343,7 +343,7 @@ impl Backend for CandleBackend {
             return autograd::frozen_linear(x, w, bias).map_err(err("linear"));
         }
         if self.host_linear_applies(x, w, bias) {
-            return host_linear(x, w, bias, false);
+            return host_linear(x, w, bias, kernels::linear::Activation::Identity);
         }
         // The trait's default: x w^T (+ b).
         let y = self.matmul(x, &self.permute(w, &[1, 0])?)?;
@@ -355,7 +355,7 @@ impl Backend for CandleBackend {
 
     fn linear_gelu_erf(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         if self.host_linear_applies(x, w, bias) {
-            return host_linear(x, w, bias, true);
+            return host_linear(x, w, bias, kernels::linear::Activation::GeluErf);
         }
         self.gelu_erf(&self.linear(x, w, bias)?)
     }
@@ -503,9 +503,14 @@ impl Backend for CandleBackend {
 
 /// [`Backend::linear`] by the fused kernel of [`kernels::linear`], for the shapes
 /// [`CandleBackend::host_linear_applies`] accepts: `x [.., k]` (rank 2 or more), `w [n, k]`
-/// (contiguous, or the transposed view of a contiguous `[k, n]`), `bias [n]`; with `gelu`,
-/// GELU is then applied in place on the output ([`Backend::linear_gelu_erf`]).
-fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Result<Tensor> {
+/// (contiguous, or the transposed view of a contiguous `[k, n]`), `bias [n]`, then `act` on
+/// the output (GELU for [`Backend::linear_gelu_erf`]).
+fn host_linear(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    act: kernels::linear::Activation,
+) -> Result<Tensor> {
     let (xd, wd) = (x.dims(), w.dims());
     let (n, k) = (wd[0], wd[1]);
     let rows = xd[..xd.len() - 1]
@@ -526,25 +531,16 @@ fn host_linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, gelu: bool) -> Res
             kernels::linear::WeightLayout::OutIn,
         )
     };
-    let act = if gelu {
-        kernels::linear::Activation::GeluErf
-    } else {
-        kernels::linear::Activation::Identity
-    };
     let mut out = vec![0f32; rows * n];
     host::with_values("linear", x, |xv| {
-        host::with_values("linear", &w, |wv| match bias {
-            Some(b) => host::with_values("linear", b, |bv| {
-                kernels::linear::linear(xv, rows, k, wv, layout, n, Some(bv), act, &mut out)
-            }),
-            None => {
-                kernels::linear::linear(xv, rows, k, wv, layout, n, None, act, &mut out);
-                Ok(())
-            }
+        host::with_values("linear", &w, |wv| {
+            host::with_optional_values("linear", bias, |bv| {
+                kernels::linear::linear(xv, rows, k, wv, layout, n, bv, act, &mut out)
+            })
         })
     })???;
     let mut shape = xd.to_vec();
-    let last = shape.len() - 1; // x has at least one dim (checked above)
+    let last = shape.len() - 1; // x has rank 2 or more (`host_linear_applies`)
     shape[last] = n;
     host::tensor("linear", out, &shape)
 }

@@ -218,32 +218,25 @@ mod tests {
             let x: Vec<f32> = (0..rows * k).map(|i| (i as f32 * 0.37).sin()).collect();
             let w: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos() * 0.3).collect();
             let b: Vec<f32> = (0..n).map(|i| i as f32 * 0.01 - 0.2).collect();
-            let mut plain = vec![0f32; rows * n];
-            linear(
-                &x,
-                rows,
-                k,
-                &w,
-                WeightLayout::OutIn,
-                n,
-                Some(&b),
-                Activation::Identity,
-                &mut plain,
-            );
+            let run = |act: Activation, fill: f32| {
+                let mut out = vec![fill; rows * n];
+                linear(
+                    &x,
+                    rows,
+                    k,
+                    &w,
+                    WeightLayout::OutIn,
+                    n,
+                    Some(&b),
+                    act,
+                    &mut out,
+                );
+                out
+            };
+            let plain = run(Activation::Identity, 0.0);
             let mut want = vec![0f32; rows * n];
             crate::candle::kernels::gelu::gelu_erf(&plain, &mut want);
-            let mut got = vec![f32::NAN; rows * n];
-            linear(
-                &x,
-                rows,
-                k,
-                &w,
-                WeightLayout::OutIn,
-                n,
-                Some(&b),
-                Activation::GeluErf,
-                &mut got,
-            );
+            let got = run(Activation::GeluErf, f32::NAN);
             assert_eq!(got, want, "{rows}x{k}x{n}");
         }
     }
